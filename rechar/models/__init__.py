@@ -1,0 +1,111 @@
+"""The eight recommendation models of the study, each defined once in PyTorch.
+
+    >>> import rechar.models
+    >>> model = rechar.models.get("dlrm-rmc1", scale="tiny")
+    >>> inputs = model.make_inputs(batch=4)
+    >>> model.predict(inputs).shape
+    (4, 1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from rechar.errors import UserError
+from rechar.models.base import RecModel
+from rechar.models.config import DEFAULT_SCALE, SCALE_HELP, SCALES, ModelConfig, load_config_file
+from rechar.models.dien import DIEN, DIENConfig
+from rechar.models.din import DIN, DINConfig
+from rechar.models.dlrm import DLRM, RMC1, RMC2, RMC3
+from rechar.models.ncf import NCF, NCFConfig
+from rechar.models.wide_deep import MultiTaskWideDeep, MultiTaskWideDeepConfig, WideDeep, WideDeepConfig
+
+__all__ = [
+    "MODELS", "SCALES", "SCALE_HELP", "DEFAULT_SCALE", "RecModel", "ModelConfig",
+    "get", "resolve_config", "describe", "names", "load_config_file",
+]
+
+#: name -> (model class, paper-scale config)
+MODELS: dict[str, tuple[type[RecModel], ModelConfig]] = {
+    "dlrm-rmc1": (DLRM, RMC1),
+    "dlrm-rmc2": (DLRM, RMC2),
+    "dlrm-rmc3": (DLRM, RMC3),
+    "ncf": (NCF, NCFConfig()),
+    "wnd": (WideDeep, WideDeepConfig()),
+    "mt-wnd": (MultiTaskWideDeep, MultiTaskWideDeepConfig()),
+    "din": (DIN, DINConfig()),
+    "dien": (DIEN, DIENConfig()),
+}
+
+
+def names() -> list[str]:
+    return list(MODELS)
+
+
+def _entry(name: str) -> tuple[type[RecModel], ModelConfig]:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UserError(f"unknown model {name!r} (choose from {', '.join(MODELS)})") from None
+
+
+def resolve_config(name: str, scale: str = DEFAULT_SCALE, overrides: dict[str, Any] | None = None) -> ModelConfig:
+    """The paper config of ``name``, capped by ``scale``, then with ``overrides`` applied."""
+    _, paper = _entry(name)
+    config = paper.scaled(scale)
+    return config.with_overrides(overrides or {}, where=f"config for {name}")
+
+
+def get(
+    name: str,
+    scale: str = DEFAULT_SCALE,
+    overrides: dict[str, Any] | None = None,
+    seed: int = 0,
+    config: ModelConfig | None = None,
+) -> RecModel:
+    """Build a model in eval mode with weights drawn deterministically from ``seed``."""
+    cls, _ = _entry(name)
+    config = config or resolve_config(name, scale, overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = cls(name, config)
+    return model.eval()
+
+
+def describe(name: str, config: ModelConfig) -> dict[str, Any]:
+    """Size and cost figures computed from the config, without allocating the model.
+
+    The model is built on PyTorch's ``meta`` device: parameter shapes are exact but no memory is
+    allocated, and a forward pass under ``FlopCounterMode`` counts the matmul work per sample.
+    """
+    cls, _ = _entry(name)
+    with torch.device("meta"):
+        model = cls(name, config).eval()
+        tables = model.embedding_tables()
+        inputs = {k: torch.from_numpy(v).to("meta") for k, v in _example_inputs(model).items()}
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(*inputs.values())
+    embedding_params = sum(t.weight.numel() for t in tables)
+    params = sum(p.numel() for p in model.parameters())
+    return {
+        "model": name,
+        "category": cls.category,
+        "params": params,
+        "dense_params": params - embedding_params,
+        "embedding_tables": len(tables),
+        "embedding_bytes": sum(t.weight.numel() * t.weight.element_size() for t in tables),
+        "macs_per_sample": counter.get_total_flops() // 2,
+        "embedding_bytes_read_per_sample": sum(t.bytes_read_per_sample for t in tables),
+        "lookups_per_sample": sum(t.lookups for t in tables),
+        **model.fixed_dims(),
+        "config": config.to_dict(),
+    }
+
+
+def _example_inputs(model: RecModel):
+    # One sample; the generator only needs table sizes, not weights.
+    return model.make_inputs(batch=1)
