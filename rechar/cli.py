@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -12,6 +13,10 @@ import rechar
 import rechar.models as models
 from rechar.errors import UserError
 from rechar.exporters import DEFAULT_EXPORTER, EXPORTERS, ExportCheckError, ExportOptions, export
+from rechar.runners import BACKENDS
+from rechar.runners.measure import TimingOptions
+from rechar.runners.results import load_points, read_manifest, summary
+from rechar.runners.sweep import DEFAULT_BATCH_SIZES, RunOptions, run_sweep
 
 
 def _split_names(values: tuple[str, ...]) -> list[str]:
@@ -106,12 +111,106 @@ def export_cmd(model_names, all_models, scale, config_path, out, exporter, opset
         export(name, scale, overrides.get(name), out, options, log=click.echo)
 
 
+def _parse_batch_sizes(ctx, param, value: str) -> list[int]:
+    try:
+        sizes = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
+    if not sizes or any(b < 1 for b in sizes):
+        raise click.BadParameter(f"{value!r}: batch sizes must be positive integers")
+    return list(dict.fromkeys(sizes))
+
+
+class ProgressBar:
+    """One line on stderr, redrawn in place on a terminal; a line per change otherwise."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.last = None
+
+    def __call__(self, done: int, total: int, label: str) -> None:
+        if not self.enabled or (done, label) == self.last:
+            return
+        self.last = (done, label)
+        width = 30
+        filled = int(width * done / total) if total else width
+        line = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} points  {label}"
+        if self.tty:
+            click.echo(f"\r\033[K{line}", err=True, nl=done == total)
+        else:
+            click.echo(line, err=True)
+
+
+@cli.command("run")
+@model_option
+@click.option("--all", "all_models", is_flag=True, help="All eight models (the default without --model).")
+@click.option("--backend", "-b", "backend_names", multiple=True,
+              help=f"Backend, repeatable or comma-separated: {', '.join(BACKENDS)}, or all (default: every one available here).")
+@click.option("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)), show_default=True,
+              callback=_parse_batch_sizes, help="Comma-separated batch sizes.")
+@scale_option
+@config_option
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Intra-op threads of every framework (default: physical cores).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run folder (default: runs/<timestamp>-<id>).")
+@click.option("--exports", "exports_dir", default="exports", show_default=True, type=click.Path(file_okay=False),
+              help="Export cache folder (models are exported on demand).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights and inputs.")
+@click.option("--ids", type=click.Choice(["uniform", "zipf"]), default="uniform", show_default=True,
+              help="Distribution of sparse ids.")
+@click.option("--zipf-alpha", type=click.FloatRange(min=0, min_open=True), default=1.05, show_default=True,
+              help="Zipf exponent with --ids zipf.")
+@click.option("--warmup-iters", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option("--warmup-seconds", type=click.FloatRange(min=0), default=0.2, show_default=True)
+@click.option("--min-iters", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Timed iterations per point, at least.")
+@click.option("--min-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Timed seconds per point, at least.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600, show_default=True,
+              help="Seconds a (model, backend) worker may take before it is killed.")
+@click.option("--xla", is_flag=True, help="Compile the TensorFlow function with XLA (jit_compile).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_path, threads, out, exports_dir,
+            seed, ids, zipf_alpha, warmup_iters, warmup_seconds, min_iters, min_seconds, timeout, xla, quiet) -> None:
+    """Time models x backends x batch sizes; every point checked against eager PyTorch first."""
+    chosen = select_models(model_names, all_models)
+    options = RunOptions(
+        models=chosen, backends=_split_names(backend_names), batch_sizes=batch_sizes, scale=scale,
+        overrides=load_overrides(config_path, chosen), seed=seed, ids=ids, zipf_alpha=zipf_alpha,
+        jit_compile=xla, exports_dir=exports_dir, timeout=timeout,
+        timing=TimingOptions(warmup_iters=warmup_iters, warmup_seconds=warmup_seconds, min_iters=min_iters,
+                             min_seconds=min_seconds),
+    )
+    if threads:
+        options.threads = threads
+    echo = (lambda msg: None) if quiet else click.echo
+    run_dir = run_sweep(options, out, log=echo, progress=ProgressBar(not quiet))
+    points = load_points(run_dir)
+    click.echo(summary(points))
+    click.echo(f"results: {run_dir}")
+
+
+@cli.command("show")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def show_cmd(run_dir) -> None:
+    """Print a run's summary table."""
+    manifest = read_manifest(Path(run_dir))
+    host = manifest.get("host", {})
+    click.echo(f"run {manifest['run_id']} ({manifest['status']}), started {manifest['started']} on "
+               f"{host.get('hostname')}: {host.get('cpu')}, {host.get('logical_cores')} cores")
+    for name, reason in manifest.get("skipped_backends", {}).items():
+        click.echo(f"skipped backend {name}: {reason}")
+    click.echo(summary(load_points(Path(run_dir))))
+
+
 def main() -> None:
     """Entry point: user errors are one line on stderr and exit status 2, never a traceback."""
     try:
         cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("interrupted; finished points are kept", err=True)
         sys.exit(130)
     except click.ClickException as e:
         click.echo(f"error: {e.format_message()}", err=True)

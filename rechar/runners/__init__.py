@@ -1,0 +1,50 @@
+"""Backends that run an exported model and time it, and the sweep that drives them.
+
+The registry maps a backend name to ``module:Class``; classes are imported only when used, so
+that TensorFlow is never loaded for a PyTorch run.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from rechar.errors import UserError
+from rechar.runners.base import Backend, BackendOptions
+
+BACKENDS: dict[str, str] = {
+    "torch": "rechar.runners.torch_backend:TorchBackend",
+    "torch-cuda": "rechar.runners.torch_backend:TorchCudaBackend",
+    "ort-cpu": "rechar.runners.ort_backend:OrtCpuBackend",
+    "ort-cuda": "rechar.runners.ort_backend:OrtCudaBackend",
+    "tf": "rechar.runners.tf_backend:TFBackend",
+}
+
+__all__ = ["BACKENDS", "Backend", "BackendOptions", "backend_class", "select_backends"]
+
+
+def backend_class(name: str) -> type[Backend]:
+    try:
+        module, cls = BACKENDS[name].split(":")
+    except KeyError:
+        raise UserError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)}, or all)") from None
+    return getattr(importlib.import_module(module), cls)
+
+
+def select_backends(names: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Resolve requested backend names. ``all`` (or nothing) means every backend available here,
+    with the others returned as {name: reason} to be reported as skipped; a backend asked for by
+    name that cannot run here is an error that says why."""
+    if not names or "all" in names:
+        chosen, skipped = [], {}
+        for name in BACKENDS:
+            reason = backend_class(name).unavailable_reason()
+            if reason:
+                skipped[name] = reason
+            else:
+                chosen.append(name)
+        return chosen, skipped
+    for name in names:
+        reason = backend_class(name).unavailable_reason()
+        if reason:
+            raise UserError(f"backend {name} is not available: {reason}")
+    return list(dict.fromkeys(names)), {}

@@ -1,0 +1,62 @@
+"""The one interface every backend implements.
+
+A backend loads an exported model (or, for PyTorch, the model itself), places one batch of
+inputs on its device, and hands back a zero-argument callable that runs one inference: that call
+is the only thing inside the timed region. Adding a backend is one new module with a subclass
+and one line in ``rechar.runners.BACKENDS``.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from rechar.exporters import ExportResult
+from rechar.models import RecModel
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendOptions:
+    threads: int  # intra-op threads (inter-op parallelism is 1: these graphs are chains)
+    jit_compile: bool = False  # TensorFlow: compile with XLA
+
+
+class Backend(abc.ABC):
+    name: ClassVar[str]  # e.g. "ort-cuda"
+    framework: ClassVar[str]  # torch | onnxruntime | tensorflow
+    device: str = "cpu"  # cpu | cuda | gpu; may be set at load time (TF picks its own device)
+
+    def __init__(self, options: BackendOptions):
+        self.options = options
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """None if this backend can run here, else why not (one line)."""
+        return None
+
+    @abc.abstractmethod
+    def load(self, model: RecModel, export: ExportResult) -> None:
+        """Load the model; ``export`` is the verified ONNX export of the same weights."""
+
+    @abc.abstractmethod
+    def prepare(self, inputs: dict[str, np.ndarray]) -> Callable[[], Any]:
+        """Place ``inputs`` on the device; return a call that runs one inference (and waits for
+        the device to finish, so that timing it is honest)."""
+
+    @abc.abstractmethod
+    def outputs(self, result: Any) -> np.ndarray:
+        """The first model output of a call's ``result`` as a numpy array (not timed)."""
+
+    def settings(self) -> dict[str, Any]:
+        """The settings this backend runs with, recorded with every point."""
+        return {"threads": self.options.threads}
+
+    def peak_device_bytes(self) -> int | None:
+        """Peak device memory since load, where the framework reports it."""
+        return None
+
+    def close(self) -> None:
+        """Free what load() took."""

@@ -1,0 +1,196 @@
+"""The results store of a run folder.
+
+    RUN_DIR/
+      manifest.json      run id, times, host, software versions, resolved configs, all options
+      points.jsonl       append-only log, one JSON record per finished point (the durable truth)
+      points.parquet     one row per point (POINT_COLUMNS), rebuilt from points.jsonl
+      latencies.parquet  one row per timed iteration: run_id, model, backend, device, batch,
+                         iteration, latency_us
+      logs/              each worker's stderr
+      specs/             each worker's input (the exports it ran are named in the manifest)
+
+Schema version SCHEMA_VERSION is stored in the manifest and in both Parquet files' metadata;
+a reader refuses a run written by a newer schema.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rechar.errors import UserError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+POINTS_LOG = "points.jsonl"
+POINTS = "points.parquet"
+LATENCIES = "latencies.parquet"
+
+#: Columns of points.parquet, in order. Times in microseconds; throughput in samples/s.
+POINT_COLUMNS = [
+    "run_id", "model", "scale", "backend", "framework", "device", "batch", "status", "error",
+    "max_abs_error", "iterations", "p50_us", "p90_us", "p99_us", "mean_us", "std_us", "min_us", "max_us",
+    "throughput_sps", "timed_seconds", "load_seconds", "peak_rss_bytes", "peak_device_bytes",
+    "input_hash", "settings", "started", "finished",
+]
+#: status values: ok (timed), invalid (outputs outside tolerance: not timed), failed (an error or
+#: a crashed worker), timeout (the worker was killed after --timeout seconds).
+STATUSES = ("ok", "invalid", "failed", "timeout")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{run_dir} is not a run folder (no {MANIFEST})") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is unreadable: {e}") from None
+    if not isinstance(manifest, dict) or "schema_version" not in manifest:
+        raise UserError(f"{path} is not a rechar run manifest")
+    if manifest["schema_version"] > SCHEMA_VERSION:
+        raise UserError(f"{run_dir} was written by a newer rechar (schema {manifest['schema_version']}, "
+                        f"this one reads up to {SCHEMA_VERSION}); upgrade rechar")
+    return manifest
+
+
+def append_point(run_dir: Path, record: dict[str, Any]) -> None:
+    """Append one point as a JSON line, flushed to disk before returning: a finished point
+    survives a kill of the process that measured it."""
+    line = json.dumps(record, separators=(",", ":")) + "\n"
+    with open(Path(run_dir) / POINTS_LOG, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class PointLogTail:
+    """Follows points.jsonl as workers append to it, reading only new complete lines (the
+    parent polls it while a worker measures, so it must stay cheap)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / POINTS_LOG
+        self.offset = 0
+
+    def new_keys(self) -> list[tuple]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        keys = []
+        for line in data[:end].splitlines():
+            try:
+                keys.append(point_key(json.loads(line)))
+            except (json.JSONDecodeError, KeyError):
+                continue  # a torn record left by a killed worker
+        return keys
+
+
+def read_point_log(run_dir: Path) -> list[dict[str, Any]]:
+    """Records of points.jsonl. A torn last line (a worker killed mid-write) is ignored; later
+    records of the same point replace earlier ones."""
+    path = Path(run_dir) / POINTS_LOG
+    if not path.exists():
+        return []
+    records: dict[tuple, dict[str, Any]] = {}
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i >= len(lines) - 2:  # the last record, cut short
+                continue
+            raise UserError(f"{path}: line {i + 1} is corrupt") from None
+        records[point_key(rec)] = rec
+    return list(records.values())
+
+
+def point_key(rec: dict[str, Any]) -> tuple:
+    return rec["model"], rec["backend"], int(rec["batch"])
+
+
+def write_tables(run_dir: Path) -> pd.DataFrame:
+    """Rebuild points.parquet and latencies.parquet from the log (atomically); return points."""
+    run_dir = Path(run_dir)
+    records = read_point_log(run_dir)
+    rows = [{c: (json.dumps(r.get(c)) if c == "settings" else r.get(c)) for c in POINT_COLUMNS} for r in records]
+    points = pd.DataFrame(rows, columns=POINT_COLUMNS)
+    points = points.sort_values(["model", "backend", "batch"], kind="stable").reset_index(drop=True)
+    lat_parts = []
+    for r in records:
+        if r.get("latencies_ns"):
+            n = len(r["latencies_ns"])
+            lat_parts.append(pd.DataFrame({
+                "run_id": r["run_id"], "model": r["model"], "backend": r["backend"], "device": r["device"],
+                "batch": r["batch"], "iteration": range(n), "latency_us": [v / 1e3 for v in r["latencies_ns"]],
+            }))
+    latencies = pd.concat(lat_parts, ignore_index=True) if lat_parts else pd.DataFrame(
+        {"run_id": [], "model": [], "backend": [], "device": [], "batch": [], "iteration": [], "latency_us": []})
+    _write_parquet(points, run_dir / POINTS)
+    _write_parquet(latencies, run_dir / LATENCIES)
+    return points
+
+
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"rechar.schema_version": str(SCHEMA_VERSION).encode()})
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def load_points(run_dir: Path) -> pd.DataFrame:
+    """points.parquet of a run (schema checked), with the run's host name added."""
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    path = run_dir / POINTS
+    if not path.exists():
+        return write_tables(run_dir) if (run_dir / POINTS_LOG).exists() else pd.DataFrame(columns=POINT_COLUMNS)
+    version = int(pq.read_schema(path).metadata.get(b"rechar.schema_version", b"0"))
+    if version > SCHEMA_VERSION:
+        raise UserError(f"{path} was written by a newer rechar (schema {version}); upgrade rechar")
+    df = pd.read_parquet(path)
+    df["host"] = manifest.get("host", {}).get("hostname")
+    return df
+
+
+def load_latencies(run_dir: Path) -> pd.DataFrame:
+    read_manifest(run_dir)
+    return pd.read_parquet(Path(run_dir) / LATENCIES)
+
+
+def summary(points: pd.DataFrame) -> str:
+    """A plain-text table of a run's points."""
+    if points.empty:
+        return "(no points)"
+    view = pd.DataFrame({
+        "model": points["model"], "backend": points["backend"], "device": points["device"],
+        "batch": points["batch"], "status": points["status"],
+        "p50 ms": (points["p50_us"] / 1e3).round(3), "p99 ms": (points["p99_us"] / 1e3).round(3),
+        "samples/s": points["throughput_sps"].round(0),
+        "max err": points["max_abs_error"].map(lambda v: "" if pd.isna(v) else f"{v:.1e}"),
+    })
+    text = view.to_string(index=False, na_rep="")
+    problems = points[points["status"] != "ok"]
+    if not problems.empty:
+        text += "\n\nnot timed:\n" + "\n".join(
+            f"  {r.model} {r.backend} batch {r.batch}: {r.status}: {r.error}" for r in problems.itertuples())
+    return text

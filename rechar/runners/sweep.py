@@ -1,0 +1,211 @@
+"""A sweep: models x backends x batch sizes, one worker process per (model, backend).
+
+    >>> from rechar.runners.sweep import RunOptions, run_sweep
+    >>> run_dir = run_sweep(RunOptions(models=["ncf"], backends=["ort-cpu"], batch_sizes=[1, 64], scale="tiny"))
+
+Exports come from the export cache (made on demand). Each finished point is durable in
+``points.jsonl`` as soon as it is measured; the Parquet tables are rebuilt after each worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+
+from rechar.models import DEFAULT_SCALE, names as model_names, resolve_config
+from rechar import hostinfo
+from rechar.errors import UserError
+from rechar.exporters import ExportOptions, export
+from rechar.runners import select_backends
+from rechar.runners.measure import TimingOptions
+from rechar.runners.results import (
+    MANIFEST, SCHEMA_VERSION, PointLogTail, append_point, point_key, read_point_log, write_json_atomic, write_tables,
+)
+
+DEFAULT_BATCH_SIZES = (1, 16, 64, 256, 1024)
+#: Gate tolerance against eager PyTorch. Outputs are probabilities; fp32 kernels of different
+#: frameworks differ by summation order (seen up to ~1e-6), far inside this.
+GATE_ATOL = 1e-4
+GATE_RTOL = 1e-3
+
+
+@dataclasses.dataclass
+class RunOptions:
+    models: list[str] = dataclasses.field(default_factory=model_names)
+    backends: list[str] = dataclasses.field(default_factory=list)  # empty or ["all"]: every available one
+    batch_sizes: list[int] = dataclasses.field(default_factory=lambda: list(DEFAULT_BATCH_SIZES))
+    scale: str = DEFAULT_SCALE
+    overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    threads: int = dataclasses.field(default_factory=lambda: psutil.cpu_count(logical=False) or 1)
+    seed: int = 0
+    ids: str = "uniform"
+    zipf_alpha: float = 1.05
+    jit_compile: bool = False
+    timing: TimingOptions = TimingOptions()
+    exports_dir: str = "exports"
+    timeout: float = 600.0  # seconds per (model, backend) worker
+    atol: float = GATE_ATOL
+    rtol: float = GATE_RTOL
+
+    def validate(self) -> None:
+        for name in self.models:
+            resolve_config(name, self.scale, self.overrides.get(name))
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise UserError(f"batch sizes must be positive integers, got {self.batch_sizes}")
+        if self.threads < 1:
+            raise UserError(f"threads must be at least 1, got {self.threads}")
+        if self.timeout <= 0:
+            raise UserError(f"timeout must be positive, got {self.timeout}")
+
+
+def new_run_dir(root: str | Path = "runs") -> Path:
+    return Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def run_sweep(
+    options: RunOptions,
+    run_dir: str | Path | None = None,
+    log: Callable[[str], None] = lambda msg: None,
+    progress: Callable[[int, int, str], None] = lambda done, total, label: None,
+) -> Path:
+    """Run the sweep into ``run_dir`` (a new folder under runs/ by default) and return it."""
+    options.validate()
+    backends, skipped = select_backends(options.backends)
+    for name, reason in skipped.items():
+        log(f"skipping backend {name}: {reason}")
+    if not backends:
+        raise UserError("no backend is available")
+    run_dir = Path(run_dir) if run_dir else new_run_dir()
+    _make_run_dir(run_dir)
+    run_id = run_dir.name
+    manifest = {
+        "schema_version": SCHEMA_VERSION, "run_id": run_id, "status": "running",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "finished": None,
+        "host": hostinfo.host(), "software": hostinfo.software(),
+        "options": {**dataclasses.asdict(options), "backends": backends}, "skipped_backends": skipped,
+        "configs": {}, "exports": {},
+    }
+    write_json_atomic(run_dir / MANIFEST, manifest)
+
+    exports = {}
+    for name in options.models:
+        result = export(name, options.scale, options.overrides.get(name), options.exports_dir,
+                        ExportOptions(seed=options.seed), log=log)
+        exports[name] = result
+        manifest["configs"][name] = result.manifest["config"]
+        manifest["exports"][name] = {"path": str(result.path.resolve()), "cache_key": result.manifest["cache_key"],
+                                     "files": result.manifest["files"]}
+    write_json_atomic(run_dir / MANIFEST, manifest)
+
+    pairs = [(m, b) for m in options.models for b in backends]
+    total = len(pairs) * len(options.batch_sizes)
+    done = {point_key(r) for r in read_point_log(run_dir)}
+    progress(len(done), total, "")
+    tail = PointLogTail(run_dir)
+    for name, backend in pairs:
+        todo = [b for b in options.batch_sizes if (name, backend, b) not in done]
+        if not todo:
+            continue
+        _run_worker(run_dir, run_id, name, backend, todo, exports[name].path, options, done, total, progress, tail)
+        write_tables(run_dir)
+    write_tables(run_dir)
+    manifest.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    write_json_atomic(run_dir / MANIFEST, manifest)
+    return run_dir
+
+
+def _make_run_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "logs").mkdir(exist_ok=True)
+        (run_dir / "specs").mkdir(exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create run folder {run_dir}: {e.strerror}") from None
+
+
+def _run_worker(run_dir: Path, run_id: str, name: str, backend: str, batches: list[int], export_dir: Path,
+                options: RunOptions, done: set, total: int, progress, tail: PointLogTail) -> None:
+    spec = {
+        "run_id": run_id, "model": name, "scale": options.scale, "overrides": options.overrides.get(name, {}),
+        "seed": options.seed, "ids": options.ids, "zipf_alpha": options.zipf_alpha,
+        "export_dir": str(export_dir.resolve()), "backend": backend, "batches": batches,
+        "threads": options.threads, "jit_compile": options.jit_compile,
+        "timing": dataclasses.asdict(options.timing), "atol": options.atol, "rtol": options.rtol,
+        "run_dir": str(run_dir.resolve()),
+    }
+    stem = f"{name}__{backend}"
+    spec_path = run_dir / "specs" / f"{stem}.json"
+    write_json_atomic(spec_path, spec)
+    log_path = run_dir / "logs" / f"{stem}.log"
+    label = f"{name} on {backend}"
+    progress(len(done), total, label)
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "rechar.runners.worker", str(spec_path)],
+                                stdout=log_file, stderr=subprocess.STDOUT, env=_worker_env(options))
+        deadline = time.monotonic() + options.timeout
+        status = None
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                status = "timeout"
+                break
+            time.sleep(0.25)
+            _refresh(tail, done, total, label, progress)
+    _refresh(tail, done, total, label, progress)
+    missing = [b for b in batches if (name, backend, b) not in done]
+    if not missing:
+        return
+    if status == "timeout":
+        error = f"worker killed after the {options.timeout:g} s timeout"
+    else:
+        error = f"worker exited with {_describe_exit(proc.returncode)}: {_tail(log_path)}"
+    for batch in missing:
+        append_point(run_dir, {"run_id": run_id, "model": name, "scale": options.scale, "backend": backend,
+                               "device": None, "batch": batch, "status": status or "failed", "error": error})
+        done.add((name, backend, batch))
+    progress(len(done), total, label)
+
+
+def _refresh(tail: PointLogTail, done: set, total: int, label: str, progress) -> None:
+    keys = set(tail.new_keys())
+    if keys - done:
+        done |= keys
+        progress(len(done), total, label)
+
+
+def _worker_env(options: RunOptions) -> dict[str, str]:
+    env = dict(os.environ)
+    # OpenMP pools of every framework follow --threads; set before the worker imports them.
+    env.update(OMP_NUM_THREADS=str(options.threads), MKL_NUM_THREADS=str(options.threads),
+               TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    return env
+
+
+def _describe_exit(code: int) -> str:
+    if code is not None and code < 0:
+        import signal
+
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit status {code}"
+
+
+def _tail(path: Path, lines: int = 3, limit: int = 400) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    tail = " | ".join(line.strip() for line in text[-lines:]) or "(empty log)"
+    return tail[-limit:]

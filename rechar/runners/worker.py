@@ -1,0 +1,147 @@
+"""One (model, backend) pair over its batch sizes, in a process of its own.
+
+    python -m rechar.runners.worker SPEC.json
+
+Each framework gets a fresh process so that thread pools, allocators and crashes of one cannot
+touch another's numbers. Every finished point is appended to the run's ``points.jsonl`` and
+fsynced before the next starts; the parent records whatever a crashed worker left unfinished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import hashlib
+import json
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import rechar.models as models
+from rechar.exporters import ExportResult, load_manifest
+from rechar.runners import BackendOptions, backend_class
+from rechar.runners.measure import TimingOptions, summarize, time_call
+from rechar.runners.results import append_point
+
+
+@dataclasses.dataclass
+class WorkerSpec:
+    run_id: str
+    model: str
+    scale: str
+    overrides: dict[str, Any]
+    seed: int
+    ids: str
+    zipf_alpha: float
+    export_dir: str
+    backend: str
+    batches: list[int]
+    threads: int
+    jit_compile: bool
+    timing: dict[str, Any]
+    atol: float
+    rtol: float
+    run_dir: str
+
+    @classmethod
+    def read(cls, path: str | Path) -> "WorkerSpec":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def input_hash(inputs: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name, array in inputs.items():
+        h.update(name.encode())
+        h.update(str(array.dtype).encode() + str(array.shape).encode())
+        h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()[:16]
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def run(spec: WorkerSpec) -> None:
+    config = models.resolve_config(spec.model, spec.scale, spec.overrides)
+    model = models.get(spec.model, config=config, seed=spec.seed)
+    manifest = load_manifest(spec.export_dir)
+    export = ExportResult(spec.model, Path(spec.export_dir), manifest, cached=True)
+    if manifest["fixed_dims"] != model.fixed_dims():
+        raise ValueError(f"export fixes {manifest['fixed_dims']} but the model has {model.fixed_dims()}; re-export")
+
+    # Inputs and eager-PyTorch reference outputs for every batch, before the backend loads.
+    inputs = {b: model.make_inputs(b, seed=spec.seed, ids=spec.ids, zipf_alpha=spec.zipf_alpha) for b in spec.batches}
+    expected = {b: model.predict(x) for b, x in inputs.items()}
+
+    cls = backend_class(spec.backend)
+    backend = cls(BackendOptions(threads=spec.threads, jit_compile=spec.jit_compile))
+    if spec.backend not in ("torch", "torch-cuda"):
+        del model  # other frameworks hold their own copy of the weights
+        model = None
+        gc.collect()
+    timing = TimingOptions(**spec.timing)
+    base = {"run_id": spec.run_id, "model": spec.model, "scale": spec.scale, "backend": spec.backend,
+            "framework": cls.framework}
+    load_start = time.perf_counter()
+    try:
+        backend.load(model, export)
+    except Exception as e:  # a framework that cannot load the model fails every point, clearly
+        for batch in spec.batches:
+            append_point(spec.run_dir, {**base, "device": backend.device, "batch": batch, "status": "failed",
+                                             "error": f"load failed: {_one_line(e)}"})
+        return
+    load_seconds = time.perf_counter() - load_start
+    settings = backend.settings()
+
+    for batch in spec.batches:
+        record = {**base, "device": backend.device, "batch": batch, "input_hash": input_hash(inputs[batch]),
+                  "load_seconds": load_seconds, "settings": settings, "started": time.time()}
+        try:
+            call = backend.prepare(inputs[batch])
+            got = backend.outputs(call())
+            ok, err = _compare(got, expected[batch], spec.atol, spec.rtol)
+            record["max_abs_error"] = err
+            if not ok:
+                record.update(status="invalid", error=f"outputs differ from eager PyTorch by {err:.3g} "
+                                                      f"(atol {spec.atol}, rtol {spec.rtol})")
+            else:
+                latencies = time_call(call, timing)
+                record.update(status="ok", **summarize(latencies, batch), latencies_ns=latencies.tolist())
+            del call
+        except Exception as e:
+            record.update(status="failed", error=_one_line(e))
+        record.update(finished=time.time(), peak_rss_bytes=peak_rss_bytes(),
+                      peak_device_bytes=backend.peak_device_bytes())
+        append_point(spec.run_dir, record)
+    backend.close()
+
+
+def _compare(got: np.ndarray, want: np.ndarray, atol: float, rtol: float) -> tuple[bool, float]:
+    if got.shape != want.shape:
+        return False, float("inf")
+    err = float(np.max(np.abs(got.astype(np.float64) - want))) if got.size else 0.0
+    return bool(np.allclose(got, want, atol=atol, rtol=rtol)), err
+
+
+def _one_line(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}".strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def main(argv: list[str]) -> int:
+    spec = WorkerSpec.read(argv[1])
+    try:
+        run(spec)
+    except Exception:
+        traceback.print_exc()  # goes to the worker's log; the parent records the points as failed
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,35 @@
+"""Shared fixtures: the eight models exported once at tiny scale for the whole test session."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+import rechar.models as models
+from rechar.exporters import ExportOptions, export
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(tmp_path_factory):
+    """name -> ExportResult for all eight models at tiny scale (torchscript exporter)."""
+    out = tmp_path_factory.mktemp("exports")
+    return {name: export(name, "tiny", out=out, options=ExportOptions()) for name in models.names()}
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """Run the real ``rechar`` entry point in-process: returns (exit status, stdout, stderr)."""
+    from rechar.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["rechar", *args])
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
