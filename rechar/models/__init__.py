@@ -29,16 +29,25 @@ __all__ = [
     "get", "resolve_config", "describe", "names", "load_config_file",
 ]
 
-#: name -> (model class, paper-scale config)
-MODELS: dict[str, tuple[type[RecModel], ModelConfig]] = {
-    "dlrm-rmc1": (DLRM, RMC1),
-    "dlrm-rmc2": (DLRM, RMC2),
-    "dlrm-rmc3": (DLRM, RMC3),
-    "ncf": (NCF, NCFConfig()),
-    "wnd": (WideDeep, WideDeepConfig()),
-    "mt-wnd": (MultiTaskWideDeep, MultiTaskWideDeepConfig()),
-    "din": (DIN, DINConfig()),
-    "dien": (DIEN, DIENConfig()),
+EMBEDDING, MLP, SEQUENCE = "embedding-dominated", "MLP-dominated", "attention/sequence"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    cls: type[RecModel]
+    paper: ModelConfig  # the study's sizes
+    category: str  # what the study found to dominate CPU time
+
+
+MODELS: dict[str, ModelEntry] = {
+    "dlrm-rmc1": ModelEntry(DLRM, RMC1, EMBEDDING),
+    "dlrm-rmc2": ModelEntry(DLRM, RMC2, EMBEDDING),
+    "dlrm-rmc3": ModelEntry(DLRM, RMC3, MLP),
+    "ncf": ModelEntry(NCF, NCFConfig(), MLP),
+    "wnd": ModelEntry(WideDeep, WideDeepConfig(), MLP),
+    "mt-wnd": ModelEntry(MultiTaskWideDeep, MultiTaskWideDeepConfig(), MLP),
+    "din": ModelEntry(DIN, DINConfig(), SEQUENCE),
+    "dien": ModelEntry(DIEN, DIENConfig(), SEQUENCE),
 }
 
 
@@ -46,7 +55,7 @@ def names() -> list[str]:
     return list(MODELS)
 
 
-def _entry(name: str) -> tuple[type[RecModel], ModelConfig]:
+def _entry(name: str) -> ModelEntry:
     try:
         return MODELS[name]
     except KeyError:
@@ -55,8 +64,7 @@ def _entry(name: str) -> tuple[type[RecModel], ModelConfig]:
 
 def resolve_config(name: str, scale: str = DEFAULT_SCALE, overrides: dict[str, Any] | None = None) -> ModelConfig:
     """The paper config of ``name``, capped by ``scale``, then with ``overrides`` applied."""
-    _, paper = _entry(name)
-    config = paper.scaled(scale)
+    config = _entry(name).paper.scaled(scale)
     return config.with_overrides(overrides or {}, where=f"config for {name}")
 
 
@@ -68,7 +76,7 @@ def get(
     config: ModelConfig | None = None,
 ) -> RecModel:
     """Build a model in eval mode with weights drawn deterministically from ``seed``."""
-    cls, _ = _entry(name)
+    cls = _entry(name).cls
     config = config or resolve_config(name, scale, overrides)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -82,7 +90,8 @@ def describe(name: str, config: ModelConfig) -> dict[str, Any]:
     The model is built on PyTorch's ``meta`` device: parameter shapes are exact but no memory is
     allocated, and a forward pass under ``FlopCounterMode`` counts the matmul work per sample.
     """
-    cls, _ = _entry(name)
+    entry = _entry(name)
+    cls = entry.cls
     with torch.device("meta"):
         model = cls(name, config).eval()
         tables = model.embedding_tables()
@@ -93,7 +102,7 @@ def describe(name: str, config: ModelConfig) -> dict[str, Any]:
     params = sum(p.numel() for p in model.parameters())
     return {
         "model": name,
-        "category": cls.category,
+        "category": entry.category,
         "params": params,
         "dense_params": params - embedding_params,
         "embedding_tables": len(tables),

@@ -69,7 +69,6 @@ def _coprime_stride(rows: int) -> int:
 class RecModel(nn.Module):
     """A recommendation model: a torch module plus what rechar needs to feed and export it."""
 
-    category: ClassVar[str]
     input_names: ClassVar[tuple[str, ...]]
     output_names: ClassVar[tuple[str, ...]] = ("prediction",)
 

@@ -41,7 +41,6 @@ class InterestAttention(nn.Module):
 
 
 class DIEN(RecModel):
-    category = "attention/sequence"
     input_names = DIN.input_names
     output_names = DIN.output_names
 

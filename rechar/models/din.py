@@ -41,7 +41,6 @@ class ActivationUnit(nn.Module):
 
 
 class DIN(RecModel):
-    category = "attention/sequence"
     input_names = ("profile", "context", "history", "history_mask", "target")
     output_names = ("probabilities",)
 

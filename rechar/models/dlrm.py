@@ -62,7 +62,6 @@ class Interaction(nn.Module):
 
 
 class DLRM(RecModel):
-    category = "embedding-dominated"
     input_names = ("dense", "sparse")
 
     def __init__(self, name: str, config: DLRMConfig):

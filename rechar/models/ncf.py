@@ -24,7 +24,6 @@ class NCFConfig(ModelConfig):
 
 
 class NCF(RecModel):
-    category = "MLP-dominated"
     input_names = ("user", "item")
 
     def __init__(self, name: str, config: NCFConfig):

@@ -22,7 +22,6 @@ class WideDeepConfig(ModelConfig):
 
 
 class WideDeep(RecModel):
-    category = "MLP-dominated"
     input_names = ("dense", "sparse")
 
     def __init__(self, name: str, config: WideDeepConfig):
@@ -54,7 +53,6 @@ class MultiTaskWideDeepConfig(ModelConfig):
 
 
 class MultiTaskWideDeep(RecModel):
-    category = "MLP-dominated"
     input_names = ("dense", "sparse")
     output_names = ("predictions",)
 

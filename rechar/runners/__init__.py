@@ -7,6 +7,7 @@ that TensorFlow is never loaded for a PyTorch run.
 from __future__ import annotations
 
 import importlib
+import os
 
 from rechar.errors import UserError
 from rechar.runners.base import Backend, BackendOptions
@@ -19,14 +20,19 @@ BACKENDS: dict[str, str] = {
     "tf": "rechar.runners.tf_backend:TFBackend",
 }
 
+# Backends from outside rechar, without editing it: RECHAR_EXTRA_BACKENDS="name=module:Class,..."
+# (the worker processes inherit the environment, so they see the same registry).
+for _entry in filter(None, os.environ.get("RECHAR_EXTRA_BACKENDS", "").split(",")):
+    _name, _, _target = _entry.partition("=")
+    BACKENDS[_name.strip()] = _target.strip()
+
 __all__ = ["BACKENDS", "Backend", "BackendOptions", "backend_class", "select_backends"]
 
 
 def backend_class(name: str) -> type[Backend]:
-    try:
-        module, cls = BACKENDS[name].split(":")
-    except KeyError:
-        raise UserError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)}, or all)") from None
+    if name not in BACKENDS:
+        raise UserError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)}, or all)")
+    module, _, cls = BACKENDS[name].partition(":")
     return getattr(importlib.import_module(module), cls)
 
 

@@ -1,0 +1,214 @@
+"""Backends, the correctness gate, the timing statistics, the results store, and faults."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+import rechar.models as models
+from rechar.errors import UserError
+from rechar.runners import BACKENDS, BackendOptions, backend_class, select_backends
+from rechar.runners.measure import TimingOptions, summarize, time_call
+from rechar.runners.results import LATENCIES, POINT_COLUMNS, POINTS, load_points, read_manifest, read_point_log
+from rechar.runners.sweep import GATE_ATOL, RunOptions, run_sweep
+
+FAST = TimingOptions(warmup_iters=2, warmup_seconds=0.0, min_iters=5, min_seconds=0.0)
+CPU_BACKENDS = ["torch", "ort-cpu", "tf"]
+TESTS_DIR = Path(__file__).parent
+
+
+def _available(name):
+    reason = backend_class(name).unavailable_reason()
+    if reason:
+        pytest.skip(f"{name} unavailable here: {reason}")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS + ["torch-cuda", "ort-cuda"])
+@pytest.mark.parametrize("name", models.names())
+def test_backend_matches_eager_pytorch(tiny_exports, backend, name):
+    _available(backend)
+    model = models.get(name, scale="tiny")
+    b = backend_class(backend)(BackendOptions(threads=1))
+    b.load(model, tiny_exports[name])
+    try:
+        for batch in (1, 16, 37):
+            feed = model.make_inputs(batch, seed=5)
+            call = b.prepare(feed)
+            got = b.outputs(call())
+            np.testing.assert_allclose(got, model.predict(feed), atol=GATE_ATOL)
+            np.testing.assert_allclose(b.outputs(call()), got)  # repeatable: the timed call is the same work
+    finally:
+        b.close()
+
+
+def test_time_call_honours_warmup_and_minimums():
+    calls = []
+    lat = time_call(lambda: calls.append(1), TimingOptions(warmup_iters=7, warmup_seconds=0, min_iters=20, min_seconds=0))
+    assert lat.size == 20 and len(calls) == 27 and (lat > 0).all()
+    lat = time_call(lambda: None, TimingOptions(warmup_iters=0, warmup_seconds=0, min_iters=1, min_seconds=0.05, max_iters=10**9))
+    assert lat.size > 100  # ran for at least 50 ms
+
+
+def test_summarize():
+    lat_ns = np.arange(1, 101, dtype=np.int64) * 1000  # 1..100 us
+    s = summarize(lat_ns, batch=10)
+    assert s["iterations"] == 100 and s["min_us"] == 1 and s["max_us"] == 100
+    assert s["p50_us"] == pytest.approx(50.5) and s["p99_us"] == pytest.approx(99.01)
+    assert s["mean_us"] == pytest.approx(50.5) and s["std_us"] == pytest.approx(np.std(np.arange(1, 101), ddof=1))
+    assert s["throughput_sps"] == pytest.approx(10 / 50.5e-6)
+    assert s["timed_seconds"] == pytest.approx(5050e-6)
+
+
+def _sweep(tmp_path, **kw):
+    opts = dict(models=["ncf"], backends=["ort-cpu"], batch_sizes=[1, 4], scale="tiny", timing=FAST,
+                exports_dir=str(tmp_path / "exports"), threads=1)
+    opts.update(kw)
+    return run_sweep(RunOptions(**opts), tmp_path / "run")
+
+
+def test_results_round_trip_and_schema(tmp_path):
+    run_dir = _sweep(tmp_path, backends=["torch", "ort-cpu"], batch_sizes=[1, 4, 9])
+    manifest = read_manifest(run_dir)
+    assert manifest["status"] == "complete" and manifest["schema_version"] == 1
+    assert manifest["options"]["batch_sizes"] == [1, 4, 9] and manifest["configs"]["ncf"]["mlp"] == [256, 256, 128, 64]
+    assert {"cpu", "logical_cores", "memory_bytes", "gpus"} <= set(manifest["host"])
+    assert {"python", "torch", "onnxruntime", "rechar"} <= set(manifest["software"])
+    points = load_points(run_dir)
+    assert list(points.columns) == POINT_COLUMNS + ["host"]
+    assert len(points) == 6 and (points["status"] == "ok").all()
+    assert (points["p50_us"] <= points["p99_us"]).all() and (points["min_us"] <= points["p50_us"]).all()
+    assert (points["iterations"] >= 5).all()
+    # the same seed gives the same inputs in every backend
+    assert points.groupby("batch")["input_hash"].nunique().eq(1).all()
+    latencies = pd.read_parquet(run_dir / LATENCIES)
+    counts = latencies.groupby(["backend", "batch"]).size()
+    for r in points.itertuples():
+        assert counts[(r.backend, r.batch)] == r.iterations
+        lat = latencies[(latencies.backend == r.backend) & (latencies.batch == r.batch)]["latency_us"]
+        assert np.median(lat) == pytest.approx(r.p50_us)
+    for name in (POINTS, LATENCIES):
+        assert pq.read_schema(run_dir / name).metadata[b"rechar.schema_version"] == b"1"
+    assert json.loads(points.loc[0, "settings"])["threads"] == 1
+
+
+def test_inputs_are_the_same_across_runs(tmp_path):
+    a = load_points(_sweep(tmp_path / "a"))
+    b = load_points(_sweep(tmp_path / "b"))
+    assert list(a["input_hash"]) == list(b["input_hash"])
+    c = load_points(_sweep(tmp_path / "c", seed=1))
+    assert list(a["input_hash"]) != list(c["input_hash"])
+
+
+def test_newer_schema_is_refused(tmp_path):
+    run_dir = _sweep(tmp_path, batch_sizes=[1])
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["schema_version"] = 99
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="newer rechar"):
+        load_points(run_dir)
+
+
+def test_gate_catches_a_perturbed_model(tmp_path):
+    exports = tmp_path / "exports"
+    _sweep(tmp_path / "first", exports_dir=str(exports), batch_sizes=[1])
+    onnx_path = exports / "ncf" / "tiny" / "model.onnx"
+    graph = onnx.load(str(onnx_path))
+    bias = next(t for t in graph.graph.initializer if t.name == "predict_layer.bias")
+    value = onnx.numpy_helper.to_array(bias) + 0.5
+    bias.CopyFrom(onnx.numpy_helper.from_array(value.astype(np.float32), bias.name))
+    onnx.save(graph, str(onnx_path))  # same size, so the export cache still trusts it
+    points = load_points(_sweep(tmp_path, exports_dir=str(exports), backends=["ort-cpu", "torch"]))
+    ort_points = points[points.backend == "ort-cpu"]
+    assert (ort_points["status"] == "invalid").all()
+    assert (ort_points["max_abs_error"] > 0.01).all() and ort_points["p50_us"].isna().all()
+    assert ort_points["error"].str.contains("differ from eager PyTorch").all()
+    assert (points[points.backend == "torch"]["status"] == "ok").all()
+
+
+@pytest.fixture
+def fault_backends(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]))
+    extra = {n: f"fault_backends:{c}" for n, c in
+             [("crashing", "CrashingBackend"), ("raising", "RaisingBackend"), ("hanging", "HangingBackend")]}
+    monkeypatch.setenv("RECHAR_EXTRA_BACKENDS", ",".join(f"{k}={v}" for k, v in extra.items()))
+    monkeypatch.syspath_prepend(str(TESTS_DIR))
+    for k, v in extra.items():
+        monkeypatch.setitem(BACKENDS, k, v)
+
+
+def test_a_crashing_worker_is_recorded_and_the_sweep_goes_on(tmp_path, fault_backends):
+    run_dir = _sweep(tmp_path, backends=["crashing", "ort-cpu"], batch_sizes=[1, 4, 8])
+    points = load_points(run_dir).set_index(["backend", "batch"])
+    assert points.loc[("crashing", 1), "status"] == "ok"  # finished before the crash: kept
+    for batch in (4, 8):
+        assert points.loc[("crashing", batch), "status"] == "failed"
+        assert "signal SIGSEGV" in points.loc[("crashing", batch), "error"]
+    assert (points.loc["ort-cpu", "status"] == "ok").all()
+    assert read_manifest(run_dir)["status"] == "complete"
+
+
+def test_a_framework_exception_fails_one_point(tmp_path, fault_backends):
+    points = load_points(_sweep(tmp_path, backends=["raising"], batch_sizes=[1, 4, 8])).set_index("batch")
+    assert list(points["status"]) == ["ok", "failed", "ok"]
+    assert points.loc[4, "error"] == "RuntimeError: out of memory while allocating 1 PB"
+
+
+def test_a_hung_worker_times_out(tmp_path, fault_backends):
+    points = load_points(_sweep(tmp_path, backends=["hanging", "ort-cpu"], batch_sizes=[1], timeout=15))
+    by_backend = points.set_index("backend")
+    assert by_backend.loc["hanging", "status"] == "timeout"
+    assert "15 s timeout" in by_backend.loc["hanging", "error"]
+    assert by_backend.loc["ort-cpu", "status"] == "ok"
+    assert len(read_point_log(tmp_path / "run")) == 2
+
+
+def test_unavailable_backends(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "tensorflow" else real(n, *a))
+    with pytest.raises(UserError, match=r"backend tf is not available: TensorFlow is not installed \(pip install"):
+        select_backends(["tf"])
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="backend torch-cuda is not available: no CUDA device"):
+        select_backends(["torch-cuda"])
+    with pytest.raises(UserError, match="backend ort-cuda is not available"):
+        select_backends(["ort-cuda"])
+    chosen, skipped = select_backends(["all"])
+    assert chosen == ["torch", "ort-cpu"]
+    assert set(skipped) == {"torch-cuda", "ort-cuda", "tf"} and all(skipped.values())
+    with pytest.raises(UserError, match="unknown backend 'mxnet'"):
+        select_backends(["mxnet"])
+
+
+def test_run_cli_end_to_end_and_errors(run_cli, tmp_path):
+    out = tmp_path / "run"
+    code, stdout, err = run_cli("run", "-m", "ncf", "-b", "ort-cpu", "--batch-sizes", "2,3", "--scale", "tiny",
+                                "--exports", str(tmp_path / "e"), "--out", str(out), "--min-iters", "3",
+                                "--min-seconds", "0", "--warmup-seconds", "0", "--quiet")
+    assert code == 0, err
+    assert "ort-cpu" in stdout and f"results: {out}" in stdout
+    code, stdout, _ = run_cli("show", str(out))
+    assert code == 0 and "ncf" in stdout and "ok" in stdout
+    for args, message in [
+        (["run", "-b", "torch-cuda", "-m", "ncf"], "backend torch-cuda is not available"),
+        (["run", "--batch-sizes", "0"], "batch sizes must be positive"),
+        (["run", "--batch-sizes", "-1"], "batch sizes must be positive"),
+        (["run", "--batch-sizes", "abc"], "not a comma-separated list of integers"),
+        (["run", "--batch-sizes", ""], "batch sizes must be positive"),
+        (["run", "-m", "bert"], "unknown model 'bert'"),
+        (["show", str(tmp_path)], "is not a run folder"),
+    ]:
+        if "torch-cuda" in args and not backend_class("torch-cuda").unavailable_reason():
+            continue  # a GPU is present: that backend is available
+        code, _, err = run_cli(*args)
+        assert code == 2 and err.count("\n") == 1 and message in err, (args, err)
