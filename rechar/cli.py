@@ -16,7 +16,7 @@ from rechar.exporters import DEFAULT_EXPORTER, EXPORTERS, ExportCheckError, Expo
 from rechar.runners import BACKENDS
 from rechar.runners.measure import TimingOptions
 from rechar.runners.results import load_points, read_manifest, summary
-from rechar.runners.sweep import DEFAULT_BATCH_SIZES, RunOptions, run_sweep
+from rechar.runners.sweep import DEFAULT_BATCH_SIZES, RunOptions, SweepInterrupted, resume_sweep, run_sweep
 
 
 def _split_names(values: tuple[str, ...]) -> list[str]:
@@ -172,9 +172,18 @@ class ProgressBar:
               help="Seconds a (model, backend) worker may take before it is killed.")
 @click.option("--xla", is_flag=True, help="Compile the TensorFlow function with XLA (jit_compile).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
+              help="Continue an interrupted run folder with its own options, skipping finished points.")
 def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_path, threads, out, exports_dir,
-            seed, ids, zipf_alpha, warmup_iters, warmup_seconds, min_iters, min_seconds, timeout, xla, quiet) -> None:
+            seed, ids, zipf_alpha, warmup_iters, warmup_seconds, min_iters, min_seconds, timeout, xla, quiet,
+            resume_dir) -> None:
     """Time models x backends x batch sizes; every point checked against eager PyTorch first."""
+    echo = (lambda msg: None) if quiet else click.echo
+    if resume_dir:
+        run_dir = resume_sweep(resume_dir, log=echo, progress=ProgressBar(not quiet))
+        click.echo(summary(load_points(run_dir)))
+        click.echo(f"results: {run_dir}")
+        return
     chosen = select_models(model_names, all_models)
     options = RunOptions(
         models=chosen, backends=_split_names(backend_names), batch_sizes=batch_sizes, scale=scale,
@@ -185,7 +194,6 @@ def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_p
     )
     if threads:
         options.threads = threads
-    echo = (lambda msg: None) if quiet else click.echo
     run_dir = run_sweep(options, out, log=echo, progress=ProgressBar(not quiet))
     points = load_points(run_dir)
     click.echo(summary(points))
@@ -209,6 +217,9 @@ def main() -> None:
     """Entry point: user errors are one line on stderr and exit status 2, never a traceback."""
     try:
         cli.main(standalone_mode=False)
+    except SweepInterrupted as e:
+        click.echo(f"\n{e}", err=True)
+        sys.exit(130)
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("interrupted; finished points are kept", err=True)
         sys.exit(130)

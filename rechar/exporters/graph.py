@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import ast
 import re
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
+
+from rechar.errors import UserError
 
 #: Node metadata key holding the PyTorch module path ('' for the model's own forward).
 MODULE_KEY = "rechar.module"
@@ -91,6 +95,57 @@ def value_specs(values) -> list[dict[str, Any]]:
         shape = [d.dim_param or d.dim_value for d in t.shape.dim]
         specs.append({"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, "shape": shape})
     return specs
+
+
+def check_external_data(onnx_path: str | Path) -> None:
+    """Refuse a model whose external-data locations leave its folder (absolute paths, '..', or
+    symbolic links pointing elsewhere), before any runtime opens them: an ONNX file from
+    elsewhere must not make rechar read arbitrary files."""
+    onnx_path = Path(onnx_path)
+    folder = onnx_path.parent.resolve()
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as e:  # protobuf raises several types for a damaged file
+        raise UserError(f"{onnx_path} is not a readable ONNX model: {type(e).__name__}") from None
+    for tensor in _all_tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or ".." in Path(location).parts or not target.is_relative_to(folder):
+            raise UserError(f"{onnx_path}: refusing external data location {location!r} of tensor {tensor.name!r}: "
+                            "it resolves outside the model's folder")
+        if not target.is_file():
+            raise UserError(f"{onnx_path}: external data file {location!r} of tensor {tensor.name!r} is missing")
+
+
+def _all_tensors(graph: onnx.GraphProto):
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            yield from attr.tensors
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _all_tensors(sub)
+
+
+def check_inputs_match(onnx_path: str | Path, inputs: dict[str, np.ndarray]) -> None:
+    """The ONNX graph takes exactly these inputs (names, order, dtypes, non-batch dimensions)."""
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    specs = value_specs(model.graph.input)
+    names = [s["name"] for s in specs]
+    if names != list(inputs):
+        raise UserError(f"{onnx_path} takes inputs {names}, but the model feeds {list(inputs)}; re-export it")
+    for spec in specs:
+        array = inputs[spec["name"]]
+        fixed = [d for d in spec["shape"][1:]]
+        if spec["dtype"] != array.dtype.name or len(spec["shape"]) != array.ndim or (
+                any(isinstance(d, int) and d != n for d, n in zip(fixed, array.shape[1:]))):
+            raise UserError(f"{onnx_path}: input {spec['name']!r} is {spec['dtype']} {spec['shape']}, but the model "
+                            f"feeds {array.dtype.name} {list(array.shape)}; re-export it")
 
 
 class ExportCheckError(Exception):

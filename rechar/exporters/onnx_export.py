@@ -92,11 +92,13 @@ def export(
     out: str | Path = "exports",
     options: ExportOptions = ExportOptions(),
     log: Callable[[str], None] = lambda msg: None,
+    verify_files: bool = False,
 ) -> ExportResult:
     """Export ``name`` at ``scale`` (with config ``overrides``) to ONNX under ``out``, verified.
 
     A valid cached export with the same cache key (config, options, rechar source, versions) is
-    returned as is.
+    returned as is; ``verify_files`` also checks its files' sha256 (a run does, once per model),
+    and a corrupt export is made again.
     """
     if options.exporter not in EXPORTERS:
         raise UserError(f"unknown exporter {options.exporter!r} (choose from {', '.join(EXPORTERS)})")
@@ -105,6 +107,11 @@ def export(
     key = cache_key(name, config, options)
     if not options.force:
         cached = _valid_cache(target, key)
+        if cached is not None and verify_files:
+            bad = [f for f, digest in cached["files"].items() if _sha256(target / f) != digest]
+            if bad:
+                log(f"{name}: {', '.join(bad)} in {target} do not match their recorded sha256; re-exporting")
+                cached = None
         if cached is not None:
             log(f"{name}: up to date in {target} (cached; --force re-exports)")
             return ExportResult(name, target, cached, cached=True)

@@ -102,9 +102,23 @@ class PointLogTail:
         return keys
 
 
+def repair_point_log(run_dir: Path) -> None:
+    """Cut a torn last record (its writer was killed mid-line), so that the next append starts
+    on a line of its own instead of being glued to the fragment."""
+    path = Path(run_dir) / POINTS_LOG
+    if not path.exists():
+        return
+    with open(path, "r+b") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+            f.flush()
+            os.fsync(f.fileno())
+
+
 def read_point_log(run_dir: Path) -> list[dict[str, Any]]:
-    """Records of points.jsonl. A torn last line (a worker killed mid-write) is ignored; later
-    records of the same point replace earlier ones."""
+    """Records of points.jsonl, one per point (the first, should a point appear twice). A torn
+    last line (a writer killed mid-write) is ignored."""
     path = Path(run_dir) / POINTS_LOG
     if not path.exists():
         return []
@@ -119,7 +133,7 @@ def read_point_log(run_dir: Path) -> list[dict[str, Any]]:
             if i >= len(lines) - 2:  # the last record, cut short
                 continue
             raise UserError(f"{path}: line {i + 1} is corrupt") from None
-        records[point_key(rec)] = rec
+        records.setdefault(point_key(rec), rec)
     return list(records.values())
 
 

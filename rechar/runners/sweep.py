@@ -25,10 +25,11 @@ from rechar.models import DEFAULT_SCALE, names as model_names, resolve_config
 from rechar import hostinfo
 from rechar.errors import UserError
 from rechar.exporters import ExportOptions, export
-from rechar.runners import select_backends
+from rechar.runners import backend_class, select_backends
 from rechar.runners.measure import TimingOptions
 from rechar.runners.results import (
-    MANIFEST, SCHEMA_VERSION, PointLogTail, append_point, point_key, read_point_log, write_json_atomic, write_tables,
+    MANIFEST, SCHEMA_VERSION, PointLogTail, append_point, point_key, read_manifest, read_point_log, repair_point_log,
+    write_json_atomic, write_tables,
 )
 
 DEFAULT_BATCH_SIZES = (1, 16, 64, 256, 1024)
@@ -56,6 +57,14 @@ class RunOptions:
     atol: float = GATE_ATOL
     rtol: float = GATE_RTOL
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunOptions":
+        """Options as recorded in a run manifest."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["timing"] = TimingOptions(**values.get("timing", {}))
+        return cls(**values)
+
     def validate(self) -> None:
         for name in self.models:
             resolve_config(name, self.scale, self.overrides.get(name))
@@ -69,6 +78,15 @@ class RunOptions:
 
 def new_run_dir(root: str | Path = "runs") -> Path:
     return Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+class SweepInterrupted(Exception):
+    """The sweep was stopped (Ctrl-C); finished points are kept and it can be resumed."""
+
+    def __init__(self, run_dir: Path, done: int, total: int):
+        super().__init__(f"interrupted: {done} of {total} points finished and kept; "
+                         f"resume with: rechar run --resume {run_dir}")
+        self.run_dir = run_dir
 
 
 def run_sweep(
@@ -85,42 +103,79 @@ def run_sweep(
     if not backends:
         raise UserError("no backend is available")
     run_dir = Path(run_dir) if run_dir else new_run_dir()
+    if (run_dir / MANIFEST).exists():
+        raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose another --out")
     _make_run_dir(run_dir)
-    run_id = run_dir.name
     manifest = {
-        "schema_version": SCHEMA_VERSION, "run_id": run_id, "status": "running",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "finished": None,
+        "schema_version": SCHEMA_VERSION, "run_id": run_dir.name, "status": "running",
+        "started": _now(), "finished": None, "resumed": [],
         "host": hostinfo.host(), "software": hostinfo.software(),
         "options": {**dataclasses.asdict(options), "backends": backends}, "skipped_backends": skipped,
         "configs": {}, "exports": {},
     }
     write_json_atomic(run_dir / MANIFEST, manifest)
+    return _sweep(run_dir, manifest, dataclasses.replace(options, backends=backends), log, progress)
 
+
+def resume_sweep(
+    run_dir: str | Path,
+    log: Callable[[str], None] = lambda msg: None,
+    progress: Callable[[int, int, str], None] = lambda done, total, label: None,
+) -> Path:
+    """Continue an interrupted run with the options it was started with, skipping finished points."""
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    options = RunOptions.from_dict(manifest["options"])
+    for name in options.backends:
+        reason = backend_class(name).unavailable_reason()
+        if reason:
+            raise UserError(f"cannot resume {run_dir}: backend {name} is not available here: {reason}")
+    if manifest.get("host", {}).get("hostname") != hostinfo.host()["hostname"]:
+        log(f"note: {run_dir} was started on {manifest['host'].get('hostname')}; resuming on another host")
+    manifest["resumed"] = [*manifest.get("resumed", []), _now()]
+    manifest.update(status="running", finished=None)
+    write_json_atomic(run_dir / MANIFEST, manifest)
+    return _sweep(run_dir, manifest, options, log, progress)
+
+
+def _sweep(run_dir: Path, manifest: dict, options: RunOptions, log, progress) -> Path:
     exports = {}
     for name in options.models:
         result = export(name, options.scale, options.overrides.get(name), options.exports_dir,
-                        ExportOptions(seed=options.seed), log=log)
+                        ExportOptions(seed=options.seed), log=log, verify_files=True)
         exports[name] = result
         manifest["configs"][name] = result.manifest["config"]
         manifest["exports"][name] = {"path": str(result.path.resolve()), "cache_key": result.manifest["cache_key"],
                                      "files": result.manifest["files"]}
     write_json_atomic(run_dir / MANIFEST, manifest)
 
-    pairs = [(m, b) for m in options.models for b in backends]
+    repair_point_log(run_dir)
+    pairs = [(m, b) for m in options.models for b in options.backends]
     total = len(pairs) * len(options.batch_sizes)
     done = {point_key(r) for r in read_point_log(run_dir)}
     progress(len(done), total, "")
     tail = PointLogTail(run_dir)
-    for name, backend in pairs:
-        todo = [b for b in options.batch_sizes if (name, backend, b) not in done]
-        if not todo:
-            continue
-        _run_worker(run_dir, run_id, name, backend, todo, exports[name].path, options, done, total, progress, tail)
+    tail.new_keys()  # skip what is already there
+    try:
+        for name, backend in pairs:
+            todo = [b for b in options.batch_sizes if (name, backend, b) not in done]
+            if not todo:
+                continue
+            _run_worker(run_dir, manifest["run_id"], name, backend, todo, exports[name].path, options, done, total, progress, tail)
+            write_tables(run_dir)
+    except KeyboardInterrupt:
         write_tables(run_dir)
+        manifest.update(status="interrupted")
+        write_json_atomic(run_dir / MANIFEST, manifest)
+        raise SweepInterrupted(run_dir, len(done), total) from None
     write_tables(run_dir)
-    manifest.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    manifest.update(status="complete", finished=_now())
     write_json_atomic(run_dir / MANIFEST, manifest)
     return run_dir
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def _make_run_dir(run_dir: Path) -> None:
@@ -134,8 +189,10 @@ def _make_run_dir(run_dir: Path) -> None:
 
 def _run_worker(run_dir: Path, run_id: str, name: str, backend: str, batches: list[int], export_dir: Path,
                 options: RunOptions, done: set, total: int, progress, tail: PointLogTail) -> None:
+    repair_point_log(run_dir)
     spec = {
-        "run_id": run_id, "model": name, "scale": options.scale, "overrides": options.overrides.get(name, {}),
+        "run_id": run_id, "parent_pid": os.getpid(), "model": name, "scale": options.scale,
+        "overrides": options.overrides.get(name, {}),
         "seed": options.seed, "ids": options.ids, "zipf_alpha": options.zipf_alpha,
         "export_dir": str(export_dir.resolve()), "backend": backend, "batches": batches,
         "threads": options.threads, "jit_compile": options.jit_compile,
@@ -153,14 +210,21 @@ def _run_worker(run_dir: Path, run_id: str, name: str, backend: str, batches: li
                                 stdout=log_file, stderr=subprocess.STDOUT, env=_worker_env(options))
         deadline = time.monotonic() + options.timeout
         status = None
-        while proc.poll() is None:
-            if time.monotonic() > deadline:
-                proc.kill()
-                proc.wait()
-                status = "timeout"
-                break
-            time.sleep(0.25)
+        try:
+            while proc.poll() is None:
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    proc.wait()
+                    status = "timeout"
+                    break
+                time.sleep(0.25)
+                _refresh(tail, done, total, label, progress)
+        except KeyboardInterrupt:
+            proc.kill()  # the point it was measuring is abandoned; finished ones are on disk
+            proc.wait()
+            repair_point_log(run_dir)
             _refresh(tail, done, total, label, progress)
+            raise
     _refresh(tail, done, total, label, progress)
     missing = [b for b in batches if (name, backend, b) not in done]
     if not missing:
@@ -202,7 +266,7 @@ def _describe_exit(code: int) -> str:
     return f"exit status {code}"
 
 
-def _tail(path: Path, lines: int = 3, limit: int = 400) -> str:
+def _tail(path: Path, lines: int = 1, limit: int = 400) -> str:
     try:
         text = path.read_text(errors="replace").strip().splitlines()
     except OSError:

@@ -13,6 +13,7 @@ import dataclasses
 import gc
 import hashlib
 import json
+import os
 import resource
 import sys
 import time
@@ -24,6 +25,7 @@ import numpy as np
 
 import rechar.models as models
 from rechar.exporters import ExportResult, load_manifest
+from rechar.exporters.graph import check_external_data, check_inputs_match
 from rechar.runners import BackendOptions, backend_class
 from rechar.runners.measure import TimingOptions, summarize, time_call
 from rechar.runners.results import append_point
@@ -47,6 +49,7 @@ class WorkerSpec:
     atol: float
     rtol: float
     run_dir: str
+    parent_pid: int = 0
 
     @classmethod
     def read(cls, path: str | Path) -> "WorkerSpec":
@@ -76,6 +79,8 @@ def run(spec: WorkerSpec) -> None:
 
     # Inputs and eager-PyTorch reference outputs for every batch, before the backend loads.
     inputs = {b: model.make_inputs(b, seed=spec.seed, ids=spec.ids, zipf_alpha=spec.zipf_alpha) for b in spec.batches}
+    check_external_data(export.onnx_path)
+    check_inputs_match(export.onnx_path, inputs[spec.batches[0]])
     expected = {b: model.predict(x) for b, x in inputs.items()}
 
     cls = backend_class(spec.backend)
@@ -133,12 +138,31 @@ def _one_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
+def die_with_parent() -> None:
+    """Ask Linux to kill this worker if the sweep process dies (e.g. SIGKILL), so that no orphan
+    goes on measuring and appending to the run after it was abandoned."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+
+
 def main(argv: list[str]) -> int:
+    die_with_parent()
     spec = WorkerSpec.read(argv[1])
+    if spec.parent_pid and os.getppid() != spec.parent_pid:
+        return 1  # the sweep died before die_with_parent took effect
     try:
         run(spec)
-    except Exception:
-        traceback.print_exc()  # goes to the worker's log; the parent records the points as failed
+    except Exception as e:
+        traceback.print_exc()  # to the worker's log; the parent records unfinished points as failed
+        print(f"error: {_one_line(e)}", flush=True)  # the last line, which the parent quotes
         return 1
     return 0
 
