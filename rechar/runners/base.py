@@ -10,12 +10,25 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import numpy as np
+import pandas as pd
 
 from rechar.exporters import ExportResult
 from rechar.models import RecModel
+
+
+#: Columns of the raw per-operator table a backend's profile() returns (totals over the trace).
+PROFILE_COLUMNS = ["native_op", "node", "layer", "calls", "self_us"]
+
+
+@dataclasses.dataclass
+class ProfileResult:
+    trace_path: Path  # the framework's raw trace, kept in the run folder
+    ops: pd.DataFrame  # PROFILE_COLUMNS: one row per (native_op, node, layer), totals over the trace
+    iterations: int  # profiled model calls the totals cover
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +62,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def outputs(self, result: Any) -> np.ndarray:
         """The first model output of a call's ``result`` as a numpy array (not timed)."""
+
+    def profile(self, inputs: dict[str, np.ndarray], iterations: int, trace_dir: Path) -> ProfileResult:
+        """Run ``iterations`` inferences under the framework's own profiler (a pass separate from
+        timing: profilers slow runs 2-10x); keep the raw trace in ``trace_dir`` and return it
+        parsed into one row per operator with the model layer (module path) it ran in."""
+        raise NotImplementedError(f"backend {self.name} has no profiler support")
 
     def settings(self) -> dict[str, Any]:
         """The settings this backend runs with, recorded with every point."""
