@@ -12,6 +12,8 @@ import click
 import rechar
 import rechar.models as models
 from rechar.errors import UserError
+from rechar.analysis import analyze, format_tables
+from rechar.analysis.ops import OPS, build_ops_table
 from rechar.exporters import DEFAULT_EXPORTER, EXPORTERS, ExportCheckError, ExportOptions, export
 from rechar.runners import BACKENDS
 from rechar.runners.measure import TimingOptions
@@ -172,15 +174,21 @@ class ProgressBar:
               help="Seconds a (model, backend) worker may take before it is killed.")
 @click.option("--xla", is_flag=True, help="Compile the TensorFlow function with XLA (jit_compile).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--profile", "profile", is_flag=True,
+              help="Add a profiling pass per point (each framework's own profiler), separate from timing.")
+@click.option("--profile-iters", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Iterations per profiling pass.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
               help="Continue an interrupted run folder with its own options, skipping finished points.")
 def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_path, threads, out, exports_dir,
             seed, ids, zipf_alpha, warmup_iters, warmup_seconds, min_iters, min_seconds, timeout, xla, quiet,
-            resume_dir) -> None:
+            profile, profile_iters, resume_dir) -> None:
     """Time models x backends x batch sizes; every point checked against eager PyTorch first."""
     echo = (lambda msg: None) if quiet else click.echo
     if resume_dir:
         run_dir = resume_sweep(resume_dir, log=echo, progress=ProgressBar(not quiet))
+        if read_manifest(run_dir)["options"].get("profile_iters"):
+            build_ops_table(run_dir)
         click.echo(summary(load_points(run_dir)))
         click.echo(f"results: {run_dir}")
         return
@@ -188,16 +196,55 @@ def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_p
     options = RunOptions(
         models=chosen, backends=_split_names(backend_names), batch_sizes=batch_sizes, scale=scale,
         overrides=load_overrides(config_path, chosen), seed=seed, ids=ids, zipf_alpha=zipf_alpha,
-        jit_compile=xla, exports_dir=exports_dir, timeout=timeout,
+        jit_compile=xla, exports_dir=exports_dir, timeout=timeout, profile_iters=profile_iters if profile else 0,
         timing=TimingOptions(warmup_iters=warmup_iters, warmup_seconds=warmup_seconds, min_iters=min_iters,
                              min_seconds=min_seconds),
     )
     if threads:
         options.threads = threads
     run_dir = run_sweep(options, out, log=echo, progress=ProgressBar(not quiet))
+    if options.profile_iters:
+        build_ops_table(run_dir)
     points = load_points(run_dir)
     click.echo(summary(points))
     click.echo(f"results: {run_dir}")
+
+
+@cli.command("profile")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--profile-iters", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Iterations per profiling pass.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def profile_cmd(run_dir, profile_iters, quiet) -> None:
+    """Add the profiling pass to an existing run (every timed point without a profile)."""
+    echo = (lambda msg: None) if quiet else click.echo
+    run_dir = resume_sweep(run_dir, log=echo, progress=ProgressBar(not quiet), profile_iters=profile_iters)
+    ops = build_ops_table(run_dir)
+    click.echo(f"{ops.groupby(['model', 'backend', 'batch']).ngroups} points profiled; ops table: {run_dir / OPS}")
+
+
+@cli.command("analyze")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--p99-bound-ms", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Tail-latency bound for the best-deployment table.")
+@click.option("--reference", default="torch", show_default=True,
+              help="Backend the bottleneck shift is measured against.")
+@click.option("--csv", "csv_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write every table as CSV into this folder.")
+def analyze_cmd(run_dirs, p99_bound_ms, reference, csv_dir) -> None:
+    """Operator breakdown, bottleneck shift, GPU speedup, best deployment and feature correlation
+    over one or more runs (e.g. a CPU server's and a GPU server's)."""
+    tables = analyze(list(run_dirs), p99_bound_ms=p99_bound_ms, reference=reference)
+    click.echo(format_tables(tables))
+    if csv_dir:
+        folder = Path(csv_dir)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot write to {folder}: {e.strerror}") from None
+        for name, table in tables.items():
+            table.to_csv(folder / f"{name}.csv", index=False)
+        click.echo(f"tables written to {folder}")
 
 
 @cli.command("show")

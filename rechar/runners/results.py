@@ -3,6 +3,9 @@
     RUN_DIR/
       manifest.json      run id, times, host, software versions, resolved configs, all options
       points.jsonl       append-only log, one JSON record per finished point (the durable truth)
+      profiles.jsonl     append-only log of raw per-operator profiles (with --profile)
+      ops.parquet        the normalised operator table (rechar.analysis.ops)
+      traces/            raw profiler traces, one per profiled point
       points.parquet     one row per point (POINT_COLUMNS), rebuilt from points.jsonl
       latencies.parquet  one row per timed iteration: run_id, model, backend, device, batch,
                          iteration, latency_us
@@ -29,6 +32,7 @@ from rechar.errors import UserError
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 POINTS_LOG = "points.jsonl"
+PROFILES_LOG = "profiles.jsonl"
 POINTS = "points.parquet"
 LATENCIES = "latencies.parquet"
 
@@ -66,11 +70,11 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def append_point(run_dir: Path, record: dict[str, Any]) -> None:
-    """Append one point as a JSON line, flushed to disk before returning: a finished point
+def append_point(run_dir: Path, record: dict[str, Any], log: str = POINTS_LOG) -> None:
+    """Append one record as a JSON line, flushed to disk before returning: a finished point
     survives a kill of the process that measured it."""
     line = json.dumps(record, separators=(",", ":")) + "\n"
-    with open(Path(run_dir) / POINTS_LOG, "a", encoding="utf-8") as f:
+    with open(Path(run_dir) / log, "a", encoding="utf-8") as f:
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
@@ -105,7 +109,11 @@ class PointLogTail:
 def repair_point_log(run_dir: Path) -> None:
     """Cut a torn last record (its writer was killed mid-line), so that the next append starts
     on a line of its own instead of being glued to the fragment."""
-    path = Path(run_dir) / POINTS_LOG
+    for log in (POINTS_LOG, PROFILES_LOG):
+        _repair(Path(run_dir) / log)
+
+
+def _repair(path: Path) -> None:
     if not path.exists():
         return
     with open(path, "r+b") as f:
@@ -158,12 +166,12 @@ def write_tables(run_dir: Path) -> pd.DataFrame:
             }))
     latencies = pd.concat(lat_parts, ignore_index=True) if lat_parts else pd.DataFrame(
         {"run_id": [], "model": [], "backend": [], "device": [], "batch": [], "iteration": [], "latency_us": []})
-    _write_parquet(points, run_dir / POINTS)
-    _write_parquet(latencies, run_dir / LATENCIES)
+    write_parquet(points, run_dir / POINTS)
+    write_parquet(latencies, run_dir / LATENCIES)
     return points
 
 
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+def write_parquet(df: pd.DataFrame, path: Path) -> None:
     table = pa.Table.from_pandas(df, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"rechar.schema_version": str(SCHEMA_VERSION).encode()})
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

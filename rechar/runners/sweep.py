@@ -28,7 +28,7 @@ from rechar.exporters import ExportOptions, export
 from rechar.runners import backend_class, select_backends
 from rechar.runners.measure import TimingOptions
 from rechar.runners.results import (
-    MANIFEST, SCHEMA_VERSION, PointLogTail, append_point, point_key, read_manifest, read_point_log, repair_point_log,
+    MANIFEST, PROFILES_LOG, SCHEMA_VERSION, PointLogTail, append_point, point_key, read_manifest, read_point_log, repair_point_log,
     write_json_atomic, write_tables,
 )
 
@@ -56,6 +56,7 @@ class RunOptions:
     timeout: float = 600.0  # seconds per (model, backend) worker
     atol: float = GATE_ATOL
     rtol: float = GATE_RTOL
+    profile_iters: int = 0  # >0: a profiling pass per point with each framework's profiler
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunOptions":
@@ -121,11 +122,19 @@ def resume_sweep(
     run_dir: str | Path,
     log: Callable[[str], None] = lambda msg: None,
     progress: Callable[[int, int, str], None] = lambda done, total, label: None,
+    profile_iters: int | None = None,
 ) -> Path:
-    """Continue an interrupted run with the options it was started with, skipping finished points."""
+    """Continue an interrupted run with the options it was started with, skipping finished points.
+    With ``profile_iters``, also profile every timed point that has no profile yet (this is how
+    an existing run gets its profiling pass)."""
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     options = RunOptions.from_dict(manifest["options"])
+    if profile_iters is not None:
+        if profile_iters < 1:
+            raise UserError(f"profile iterations must be at least 1, got {profile_iters}")
+        options.profile_iters = profile_iters
+        manifest["options"]["profile_iters"] = profile_iters
     for name in options.backends:
         reason = backend_class(name).unavailable_reason()
         if reason:
@@ -159,10 +168,19 @@ def _sweep(run_dir: Path, manifest: dict, options: RunOptions, log, progress) ->
     try:
         for name, backend in pairs:
             todo = [b for b in options.batch_sizes if (name, backend, b) not in done]
-            if not todo:
-                continue
-            _run_worker(run_dir, manifest["run_id"], name, backend, todo, exports[name].path, options, done, total, progress, tail)
-            write_tables(run_dir)
+            if todo:
+                _run_worker(run_dir, manifest["run_id"], name, backend, todo, exports[name].path, options, done,
+                            total, progress, tail)
+                write_tables(run_dir)
+            if options.profile_iters:
+                profiled = {(r["model"], r["backend"], r["batch"]) for r in _read_jsonl(run_dir / PROFILES_LOG)}
+                timed_ok = {point_key(r) for r in read_point_log(run_dir) if r["status"] == "ok"}
+                missing = [b for b in options.batch_sizes
+                           if (name, backend, b) in timed_ok and (name, backend, b) not in profiled]
+                if missing:
+                    progress(len(done), total, f"{name} on {backend}: profiling")
+                    _run_worker(run_dir, manifest["run_id"], name, backend, missing, exports[name].path, options,
+                                done, total, progress, tail, mode="profile")
     except KeyboardInterrupt:
         write_tables(run_dir)
         manifest.update(status="interrupted")
@@ -172,6 +190,18 @@ def _sweep(run_dir: Path, manifest: dict, options: RunOptions, log, progress) ->
     manifest.update(status="complete", finished=_now())
     write_json_atomic(run_dir / MANIFEST, manifest)
     return run_dir
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a torn last record
+    return records
 
 
 def _now() -> str:
@@ -188,7 +218,7 @@ def _make_run_dir(run_dir: Path) -> None:
 
 
 def _run_worker(run_dir: Path, run_id: str, name: str, backend: str, batches: list[int], export_dir: Path,
-                options: RunOptions, done: set, total: int, progress, tail: PointLogTail) -> None:
+                options: RunOptions, done: set, total: int, progress, tail: PointLogTail, mode: str = "run") -> None:
     repair_point_log(run_dir)
     spec = {
         "run_id": run_id, "parent_pid": os.getpid(), "model": name, "scale": options.scale,
@@ -197,9 +227,9 @@ def _run_worker(run_dir: Path, run_id: str, name: str, backend: str, batches: li
         "export_dir": str(export_dir.resolve()), "backend": backend, "batches": batches,
         "threads": options.threads, "jit_compile": options.jit_compile,
         "timing": dataclasses.asdict(options.timing), "atol": options.atol, "rtol": options.rtol,
-        "run_dir": str(run_dir.resolve()),
+        "run_dir": str(run_dir.resolve()), "profile_iters": options.profile_iters, "mode": mode,
     }
-    stem = f"{name}__{backend}"
+    stem = f"{name}__{backend}" + ("__profile" if mode == "profile" else "")
     spec_path = run_dir / "specs" / f"{stem}.json"
     write_json_atomic(spec_path, spec)
     log_path = run_dir / "logs" / f"{stem}.log"
@@ -226,6 +256,16 @@ def _run_worker(run_dir: Path, run_id: str, name: str, backend: str, batches: li
             _refresh(tail, done, total, label, progress)
             raise
     _refresh(tail, done, total, label, progress)
+    if mode == "profile":
+        if proc.returncode != 0:
+            profiled = {(r["model"], r["backend"], r["batch"]) for r in _read_jsonl(run_dir / PROFILES_LOG)}
+            error = "timeout" if status == "timeout" else f"worker exited with {_describe_exit(proc.returncode)}: {_tail(log_path)}"
+            for batch in batches:
+                if (name, backend, batch) not in profiled:
+                    append_point(run_dir, {"run_id": run_id, "model": name, "backend": backend, "device": None,
+                                           "batch": batch, "status": "failed", "error": error, "ops": []},
+                                 log=PROFILES_LOG)
+        return
     missing = [b for b in batches if (name, backend, b) not in done]
     if not missing:
         return

@@ -28,7 +28,7 @@ from rechar.exporters import ExportResult, load_manifest
 from rechar.exporters.graph import check_external_data, check_inputs_match
 from rechar.runners import BackendOptions, backend_class
 from rechar.runners.measure import TimingOptions, summarize, time_call
-from rechar.runners.results import append_point
+from rechar.runners.results import PROFILES_LOG, append_point
 
 
 @dataclasses.dataclass
@@ -50,6 +50,8 @@ class WorkerSpec:
     rtol: float
     run_dir: str
     parent_pid: int = 0
+    profile_iters: int = 0  # >0: a profiling pass of this many iterations after each timed point
+    mode: str = "run"  # "run": time (and profile); "profile": only profile points already timed
 
     @classmethod
     def read(cls, path: str | Path) -> "WorkerSpec":
@@ -81,7 +83,7 @@ def run(spec: WorkerSpec) -> None:
     inputs = {b: model.make_inputs(b, seed=spec.seed, ids=spec.ids, zipf_alpha=spec.zipf_alpha) for b in spec.batches}
     check_external_data(export.onnx_path)
     check_inputs_match(export.onnx_path, inputs[spec.batches[0]])
-    expected = {b: model.predict(x) for b, x in inputs.items()}
+    expected = {b: model.predict(x) for b, x in inputs.items()} if spec.mode == "run" else {}
 
     cls = backend_class(spec.backend)
     backend = cls(BackendOptions(threads=spec.threads, jit_compile=spec.jit_compile))
@@ -96,6 +98,8 @@ def run(spec: WorkerSpec) -> None:
     try:
         backend.load(model, export)
     except Exception as e:  # a framework that cannot load the model fails every point, clearly
+        if spec.mode == "profile":
+            raise
         for batch in spec.batches:
             append_point(spec.run_dir, {**base, "device": backend.device, "batch": batch, "status": "failed",
                                              "error": f"load failed: {_one_line(e)}"})
@@ -103,27 +107,51 @@ def run(spec: WorkerSpec) -> None:
     load_seconds = time.perf_counter() - load_start
     settings = backend.settings()
 
+    ok = False
     for batch in spec.batches:
-        record = {**base, "device": backend.device, "batch": batch, "input_hash": input_hash(inputs[batch]),
-                  "load_seconds": load_seconds, "settings": settings, "started": time.time()}
-        try:
-            call = backend.prepare(inputs[batch])
-            got = backend.outputs(call())
-            ok, err = _compare(got, expected[batch], spec.atol, spec.rtol)
-            record["max_abs_error"] = err
-            if not ok:
-                record.update(status="invalid", error=f"outputs differ from eager PyTorch by {err:.3g} "
-                                                      f"(atol {spec.atol}, rtol {spec.rtol})")
-            else:
-                latencies = time_call(call, timing)
-                record.update(status="ok", **summarize(latencies, batch), latencies_ns=latencies.tolist())
-            del call
-        except Exception as e:
-            record.update(status="failed", error=_one_line(e))
-        record.update(finished=time.time(), peak_rss_bytes=peak_rss_bytes(),
-                      peak_device_bytes=backend.peak_device_bytes())
-        append_point(spec.run_dir, record)
+        if spec.mode == "run":
+            ok = time_point(spec, backend, base, batch, inputs[batch], expected[batch], timing, load_seconds, settings)
+        if spec.profile_iters and (spec.mode == "profile" or ok):
+            profile_point(spec, backend, base, batch, inputs[batch])
     backend.close()
+
+
+def time_point(spec, backend, base, batch, inputs, expected, timing, load_seconds, settings) -> bool:
+    """Gate, then time one point; append its record. True if it was timed."""
+    record = {**base, "device": backend.device, "batch": batch, "input_hash": input_hash(inputs),
+              "load_seconds": load_seconds, "settings": settings, "started": time.time()}
+    try:
+        call = backend.prepare(inputs)
+        got = backend.outputs(call())
+        ok, err = _compare(got, expected, spec.atol, spec.rtol)
+        record["max_abs_error"] = err
+        if not ok:
+            record.update(status="invalid", error=f"outputs differ from eager PyTorch by {err:.3g} "
+                                                  f"(atol {spec.atol}, rtol {spec.rtol})")
+        else:
+            latencies = time_call(call, timing)
+            record.update(status="ok", **summarize(latencies, batch), latencies_ns=latencies.tolist())
+        del call
+    except Exception as e:
+        record.update(status="failed", error=_one_line(e))
+    record.update(finished=time.time(), peak_rss_bytes=peak_rss_bytes(),
+                  peak_device_bytes=backend.peak_device_bytes())
+    append_point(spec.run_dir, record)
+    return record["status"] == "ok"
+
+
+def profile_point(spec, backend, base, batch, inputs) -> None:
+    """The profiling pass of one point: raw per-op totals to profiles.jsonl, trace kept."""
+    trace_dir = Path(spec.run_dir) / "traces" / f"{spec.model}__{spec.backend}__b{batch}"
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    record = {**base, "device": backend.device, "batch": batch, "iterations": spec.profile_iters}
+    try:
+        result = backend.profile(inputs, spec.profile_iters, trace_dir)
+        record.update(status="ok", trace=str(result.trace_path.relative_to(spec.run_dir)),
+                      iterations=result.iterations, ops=result.ops.to_dict("records"))
+    except Exception as e:
+        record.update(status="failed", error=_one_line(e), ops=[])
+    append_point(spec.run_dir, record, log=PROFILES_LOG)
 
 
 def _compare(got: np.ndarray, want: np.ndarray, atol: float, rtol: float) -> tuple[bool, float]:

@@ -1,0 +1,100 @@
+"""Per-operator profiles and the analyses over them.
+
+    >>> from rechar.analysis import analyze
+    >>> tables = analyze(["runs/cpu-server-run", "runs/gpu-server-run"], p99_bound_ms=10)
+    >>> tables["breakdown"]            # tidy pandas DataFrames, one per analysis
+
+Each analysis is a small function over two tidy tables: ``points`` (one row per timed point,
+rechar.runners.results) and ``ops`` (one row per profiled operator, rechar.analysis.ops).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from rechar.analysis.breakdown import bottleneck_shift, breakdown_wide, category_breakdown, dominant_table
+from rechar.analysis.deployment import best_deployment, crossover, gpu_speedup
+from rechar.analysis.features import feature_correlation, model_features, model_metrics
+from rechar.analysis.ops import coverage, load_ops, unmapped_ops
+from rechar.errors import UserError
+from rechar.runners.results import load_points, read_manifest
+
+__all__ = ["analyze", "load_runs", "format_tables"]
+
+
+def load_runs(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict]]:
+    """points and ops of several runs (each row labelled with its host), and the models' configs."""
+    if not run_dirs:
+        raise UserError("give at least one run folder")
+    points, ops, configs = [], [], {}
+    for run_dir in map(Path, run_dirs):
+        manifest = read_manifest(run_dir)
+        host = manifest.get("host", {}).get("hostname")
+        points.append(load_points(run_dir))
+        run_ops = load_ops(run_dir)
+        ops.append(run_ops.assign(host=host))
+        for name, config in manifest.get("configs", {}).items():
+            if configs.setdefault(name, config) != config:
+                raise UserError(f"runs disagree on the config of {name}; compare runs of the same models")
+    return pd.concat(points, ignore_index=True), pd.concat(ops, ignore_index=True), configs
+
+
+def analyze(run_dirs: list[str | Path], p99_bound_ms: float = 10.0, reference: str = "torch") -> dict[str, pd.DataFrame]:
+    """All analyses over the given runs, as named tidy tables."""
+    points, ops, configs = load_runs(run_dirs)
+    breakdown = category_breakdown(ops)
+    shift = bottleneck_shift(breakdown, reference)
+    speedup = gpu_speedup(points)
+    return {
+        "points": points,
+        "ops": ops,
+        "coverage": coverage(ops, points).merge(points[["run_id", "host"]].drop_duplicates(), on="run_id")
+        if not ops.empty else pd.DataFrame(),
+        "unmapped": unmapped_ops(ops) if not ops.empty else pd.DataFrame(),
+        "breakdown": breakdown,
+        "breakdown_wide": breakdown_wide(breakdown) if not breakdown.empty else pd.DataFrame(),
+        "shift": shift,
+        "dominant": dominant_table(shift) if not shift.empty else pd.DataFrame(),
+        "speedup": speedup,
+        "crossover": crossover(speedup),
+        "best": best_deployment(points, p99_bound_ms),
+        "correlation": feature_correlation(model_features(configs), model_metrics(points, breakdown, speedup)),
+    }
+
+
+def format_tables(tables: dict[str, pd.DataFrame]) -> str:
+    """The printed summary of ``rechar analyze``."""
+    pd.set_option("display.width", 200)
+    sections = []
+
+    def add(title: str, df: pd.DataFrame, empty: str) -> None:
+        sections.append(f"== {title}\n" + (df.to_string(index=False, float_format=lambda v: f"{v:.3g}") if not df.empty else empty))
+
+    wide = tables["breakdown_wide"]
+    if not wide.empty:
+        wide = wide.copy()
+        for c in wide.columns[5:]:
+            wide[c] = (100 * wide[c]).round(1)
+    add("1. operator-category breakdown (% of profiled time per point)", wide,
+        "(no profiles: run with --profile, or rechar profile RUN_DIR)")
+    add("2. bottleneck shift: dominant category per backend (same host, device, batch)", tables["dominant"],
+        "(no profiles)")
+    shift = tables["shift"]
+    if not shift.empty:
+        moved = shift[shift["delta"].abs() >= 0.05].copy()
+        moved["delta"] = (100 * moved["delta"]).round(1)
+        add("2b. category shares that differ by >= 5 points from the reference backend",
+            moved[["host", "model", "device", "batch", "backend", "category", "delta"]], "(none)")
+    add("3. GPU/CPU speedup (p50) and crossover batch", tables["crossover"],
+        "(no GPU points: run on a GPU machine and pass both runs)")
+    add("4. best deployment under the p99 bound", tables["best"], "(no points)")
+    add("5. model features vs measured behaviour (Spearman)", tables["correlation"], "(no points)")
+    cov = tables["coverage"]
+    if not cov.empty:
+        add("profile coverage (profiled time per iteration / timed p50)",
+            cov[["host", "model", "backend", "device", "batch", "profiled_us", "p50_us", "coverage"]], "")
+    if not tables["unmapped"].empty:
+        add("native ops with no category (counted as other)", tables["unmapped"], "")
+    return "\n\n".join(sections)

@@ -1,0 +1,49 @@
+"""Model features vs measured behaviour: how well do embedding bytes read, MACs, lookups and
+sequence length per sample predict embedding share, GPU speedup and throughput (the study's last
+section), as Spearman rank correlations over the models measured."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+import rechar.models as models
+
+FEATURES = ["embedding_bytes_read_per_sample", "macs_per_sample", "lookups_per_sample", "seq_len"]
+METRICS = ["embedding_share", "gpu_speedup", "cpu_throughput_sps"]
+
+
+def model_features(configs: dict[str, dict]) -> pd.DataFrame:
+    """Per model: the features, computed from each run's resolved config."""
+    rows = []
+    for name, config in configs.items():
+        d = models.describe(name, models.resolve_config(name, "paper", config))
+        rows.append({"model": name, **{f: d.get(f, 0) for f in FEATURES}})
+    return pd.DataFrame(rows, columns=["model"] + FEATURES)
+
+
+def model_metrics(points: pd.DataFrame, breakdown: pd.DataFrame, speedup: pd.DataFrame) -> pd.DataFrame:
+    """Per model: mean embedding share over its CPU profiles, best GPU/CPU speedup, best CPU
+    throughput."""
+    ok = points[(points["status"] == "ok") & (points["device"] == "cpu")]
+    cpu_profiles = breakdown[breakdown["device"] == "cpu"]
+    emb = cpu_profiles.pivot_table(index=["host", "model", "backend", "batch"], columns="category", values="share",
+                                   fill_value=0.0)
+    emb_share = emb["embedding"].groupby("model").mean() if "embedding" in emb.columns else pd.Series(dtype=float)
+    return pd.DataFrame({
+        "embedding_share": emb_share,
+        "gpu_speedup": speedup.groupby("model")["speedup"].max() if not speedup.empty else pd.Series(dtype=float),
+        "cpu_throughput_sps": ok.groupby("model")["throughput_sps"].max(),
+    }).rename_axis("model").reset_index()
+
+
+def feature_correlation(features: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """feature x metric Spearman coefficients, with the number of models each rests on."""
+    table = features.merge(metrics, on="model", how="inner")
+    rows = []
+    for feature in FEATURES:
+        for metric in METRICS:
+            pair = table[[feature, metric]].dropna() if metric in table else pd.DataFrame()
+            n = len(pair)
+            rho = pair[feature].corr(pair[metric], method="spearman") if n >= 3 else float("nan")
+            rows.append({"feature": feature, "metric": metric, "spearman": rho, "models": n})
+    return pd.DataFrame(rows)

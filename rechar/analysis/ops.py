@@ -1,0 +1,118 @@
+"""The normalised operator table of a run: every profiled op of every point, with its canonical
+category and model layer, per iteration.
+
+Workers append raw profiles to ``profiles.jsonl`` (native op, ONNX node, layer, totals over the
+trace); this module turns them into ``ops.parquet``:
+
+    run_id, model, backend, device, batch, native_op, op_category, category, layer, node,
+    calls_per_iter, self_us_per_iter, share
+
+``share`` is the op's part of the point's profiled time. Normalising at read time means a
+taxonomy change needs no new profiling.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import rechar.models as models
+from rechar.analysis.taxonomy import categorize
+from rechar.runners.results import PROFILES_LOG, read_manifest, write_parquet
+
+OPS = "ops.parquet"
+OPS_COLUMNS = [
+    "run_id", "model", "backend", "device", "batch", "native_op", "op_category", "category", "layer", "node",
+    "calls_per_iter", "self_us_per_iter", "share",
+]
+POINT_KEYS = ["run_id", "model", "backend", "device", "batch"]
+
+
+@functools.lru_cache(maxsize=32)
+def _layer_classes(name: str, config_json: str) -> dict[str, str]:
+    config = models.resolve_config(name, "paper", json.loads(config_json))
+    with torch.device("meta"):
+        model = models.get(name, config=config)
+    return {path: type(module).__name__ for path, module in model.named_modules() if path}
+
+
+def layer_classes(name: str, config: dict) -> dict[str, str]:
+    """Module path -> class name of a model, built on the meta device (no weights allocated)."""
+    return _layer_classes(name, json.dumps(config, sort_keys=True))
+
+
+def normalize(raw: pd.DataFrame, iterations: int, point: dict, classes: dict[str, str]) -> pd.DataFrame:
+    """One point's raw profile (native_op, node, layer, calls, self_us totals) -> OPS_COLUMNS rows."""
+    df = raw.groupby(["native_op", "node", "layer"], as_index=False)[["calls", "self_us"]].sum()
+    cats = [categorize(op, layer, classes) for op, layer in zip(df["native_op"], df["layer"])]
+    df["op_category"] = [c[0] for c in cats]
+    df["category"] = [c[1] for c in cats]
+    df["calls_per_iter"] = df["calls"] / iterations
+    df["self_us_per_iter"] = df["self_us"] / iterations
+    total = df["self_us_per_iter"].sum()
+    df["share"] = df["self_us_per_iter"] / total if total > 0 else 0.0
+    for key in POINT_KEYS:
+        df[key] = point[key]
+    return df[OPS_COLUMNS]
+
+
+def read_profiles(run_dir: Path) -> list[dict]:
+    """Records of profiles.jsonl (a torn last line ignored; the first record of a point wins)."""
+    path = Path(run_dir) / PROFILES_LOG
+    if not path.exists():
+        return []
+    seen, records = set(), []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        key = (rec["model"], rec["backend"], rec["batch"])
+        if key not in seen:
+            seen.add(key)
+            records.append(rec)
+    return records
+
+
+def build_ops_table(run_dir: Path) -> pd.DataFrame:
+    """Normalise every raw profile of a run and write ops.parquet (atomically)."""
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    frames = []
+    for rec in read_profiles(run_dir):
+        classes = layer_classes(rec["model"], manifest["configs"][rec["model"]])
+        raw = pd.DataFrame(rec["ops"], columns=["native_op", "node", "layer", "calls", "self_us"])
+        frames.append(normalize(raw, rec["iterations"], rec, classes))
+    ops = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=OPS_COLUMNS)
+    write_parquet(ops, run_dir / OPS)
+    return ops
+
+
+def load_ops(run_dir: Path) -> pd.DataFrame:
+    """ops.parquet of a run, rebuilt from profiles.jsonl when missing or older than it."""
+    run_dir = Path(run_dir)
+    path, log = run_dir / OPS, run_dir / PROFILES_LOG
+    if not path.exists() or (log.exists() and log.stat().st_mtime > path.stat().st_mtime):
+        return build_ops_table(run_dir)
+    read_manifest(run_dir)
+    return pd.read_parquet(path)
+
+
+def unmapped_ops(ops: pd.DataFrame) -> pd.DataFrame:
+    """Native ops the taxonomy does not know (counted as ``other``): reported, never dropped."""
+    other = ops[ops["op_category"] == "other"]
+    return other.groupby(["backend", "native_op"], as_index=False)["self_us_per_iter"].sum()
+
+
+def coverage(ops: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
+    """How much of each point's measured latency the profile explains: profiled self time per
+    iteration / p50 of the timing pass (profilers add overhead, so this can pass 1)."""
+    profiled = ops.groupby(POINT_KEYS, as_index=False)["self_us_per_iter"].sum().rename(
+        columns={"self_us_per_iter": "profiled_us"})
+    merged = profiled.merge(points[POINT_KEYS + ["p50_us"]], on=POINT_KEYS, how="left")
+    merged["coverage"] = merged["profiled_us"] / merged["p50_us"]
+    return merged
