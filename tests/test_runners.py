@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -123,7 +124,14 @@ def test_gate_catches_a_perturbed_model(tmp_path):
     bias = next(t for t in graph.graph.initializer if t.name == "predict_layer.bias")
     value = onnx.numpy_helper.to_array(bias) + 0.5
     bias.CopyFrom(onnx.numpy_helper.from_array(value.astype(np.float32), bias.name))
-    onnx.save(graph, str(onnx_path))  # same size, so the export cache still trusts it
+    onnx.save(graph, str(onnx_path))
+    # Record the new hash, as a tampered export would, so that the cache trusts it and the run
+    # reaches the gate with a model that really differs from PyTorch.
+    manifest_path = onnx_path.parent / "export.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["model.onnx"] = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    manifest["sizes"]["model.onnx"] = onnx_path.stat().st_size
+    manifest_path.write_text(json.dumps(manifest))
     points = load_points(_sweep(tmp_path, exports_dir=str(exports), backends=["ort-cpu", "torch"]))
     ort_points = points[points.backend == "ort-cpu"]
     assert (ort_points["status"] == "invalid").all()
