@@ -202,7 +202,9 @@ def _gather(node, inputs, attrs):
     if static is not None and isinstance(size, int):
         indices = np.where(static < 0, static + size, static)
     else:
-        indices = tf.where(indices < 0, indices + size, indices)
+        # One FloorMod maps [-n, n) onto [0, n): a third of the cost of compare + add + select,
+        # which on embedding lookups cost as much as the gather itself.
+        indices = tf.math.floormod(indices, size)
     return [tf.gather(data, indices, axis=axis)]
 
 

@@ -7,14 +7,17 @@ to 13x at large batches on the GPU machine, and TF32 off so that fp32 results st
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
-from rechar.exporters import ExportResult
+from rechar.analysis.traces import PROFILE_WARMUP, ort_ops
+from rechar.exporters import ExportResult, node_modules
 from rechar.models import RecModel
-from rechar.runners.base import Backend
+from rechar.runners.base import Backend, ProfileResult
 
 
 class OrtCpuBackend(Backend):
@@ -41,12 +44,34 @@ class OrtCpuBackend(Backend):
         return [self.provider]
 
     def load(self, model: RecModel, export: ExportResult) -> None:
+        self.onnx_path = export.onnx_path
         self.session = ort.InferenceSession(str(export.onnx_path), self.session_options(), providers=self.providers())
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def prepare(self, inputs: dict[str, np.ndarray]) -> Callable[[], Any]:
-        run, names = self.session.run, self.output_names
+        return self._bind(self.session, inputs)
+
+    def _bind(self, session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> Callable[[], Any]:
+        """The inference call of ``session`` on ``inputs`` (for the timed and the profiled session)."""
+        run, names = session.run, self.output_names
         return lambda: run(names, inputs)
+
+    def profile(self, inputs: dict[str, np.ndarray], iterations: int, trace_dir: Path) -> ProfileResult:
+        # ORT profiles a whole session's life: a second session, same options plus profiling,
+        # keeps the timed one unprofiled. Its warm-up runs are in the trace; ort_ops drops them.
+        options = self.session_options()
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(trace_dir) / "ort")
+        session = ort.InferenceSession(str(self.onnx_path), options, providers=self.providers())
+        try:
+            call = self._bind(session, inputs)
+            for _ in range(PROFILE_WARMUP + iterations):
+                call()
+        finally:
+            path = Path(session.end_profiling()).replace(Path(trace_dir) / "ort_trace.json")
+            del session
+        modules = node_modules(onnx.load(str(self.onnx_path), load_external_data=False))
+        return ProfileResult(path, ort_ops(path, modules, runs=iterations), iterations)
 
     def outputs(self, result: Any) -> np.ndarray:
         return result[0]
@@ -81,20 +106,21 @@ class OrtCudaBackend(OrtCpuBackend):
     def providers(self) -> list:
         return [(self.provider, {"use_tf32": 0}), "CPUExecutionProvider"]
 
-    def prepare(self, inputs: dict[str, np.ndarray]) -> Callable[[], Any]:
-        binding = self.session.io_binding()
-        self._device_inputs = {n: ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0) for n, v in inputs.items()}
-        for name, value in self._device_inputs.items():
+    def _bind(self, session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> Callable[[], Any]:
+        binding = session.io_binding()
+        device_inputs = {n: ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0) for n, v in inputs.items()}
+        for name, value in device_inputs.items():
             binding.bind_ortvalue_input(name, value)
         for name in self.output_names:
             binding.bind_output(name, "cuda")
-        run, sync = self.session.run_with_iobinding, binding.synchronize_outputs
+        run, sync = session.run_with_iobinding, binding.synchronize_outputs
 
         def call():
             run(binding)
             sync()
             return binding
 
+        call.device_inputs = device_inputs  # the device copies live as long as the call
         return call
 
     def outputs(self, result: Any) -> np.ndarray:

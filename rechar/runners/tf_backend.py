@@ -8,14 +8,18 @@ threads set before TensorFlow starts. TensorFlow runs on the GPU when it sees on
 from __future__ import annotations
 
 import importlib.util
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import onnx
 
-from rechar.exporters import ExportResult
+from rechar.analysis.traces import PROFILE_WARMUP, tf_ops
+from rechar.exporters import ExportResult, node_modules
 from rechar.models import RecModel
-from rechar.runners.base import Backend
+from rechar.runners.base import Backend, ProfileResult
 
 
 class TFBackend(Backend):
@@ -34,10 +38,14 @@ class TFBackend(Backend):
         from rechar.runners.onnx_to_tf import lower
 
         # Thread pools are fixed when TensorFlow's runtime starts: set them before any op runs.
-        tf.config.threading.set_intra_op_parallelism_threads(self.options.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(self.options.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:
+            pass  # TensorFlow already ran in this process (not in a sweep worker): settings() says what it uses
         self.tf = tf
         self.device = "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+        self.onnx_path = export.onnx_path
         self.lowered = lower(onnx.load(str(export.onnx_path)), jit_compile=self.options.jit_compile)
         self.input_names = self.lowered.input_names
 
@@ -60,7 +68,31 @@ class TFBackend(Backend):
         return result[0].numpy()
 
     def settings(self) -> dict[str, Any]:
-        return {"threads": self.options.threads, "jit_compile": self.options.jit_compile, "lowering": "rechar.onnx_to_tf"}
+        threading = self.tf.config.threading
+        intra = threading.get_intra_op_parallelism_threads()  # 0: TensorFlow's default, all cores
+        return {"threads": intra or "TensorFlow default",
+                "inter_op_threads": threading.get_inter_op_parallelism_threads(),
+                "jit_compile": self.options.jit_compile, "lowering": "rechar.onnx_to_tf"}
+
+    def profile(self, inputs: dict[str, np.ndarray], iterations: int, trace_dir: Path) -> ProfileResult:
+        call = self.prepare(inputs)
+        for _ in range(PROFILE_WARMUP):
+            call()
+        profiler = self.tf.profiler.experimental
+        with tempfile.TemporaryDirectory() as logdir:
+            profiler.start(logdir, profiler.ProfilerOptions(
+                host_tracer_level=_Int(3), python_tracer_level=_Int(0), device_tracer_level=_Int(1), delay_ms=_Int(0)))
+            try:
+                for _ in range(iterations):
+                    call()
+            finally:
+                profiler.stop()
+            # The profiler writes logdir/plugins/profile/<timestamp>/<host>.xplane.pb.
+            [xplane] = Path(logdir).glob("plugins/profile/*/*.xplane.pb")
+            path = Path(trace_dir) / "tf.xplane.pb"
+            shutil.copyfile(xplane, path)
+        modules = node_modules(onnx.load(str(self.onnx_path), load_external_data=False))
+        return ProfileResult(path, tf_ops(path, self.lowered.scope_to_node, modules), iterations)
 
     def peak_device_bytes(self) -> int | None:
         if self.device != "gpu":
@@ -69,3 +101,18 @@ class TFBackend(Backend):
 
     def close(self) -> None:
         del self.lowered
+
+
+class _Int:
+    """An int option for TensorFlow's profiler. Host tracer level 3 is needed: after ~70 calls
+    TF's executor deems ops under a few µs cheap and traces them only at level 3, so at the
+    default level 2 they drop out of the profile. TF 2.21's binding casts each option value to
+    bool first, which turns any Python int into True (the option is then ignored, with a
+    warning); an object with ``__index__`` but no ``__bool__`` fails that cast and passes the
+    int one."""
+
+    def __init__(self, value: int):
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value

@@ -6,20 +6,25 @@ eager form), inputs already on the device, and for CUDA a synchronisation inside
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import functools
+from pathlib import Path
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
+from torch.profiler import ProfilerActivity
 
+from rechar.analysis.traces import PROFILE_WARMUP, TORCH_MODULE_PREFIX, torch_ops
 from rechar.exporters import ExportResult
 from rechar.models import RecModel
-from rechar.runners.base import Backend
+from rechar.runners.base import Backend, ProfileResult
 
 
 class TorchBackend(Backend):
     name = "torch"
     framework = "torch"
     device = "cpu"
+    profiler_activities: ClassVar[list[ProfilerActivity]] = [ProfilerActivity.CPU]
 
     def load(self, model: RecModel, export: ExportResult) -> None:
         torch.set_num_threads(self.options.threads)
@@ -40,14 +45,51 @@ class TorchBackend(Backend):
     def settings(self) -> dict[str, Any]:
         return {"threads": torch.get_num_threads(), "inference_mode": True, "embedding": "embedding_bag"}
 
+    def profile(self, inputs: dict[str, np.ndarray], iterations: int, trace_dir: Path) -> ProfileResult:
+        call = self.prepare(inputs)
+        handles = _label_modules(self.model)  # only for this pass: the labels cost as much as a small model
+        try:
+            for _ in range(PROFILE_WARMUP):
+                call()
+            with torch.profiler.profile(activities=self.profiler_activities) as prof:
+                for _ in range(iterations):
+                    call()
+        finally:
+            for handle in handles:
+                handle.remove()
+        path = Path(trace_dir) / "torch_trace.json"
+        prof.export_chrome_trace(str(path))
+        return ProfileResult(path, torch_ops(path), iterations)
+
     def close(self) -> None:
         self._mode.__exit__(None, None, None)
         del self.model
 
 
+def _label_modules(model: torch.nn.Module) -> list:
+    """Hooks that wrap each submodule's forward in a profiler range ``rechar.module::<path>``, so
+    that the trace tells which layer each op ran in; returns their handles, to remove them."""
+    ranges = []  # open ranges, innermost last: forwards nest, so one stack serves all modules
+
+    def enter(label, module, args):
+        ranges.append(torch.profiler.record_function(label).__enter__())
+
+    def leave(module, args, output):
+        ranges.pop().__exit__(None, None, None)
+
+    handles = []
+    for path, module in model.named_modules():
+        if path:  # the model's own forward is the top level, layer ''
+            handles.append(module.register_forward_pre_hook(functools.partial(enter, TORCH_MODULE_PREFIX + path)))
+            handles.append(module.register_forward_hook(leave))
+    return handles
+
+
 class TorchCudaBackend(TorchBackend):
     name = "torch-cuda"
     device = "cuda"
+    # Kernels, copies and sets on the device, each linked to the op that launched it (torch_ops).
+    profiler_activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

@@ -1,0 +1,227 @@
+"""Parsers for the frameworks' own profiler traces, one function per trace format.
+
+Each turns a raw trace into the tidy table a backend's ``profile()`` returns (``PROFILE_COLUMNS``):
+one row per (native_op, node, layer) with the number of calls and the total SELF time in
+microseconds, i.e. an op's time minus the time of the ops it called, so that rows add up
+without double counting (``aten::linear`` keeps its own few µs, ``aten::addmm`` inside it the
+rest). Events a parser does not know are ignored; a trace without any op event is an error.
+
+- ``torch_ops``: the chrome trace of ``torch.profiler`` (``export_chrome_trace``).
+- ``ort_ops``: the JSON profile of an ONNX Runtime session (``enable_profiling``).
+- ``tf_ops``: the XSpace protobuf (``*.xplane.pb``) of ``tf.profiler.experimental``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import functools
+import gzip
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rechar.runners.base import PROFILE_COLUMNS
+
+#: Calls a backend runs before starting the profiler (first calls allocate, compile, fill caches).
+PROFILE_WARMUP = 2
+#: Name prefix of the ranges the torch backend opens around each module's forward.
+TORCH_MODULE_PREFIX = "rechar.module::"
+#: Chrome-trace categories of device activity that kineto links to the op that launched it.
+TORCH_DEVICE_CATEGORIES = {"kernel", "gpu_memcpy", "gpu_memset"}
+ORT_KERNEL_SUFFIX = "_kernel_time"
+
+
+@dataclasses.dataclass(eq=False)
+class _Span:
+    """One event on one thread: an op (counted) or a labelled range such as a module (not)."""
+
+    start: float
+    dur: float
+    name: str  # the native op, or the range's label
+    node: str = ""  # the ONNX node an op ran for
+    is_op: bool = True
+    self_us: float = 0.0  # set by _nest
+    within: str = ""  # name of the innermost enclosing range, set by _nest
+
+    @property
+    def end(self) -> float:
+        return self.start + self.dur
+
+
+def _nest(spans: list[_Span]) -> None:
+    """Self time of each op (its duration minus its child ops') and its innermost enclosing range,
+    from how the spans of ONE thread nest in time. A child counts as nested when it starts
+    inside its parent (rounded timestamps may let it end a hair later)."""
+    stack: list[_Span] = []
+    for span in sorted(spans, key=lambda s: (s.start, -s.dur)):  # parents before their children
+        while stack and stack[-1].end <= span.start:
+            stack.pop()
+        if span.is_op:
+            span.self_us += span.dur
+            parent = next((s for s in reversed(stack) if s.is_op), None)
+            if parent is not None:
+                parent.self_us -= span.dur
+            span.within = next((s.name for s in reversed(stack) if not s.is_op), "")
+        stack.append(span)
+
+
+def _table(rows: list[tuple[str, str, str, float]], trace: str | Path) -> pd.DataFrame:
+    """(native_op, node, layer, self_us) per call -> one row per (native_op, node, layer)."""
+    if not rows:
+        raise ValueError(f"{trace}: no operator events in the trace")
+    df = pd.DataFrame(rows, columns=["native_op", "node", "layer", "self_us"])
+    df["self_us"] = df["self_us"].clip(lower=0.0)  # rounding can leave a parent a hair below 0
+    out = df.groupby(["native_op", "node", "layer"], as_index=False).agg(
+        calls=("self_us", "size"), self_us=("self_us", "sum"))
+    return out.sort_values("self_us", ascending=False, ignore_index=True)[PROFILE_COLUMNS]
+
+
+def _read_bytes(path: str | Path) -> bytes:
+    """A trace file's content; ``.gz`` files are decompressed (the test fixtures are)."""
+    data = Path(path).read_bytes()
+    return gzip.decompress(data) if str(path).endswith(".gz") else data
+
+
+def _read_json(path: str | Path) -> Any:
+    return json.loads(_read_bytes(path))
+
+
+def torch_ops(trace: str | Path) -> pd.DataFrame:
+    """Ops of a ``torch.profiler`` chrome trace.
+
+    Every ``cpu_op`` event counts, with its self time from the nesting of op events per thread;
+    its layer is the innermost enclosing ``rechar.module::<path>`` range (the torch backend's
+    hooks), '' outside any. The ranges themselves, other annotations and the profiler's own
+    ``profiler::`` ops are not ops. On CUDA, the device time of each kernel, memcpy and memset is
+    added to the op whose ``External id`` it carries (kineto's link to the innermost op that
+    launched it), so an op's self_us is its host self time plus the device time it launched
+    (which overlap in wall-clock time); device activity linked to no op event is dropped.
+    ``node`` is always '' (no ONNX graph).
+    """
+    threads: dict[tuple, list[_Span]] = defaultdict(list)
+    by_external_id: dict[Any, _Span] = {}
+    device_us: dict[Any, float] = defaultdict(float)
+    for event in _read_json(trace).get("traceEvents", []):
+        if event.get("ph") != "X" or "dur" not in event:
+            continue
+        cat, name = event.get("cat"), event.get("name", "")
+        thread, external_id = (event.get("pid"), event.get("tid")), event.get("args", {}).get("External id")
+        if cat == "cpu_op" and not name.startswith("profiler::"):
+            span = _Span(event["ts"], event["dur"], name)
+            threads[thread].append(span)
+            if external_id is not None:
+                by_external_id[external_id] = span
+        elif cat == "user_annotation" and name.startswith(TORCH_MODULE_PREFIX):
+            layer = name.removeprefix(TORCH_MODULE_PREFIX)
+            threads[thread].append(_Span(event["ts"], event["dur"], layer, is_op=False))
+        elif cat in TORCH_DEVICE_CATEGORIES and external_id is not None:
+            device_us[external_id] += event["dur"]
+    for spans in threads.values():
+        _nest(spans)
+    for external_id, us in device_us.items():
+        if external_id in by_external_id:
+            by_external_id[external_id].self_us += us
+    rows = [(s.name, "", s.within, s.self_us) for spans in threads.values() for s in spans if s.is_op]
+    return _table(rows, trace)
+
+
+def ort_node(ort_name: str, onnx_nodes: dict[str, str]) -> str:
+    """The ONNX node an ONNX Runtime node comes from.
+
+    Graph optimisation keeps node names, except for the nodes it creates (seen with ORT 1.32):
+    Gemm + activation becomes ``fused <gemm node>``, Gathers/Slices of one tensor become
+    ``<one of them>/GatherSliceToSplitFusion`` — the replaced node's name, then ``/`` and the
+    fusion. Those map back to that node (the longest ONNX node name before a ``/``). Nodes
+    created from nothing, such as the ``Squeeze``, ``Squeeze_token_2``, ... that the Split
+    fusion inserts, carry no trace of their origin: they keep ORT's name (and get no layer).
+    """
+    name = ort_name.removeprefix("fused ")
+    if name in onnx_nodes:
+        return name
+    for cut in range(len(name) - 1, 0, -1):
+        if name[cut] == "/" and name[:cut] in onnx_nodes:
+            return name[:cut]
+    return ort_name
+
+
+def ort_ops(trace: str | Path, node_modules: dict[str, str], runs: int | None = None) -> pd.DataFrame:
+    """Ops of an ONNX Runtime profile.
+
+    Each ``Node`` event named ``<node>_kernel_time`` is one call of the (optimised) node, its
+    type in ``args.op_name``; its ONNX node comes from ``ort_node`` and its layer from
+    ``node_modules`` (ONNX node -> module path, ``rechar.exporters.node_modules``). Only node
+    events inside the last ``runs`` ``model_run`` events count (all if None), which drops
+    warm-up runs and session setup. Node events nest only under control-flow nodes (Loop, If,
+    Scan), whose body nodes are reported too: self time subtracts them. On the CUDA provider
+    the durations are host-side (PyPI builds record no GPU kernel events).
+    """
+    events = _read_json(trace)
+    windows = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                     if e.get("cat") == "Session" and e.get("name") == "model_run")
+    if runs is not None:
+        if len(windows) < runs:
+            raise ValueError(f"{trace}: {len(windows)} model runs in the trace, expected at least {runs}")
+        windows = windows[len(windows) - runs:]
+    starts = [start for start, _ in windows]
+    resolve = functools.cache(lambda name: ort_node(name, node_modules))
+    threads: dict[tuple, list[_Span]] = defaultdict(list)
+    for event in events:
+        name = event.get("name", "")
+        if event.get("cat") != "Node" or not name.endswith(ORT_KERNEL_SUFFIX) or "op_name" not in event.get("args", {}):
+            continue
+        window = bisect.bisect_right(starts, event["ts"]) - 1
+        if window < 0 or event["ts"] >= windows[window][1]:
+            continue
+        span = _Span(event["ts"], event["dur"], event["args"]["op_name"], resolve(name.removesuffix(ORT_KERNEL_SUFFIX)))
+        threads[event.get("pid"), event.get("tid")].append(span)
+    for spans in threads.values():
+        _nest(spans)
+    rows = [(s.name, s.node, node_modules.get(s.node, ""), s.self_us) for spans in threads.values() for s in spans]
+    return _table(rows, trace)
+
+
+def tf_scope_node(op_name: str, scope_to_node: dict[str, str]) -> str:
+    """The ONNX node a TF op ran for: the longest name scope of the op name (scopes nest, e.g.
+    ``emb/tables.0/Gather/GatherV2`` runs in scope ``emb/tables.0/Gather``) that
+    ``TFModel.scope_to_node`` knows; '' if none."""
+    scope = op_name
+    while "/" in scope:
+        scope = scope.rpartition("/")[0]
+        if scope in scope_to_node:
+            return scope_to_node[scope]
+    return ""
+
+
+def tf_ops(trace: str | Path, scope_to_node: dict[str, str], node_modules: dict[str, str]) -> pd.DataFrame:
+    """Ops of a TensorFlow profile (an XSpace, ``*.xplane.pb``).
+
+    On plane ``/host:CPU`` op events are named ``<tf op name>:<op type>`` with ``duration_ps``;
+    runtime events (names with ``::`` or spaces, or without ``:``) are skipped. The op type is
+    the native op, the scope of the op name gives the ONNX node (``tf_scope_node``) and that
+    node's module path the layer. oneDNN fuses MatMul+BiasAdd+Relu into one
+    ``_MklNativeFusedMatMul`` that runs under the Relu's scope: it counts as that node's (the
+    category follows the fused op type). Op events nesting on a thread (function calls) count
+    by self time. On a GPU, these are host-side times.
+    """
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # ships with TensorFlow
+
+    space = xplane_pb2.XSpace.FromString(_read_bytes(trace))
+    rows = []
+    for plane in space.planes:
+        if plane.name != "/host:CPU":
+            continue
+        for line in plane.lines:
+            spans = []
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                if ":" in name and "::" not in name and " " not in name:
+                    op_name, _, op_type = name.rpartition(":")
+                    spans.append(_Span(event.offset_ps / 1e6, event.duration_ps / 1e6, op_type,
+                                       tf_scope_node(op_name, scope_to_node)))
+            _nest(spans)
+            rows += [(s.name, s.node, node_modules.get(s.node, ""), s.self_us) for s in spans]
+    return _table(rows, trace)

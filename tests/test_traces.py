@@ -1,0 +1,283 @@
+"""Per-operator profiles: the trace parsers on hand-written and recorded traces, and each CPU
+backend's profile() on real models."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rechar.models as models
+from rechar.analysis.traces import ort_node, ort_ops, tf_ops, torch_ops
+from rechar.runners import BackendOptions, backend_class
+from rechar.runners.base import PROFILE_COLUMNS
+from rechar.runners.measure import TimingOptions, time_call
+
+FIXTURES = Path(__file__).parent / "fixtures" / "traces"
+RECORDED_ITERATIONS = 3  # fixtures/traces/record.py
+
+
+def _rows(df):
+    """{(native_op, node, layer): (calls, self_us rounded to 1e-6)}."""
+    assert list(df.columns) == PROFILE_COLUMNS
+    return {(r.native_op, r.node, r.layer): (r.calls, round(r.self_us, 6)) for r in df.itertuples()}
+
+
+def _write_json(path, content):
+    path.write_text(json.dumps(content))
+    return path
+
+
+def _recorded(name):
+    return FIXTURES / f"dlrm-rmc1.{name}.gz"
+
+
+@pytest.fixture(scope="module")
+def recorded_graph():
+    return json.loads((FIXTURES / "dlrm-rmc1.graph.json").read_text())
+
+
+# --- PyTorch chrome trace -------------------------------------------------------------------------
+
+def _x(cat, name, ts, dur, tid=1, **args):
+    return {"ph": "X", "cat": cat, "name": name, "pid": 7, "tid": tid, "ts": ts, "dur": dur, "args": args}
+
+
+def test_torch_self_time_layers_and_device_time(tmp_path):
+    events = [
+        {"ph": "M", "name": "thread_name", "pid": 7, "tid": 1, "args": {"name": "main"}},
+        {"ph": "i", "s": "g", "name": "Iteration Start: PyTorch Profiler", "pid": "Traces", "tid": "t", "ts": 0},
+        _x("Trace", "PyTorch Profiler (0)", -5, 300),
+        _x("user_annotation", "ProfilerStep#1", -1, 200),  # not a module range: transparent
+        _x("user_annotation", "rechar.module::mlp", 0, 100),
+        _x("cpu_op", "profiler::_record_function_enter_new", 1, 1),  # bookkeeping: not an op
+        _x("user_annotation", "rechar.module::mlp.0", 5, 55),
+        _x("cpu_op", "aten::linear", 10, 40, **{"External id": 1}),
+        _x("cpu_op", "aten::t", 12, 2, **{"External id": 2}),
+        _x("cpu_op", "aten::transpose", 12.5, 1, **{"External id": 3}),
+        _x("cpu_op", "aten::addmm", 20, 25, **{"External id": 4}),
+        _x("cuda_runtime", "cudaLaunchKernel", 30, 3, **{"External id": 4, "correlation": 99}),  # stays in addmm
+        _x("cpu_op", "aten::relu", 70, 10, **{"External id": 5}),
+        _x("cpu_op", "aten::relu", 82, 3, **{"External id": 6}),
+        _x("cpu_op", "aten::sigmoid", 110, 5, **{"External id": 7}),
+        _x("cpu_op", "aten::addmm", 0, 10, tid=2, **{"External id": 8}),  # another thread, no module
+        _x("kernel", "sgemm_128x64", 40, 7, tid=9, **{"External id": 4, "correlation": 99}),
+        _x("gpu_memcpy", "Memcpy HtoD", 50, 2, tid=9, **{"External id": 123}),  # links to no op: dropped
+        _x("gpu_user_annotation", "rechar.module::mlp.0", 40, 7, tid=9),
+    ]
+    path = _write_json(tmp_path / "t.json", {"schemaVersion": 1, "traceEvents": events})
+    assert _rows(torch_ops(path)) == {
+        ("aten::linear", "", "mlp.0"): (1, 13.0),  # 40 - t 2 - addmm 25
+        ("aten::t", "", "mlp.0"): (1, 1.0),  # 2 - transpose 1
+        ("aten::transpose", "", "mlp.0"): (1, 1.0),
+        ("aten::addmm", "", "mlp.0"): (1, 32.0),  # 25 on the host + 7 of its kernel
+        ("aten::relu", "", "mlp"): (2, 13.0),
+        ("aten::sigmoid", "", ""): (1, 5.0),
+        ("aten::addmm", "", ""): (1, 10.0),
+    }
+
+
+def test_torch_recorded_trace():
+    ops = torch_ops(_recorded("torch_trace.json"))
+    rows = _rows(ops)
+    assert rows[("aten::addmm", "", "top_mlp.0")] == (3, 122.263)
+    assert rows[("aten::cat", "", "interaction")] == (3, 21.212)
+    assert rows[("aten::sigmoid", "", "")] == (3, 10.906)  # the model's own forward: top level
+    assert {f"emb.tables.{i}" for i in range(8)} | {"bot_mlp.0", "top_mlp.4", "interaction"} <= set(ops.layer)
+    embedding_bag = ops[ops.native_op == "aten::_embedding_bag"]
+    assert len(embedding_bag) == 8 and (embedding_bag.calls == 3).all()
+    assert ops.self_us.sum() == pytest.approx(2183.233)
+    assert (ops.calls % RECORDED_ITERATIONS == 0).all()
+    events = [e for e in json.loads(gzip.decompress(_recorded("torch_trace.json").read_bytes()))["traceEvents"]
+              if e.get("cat") == "cpu_op"]
+    assert ops.self_us.sum() <= max(e["ts"] + e["dur"] for e in events) - min(e["ts"] for e in events)
+
+
+# --- ONNX Runtime profile -------------------------------------------------------------------------
+
+def _ort(name, ts, dur, op_name=None, cat="Node"):
+    event = {"cat": cat, "pid": 1, "tid": 1, "ts": ts, "dur": dur, "ph": "X", "name": name, "args": {}}
+    if op_name:
+        event["args"] = {"op_name": op_name, "provider": "CPUExecutionProvider"}
+    return event
+
+
+def test_ort_node_names_map_back_to_onnx_nodes():
+    nodes = {"/a/Gemm": "a.0", "/emb/Gather_3": "emb", "/emb/Gather_31": "emb", "node_linear_1": "mlp.2"}
+    assert ort_node("/a/Gemm", nodes) == "/a/Gemm"
+    assert ort_node("fused /a/Gemm", nodes) == "/a/Gemm"  # Gemm + activation -> FusedGemm
+    assert ort_node("/emb/Gather_31/GatherSliceToSplitFusion", nodes) == "/emb/Gather_31"
+    assert ort_node("/emb/Gather_3/GatherSliceToSplitFusion", nodes) == "/emb/Gather_3"
+    assert ort_node("fused node_linear_12", nodes) == "fused node_linear_12"  # not node_linear_1's
+    assert ort_node("Squeeze_token_2", nodes) == "Squeeze_token_2"  # made by ORT: no origin
+
+
+def test_ort_keeps_the_last_runs_and_maps_fusions(tmp_path):
+    modules = {"/a/Gemm": "a.0", "/b/Gemm": "b.0", "/emb/Gather_3": "emb", "/loop": "rnn"}
+    events = [
+        _ort("model_loading_uri", 0, 50, cat="Session"),
+        _ort("session_initialization", 60, 100, cat="Session"),
+        _ort("/a/Gemm_kernel_time", 200, 40, "Gemm"),  # outside any run
+        _ort("model_run", 1000, 100, cat="Session"),  # warm-up: dropped with runs=2
+        _ort("/a/Gemm_kernel_time", 1010, 500, "Gemm"),
+        _ort("model_run", 2000, 100, cat="Session"),
+        _ort("SequentialExecutor::Execute", 2001, 98, cat="Session"),
+        _ort("/a/Gemm_fence_before", 2005, 1, "Gemm"),
+        _ort("/a/Gemm_kernel_time", 2010, 10, "Gemm"),
+        _ort("fused /b/Gemm_kernel_time", 2020, 8, "FusedGemm"),
+        _ort("/emb/Gather_3/GatherSliceToSplitFusion_kernel_time", 2030, 6, "Split"),
+        _ort("Squeeze_token_2_kernel_time", 2040, 2, "Squeeze"),
+        _ort("/loop_kernel_time", 2050, 30, "Loop"),
+        _ort("body/Add_kernel_time", 2060, 5, "Add"),  # a Loop body node: nested in the Loop's time
+        _ort("model_run", 3000, 100, cat="Session"),
+        _ort("/a/Gemm_kernel_time", 3010, 12, "Gemm"),
+        _ort("fused /b/Gemm_kernel_time", 3030, 9, "FusedGemm"),
+    ]
+    path = _write_json(tmp_path / "ort.json", events)
+    assert _rows(ort_ops(path, modules, runs=2)) == {
+        ("Gemm", "/a/Gemm", "a.0"): (2, 22.0),
+        ("FusedGemm", "/b/Gemm", "b.0"): (2, 17.0),
+        ("Split", "/emb/Gather_3", "emb"): (1, 6.0),
+        ("Squeeze", "Squeeze_token_2", ""): (1, 2.0),
+        ("Loop", "/loop", "rnn"): (1, 25.0),
+        ("Add", "body/Add", ""): (1, 5.0),
+    }
+    assert _rows(ort_ops(path, modules))[("Gemm", "/a/Gemm", "a.0")] == (3, 522.0)  # all runs
+    with pytest.raises(ValueError, match="3 model runs in the trace, expected at least 4"):
+        ort_ops(path, modules, runs=4)
+    with pytest.raises(ValueError, match="no operator events"):
+        ort_ops(_write_json(tmp_path / "empty.json", events[:2]), modules)
+
+
+def test_ort_recorded_trace(recorded_graph):
+    path = _recorded("ort_trace.json")
+    ops = ort_ops(path, recorded_graph["node_modules"], runs=RECORDED_ITERATIONS)
+    rows = _rows(ops)
+    assert rows[("FusedGemm", "/bot_mlp/bot_mlp.0/Gemm", "bot_mlp.0")] == (3, 28.0)  # Gemm+Relu fused
+    assert rows[("FusedGemm", "/top_mlp/top_mlp.4/Gemm", "top_mlp.4")] == (3, 18.0)  # Gemm+Sigmoid fused
+    assert rows[("Split", "/emb/Gather_7", "emb")] == (3, 31.0)  # the 8 index Gathers fused
+    assert rows[("Gather", "/emb/tables.5/Gather", "emb.tables.5")] == (3, 28.0)
+    assert set(ops[ops.layer == ""].native_op) == {"Squeeze"}  # inserted by the Split fusion
+    assert ops.self_us.sum() == 611.0 and (ops.calls == 3).all()
+    events = json.loads(gzip.decompress(path.read_bytes()))
+    runs = sorted((e["ts"], e["dur"]) for e in events if e["name"] == "model_run")
+    assert len(runs) == 2 + RECORDED_ITERATIONS  # warm-up runs are in the trace, not in the table
+    assert ops.self_us.sum() <= sum(dur for _, dur in runs[-RECORDED_ITERATIONS:])
+    assert (ort_ops(path, recorded_graph["node_modules"]).calls == 5).all()
+
+
+# --- TensorFlow XSpace ----------------------------------------------------------------------------
+
+def _xspace(tmp_path, lines):
+    """An XSpace with plane /host:CPU holding ``lines`` ([(name, offset_us, duration_us)] each),
+    and a device plane whose events must be ignored."""
+    xplane_pb2 = pytest.importorskip("tensorflow.tsl.profiler.protobuf.xplane_pb2")
+    space = xplane_pb2.XSpace()
+    for plane_name, plane_lines in (("/host:CPU", lines), ("/device:GPU:0", [[("gpu/MatMul:MatMul", 0, 99)]])):
+        plane = space.planes.add(name=plane_name)
+        ids = {}
+        for line_events in plane_lines:
+            line = plane.lines.add()
+            for name, offset_us, duration_us in line_events:
+                if name not in ids:
+                    ids[name] = len(ids) + 1
+                    plane.event_metadata[ids[name]].id = ids[name]
+                    plane.event_metadata[ids[name]].name = name
+                line.events.add(metadata_id=ids[name], offset_ps=int(offset_us * 1e6),
+                                duration_ps=int(duration_us * 1e6))
+    path = tmp_path / "t.xplane.pb"
+    path.write_bytes(space.SerializeToString())
+    return path
+
+
+def test_tf_scopes_fusions_nesting_and_runtime_events(tmp_path):
+    scopes = {"mlp/mlp.0/Gemm": "/mlp/mlp.0/Gemm", "mlp/mlp.1/Relu": "/mlp/mlp.1/Relu",
+              "emb/Gather": "/emb/Gather", "emb/Gather_1": "/emb/Gather_1"}
+    modules = {"/mlp/mlp.0/Gemm": "mlp.0", "/mlp/mlp.1/Relu": "mlp.1", "/emb/Gather": "emb", "/emb/Gather_1": "emb.t1"}
+    path = _xspace(tmp_path, [
+        [("ExecutorState::Process", 0, 200),  # runtime events: skipped
+         ("EagerLocalExecute: __inference_run_1", 0, 200),
+         ("MemoryAllocation", 1, 0),
+         ("mlp/mlp.1/Relu/Relu:_MklNativeFusedMatMul", 5, 30),  # MatMul+BiasAdd+Relu, under the Relu
+         ("emb/Gather_1/GatherV2:GatherV2", 40, 4),  # scope emb/Gather_1, not emb/Gather
+         ("call/PartitionedCall:PartitionedCall", 50, 50),  # a call with a nested op
+         ("emb/Gather/GatherV2:GatherV2", 60, 20),
+         ("mlp/mlp.1/Relu/Relu:_MklNativeFusedMatMul", 105, 10)],
+        [("Func/run/input/_0:_Arg", 1, 2)],  # another thread; outside the scopes
+    ])
+    assert _rows(tf_ops(path, scopes, modules)) == {
+        ("_MklNativeFusedMatMul", "/mlp/mlp.1/Relu", "mlp.1"): (2, 40.0),
+        ("GatherV2", "/emb/Gather_1", "emb.t1"): (1, 4.0),
+        ("PartitionedCall", "", ""): (1, 30.0),
+        ("GatherV2", "/emb/Gather", "emb"): (1, 20.0),
+        ("_Arg", "", ""): (1, 2.0),
+    }
+    with pytest.raises(ValueError, match="no operator events"):
+        tf_ops(_xspace(tmp_path, [[("ExecutorState::Process", 0, 200)]]), scopes, modules)
+
+
+def test_tf_recorded_trace(recorded_graph):
+    pytest.importorskip("tensorflow")
+    ops = tf_ops(_recorded("tf.xplane.pb"), recorded_graph["scope_to_node"], recorded_graph["node_modules"])
+    rows = _rows(ops)
+    assert rows[("_MklNativeFusedMatMul", "/bot_mlp/bot_mlp.1/Relu", "bot_mlp.1")] == (3, 68.382)
+    assert rows[("_MklNativeFusedMatMul", "/Sigmoid", "")] == (3, 30.546)  # last Gemm + Sigmoid
+    assert rows[("GatherV2", "/emb/tables.0/Gather", "emb.tables.0")] == (3, 47.961)
+    assert rows[("ConcatV2", "/interaction/Concat", "interaction")] == (3, 8.141)
+    assert ops.self_us.sum() == pytest.approx(655.611)
+    assert (ops.calls % RECORDED_ITERATIONS == 0).all()
+
+
+# --- profile() of each CPU backend on real models -----------------------------------------------
+
+LAYERS = {"dlrm-rmc1": [{"bot_mlp.0", "bot_mlp.1"}, {"emb.tables.0"}, {"top_mlp.0", "top_mlp.1"}],
+          "din": [{"attention", "attention.mlp.0", "attention.mlp.1"}, {"item_emb"}]}
+
+
+def _backend(name, model, export):
+    reason = backend_class(name).unavailable_reason()
+    if reason:
+        pytest.skip(f"{name} unavailable here: {reason}")
+    backend = backend_class(name)(BackendOptions(threads=1))
+    backend.load(model, export)
+    return backend
+
+
+@pytest.mark.parametrize("backend_name", ["torch", "ort-cpu", "tf"])
+@pytest.mark.parametrize("model_name", ["dlrm-rmc1", "din"])
+def test_profile_attributes_ops_to_layers(tiny_exports, tmp_path, backend_name, model_name):
+    model = models.get(model_name, scale="tiny")
+    backend = _backend(backend_name, model, tiny_exports[model_name])
+    try:
+        inputs, iterations = model.make_inputs(16), 10
+        # Time first, as a run does: TF's executor stops tracing cheap ops at the default tracer
+        # level after ~70 calls, which a profile straight after loading would not show.
+        p50_us = float(np.median(time_call(backend.prepare(inputs), TimingOptions(
+            warmup_iters=20, warmup_seconds=0, min_iters=100, min_seconds=0)))) / 1e3
+        result = backend.profile(inputs, iterations, tmp_path)
+    finally:
+        backend.close()
+    ops = result.ops
+    assert result.iterations == iterations and result.trace_path.parent == tmp_path and result.trace_path.exists()
+    assert list(ops.columns) == PROFILE_COLUMNS and not ops.duplicated(["native_op", "node", "layer"]).any()
+    for accepted in LAYERS[model_name]:  # fused ops may sit in the activation's module
+        assert accepted & set(ops.layer), f"no op in {accepted}: {sorted(set(ops.layer))}"
+    assert (ops.calls % iterations == 0).all(), ops[ops.calls % iterations != 0]  # every op runs once per call
+    assert (ops.self_us >= 0).all()
+    # Profilers add overhead and a shared machine adds outliers: this catches unit slips and
+    # ops gone missing, not percent-level errors (the recorded traces pin those).
+    per_call_us = ops.self_us.sum() / iterations
+    assert 0.1 * p50_us < per_call_us < 10 * p50_us, (per_call_us, p50_us)
+
+
+def test_torch_profile_leaves_no_hooks(tiny_exports, tmp_path):
+    model = models.get("dlrm-rmc1", scale="tiny")
+    backend = _backend("torch", model, tiny_exports["dlrm-rmc1"])
+    try:
+        backend.profile(model.make_inputs(4), 2, tmp_path)
+        assert not any(m._forward_hooks or m._forward_pre_hooks for m in backend.model.modules())
+    finally:
+        backend.close()
