@@ -247,6 +247,20 @@ def analyze_cmd(run_dirs, p99_bound_ms, reference, csv_dir) -> None:
         click.echo(f"tables written to {folder}")
 
 
+@cli.command("report")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", "-o", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="HTML file to write (default: reports/<run id>.html, run ids joined with '+').")
+@click.option("--p99-bound-ms", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Tail-latency bound for the best-deployment table.")
+def report_cmd(run_dirs, out_path, p99_bound_ms) -> None:
+    """Write a self-contained HTML report (charts and tables, no network needed) over one or more runs."""
+    from rechar.report import default_report_path, write_report  # Bokeh takes a second to import: only here
+
+    path = write_report(list(run_dirs), out_path or default_report_path(list(run_dirs)), p99_bound_ms=p99_bound_ms)
+    click.echo(f"report: {path}")
+
+
 @cli.command("show")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 def show_cmd(run_dir) -> None:

@@ -17,7 +17,7 @@ import pandas as pd
 from rechar.analysis.breakdown import bottleneck_shift, breakdown_wide, category_breakdown, dominant_table
 from rechar.analysis.deployment import best_deployment, crossover, gpu_speedup
 from rechar.analysis.features import feature_correlation, model_features, model_metrics
-from rechar.analysis.ops import coverage, load_ops, unmapped_ops
+from rechar.analysis.ops import OPS_COLUMNS, coverage, load_ops, unmapped_ops
 from rechar.errors import UserError
 from rechar.runners.results import load_points, read_manifest
 
@@ -34,11 +34,13 @@ def load_runs(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame, d
         host = manifest.get("host", {}).get("hostname")
         points.append(load_points(run_dir))
         run_ops = load_ops(run_dir)
-        ops.append(run_ops.assign(host=host))
+        if not run_ops.empty:  # an empty, untyped frame would turn every concatenated column to object
+            ops.append(run_ops.assign(host=host))
         for name, config in manifest.get("configs", {}).items():
             if configs.setdefault(name, config) != config:
                 raise UserError(f"runs disagree on the config of {name}; compare runs of the same models")
-    return pd.concat(points, ignore_index=True), pd.concat(ops, ignore_index=True), configs
+    all_ops = pd.concat(ops, ignore_index=True) if ops else pd.DataFrame(columns=[*OPS_COLUMNS, "host"])
+    return pd.concat(points, ignore_index=True), all_ops, configs
 
 
 def analyze(run_dirs: list[str | Path], p99_bound_ms: float = 10.0, reference: str = "torch") -> dict[str, pd.DataFrame]:

@@ -51,7 +51,9 @@ OP_CATEGORY: dict[str, str] = {
     "aten::narrow": _MOV, "aten::split": _MOV, "aten::chunk": _MOV, "aten::unbind": _MOV,
     "aten::resolve_conj": _MOV, "aten::resolve_neg": _MOV, "aten::lift_fresh": _MOV, "aten::alias": _MOV,
     "aten::item": _MOV, "aten::_local_scalar_dense": _MOV, "aten::result_type": _MOV,
-    "aten::unflatten": _MOV, "aten::_nested_tensor_from_mask_left_aligned": _MOV,
+    "aten::unflatten": _MOV, "aten::_nested_tensor_from_mask_left_aligned": _MOV, "aten::arange": _MOV,
+    "aten::as_strided_": _MOV, "aten::transpose_": _MOV, "aten::unsafe_chunk": _MOV, "aten::unsafe_split": _MOV,
+    "aten::cudnn_is_acceptable": "other",  # a GRU's backend check, no work: deliberately other
     # ONNX Runtime (ONNX op types after graph optimisation, fused ones included)
     "Gemm": _FC, "FusedGemm": _FC, "MatMul": _FC, "FusedMatMul": _FC, "MatMulNBits": _FC,
     "Gather": _EMB, "GatherElements": _EMB, "GatherND": _EMB, "GatherBlockQuantized": _EMB,
@@ -74,14 +76,15 @@ OP_CATEGORY: dict[str, str] = {
     "GatherV2": _EMB, "ResourceGather": _EMB,
     "ConcatV2": _INT, "Pack": _INT,
     "_MklNativeRelu": _ACT, "_MklRelu": _ACT,
-    "_MklNativeSoftmax": _SMX,
+    "_MklNativeSoftmax": _SMX, "_MklSoftmax": _SMX,
     "AddV2": _ELT, "_MklAddV2": _ELT, "_MklNativeAddV2": _ELT, "_MklMul": _ELT, "_MklNativeMul": _ELT,
     "RealDiv": _ELT, "FloorDiv": _ELT, "TruncateDiv": _ELT, "SelectV2": _ELT, "Select": _ELT,
     "LogicalNot": _ELT, "Maximum": _ELT, "Minimum": _ELT, "_MklMaximum": _ELT, "Square": _ELT,
     "_MklNativeTranspose": _MOV, "_MklTranspose": _MOV, "ExpandDims": _MOV, "BroadcastTo": _MOV,
     "StridedSlice": _MOV, "ReadVariableOp": _MOV, "Fill": _MOV, "ZerosLike": _MOV, "Const": _MOV,
     "_MklToTf": _MOV, "_MklReshape": _MOV, "ConcatOffset": _MOV, "Unpack": _MOV, "SplitV": _MOV,
-    "Prod": _ELT, "Mean": _ELT, "Max": _ELT, "GreaterEqual": _ELT, "LessEqual": _ELT,
+    "Prod": _ELT, "Mean": _ELT, "Max": _ELT, "GreaterEqual": _ELT, "LessEqual": _ELT, "FloorMod": _ELT,
+    "BroadcastArgs": _MOV, "_Arg": _MOV, "_Retval": _MOV,  # function arguments and results
 }
 
 #: Model layer (PyTorch module class) -> category that everything inside it counts as.

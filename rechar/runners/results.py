@@ -185,11 +185,12 @@ def load_points(run_dir: Path) -> pd.DataFrame:
     manifest = read_manifest(run_dir)
     path = run_dir / POINTS
     if not path.exists():
-        return write_tables(run_dir) if (run_dir / POINTS_LOG).exists() else pd.DataFrame(columns=POINT_COLUMNS)
-    version = int(pq.read_schema(path).metadata.get(b"rechar.schema_version", b"0"))
-    if version > SCHEMA_VERSION:
-        raise UserError(f"{path} was written by a newer rechar (schema {version}); upgrade rechar")
-    df = pd.read_parquet(path)
+        df = write_tables(run_dir) if (run_dir / POINTS_LOG).exists() else pd.DataFrame(columns=POINT_COLUMNS)
+    else:
+        version = int(pq.read_schema(path).metadata.get(b"rechar.schema_version", b"0"))
+        if version > SCHEMA_VERSION:
+            raise UserError(f"{path} was written by a newer rechar (schema {version}); upgrade rechar")
+        df = pd.read_parquet(path)
     df["host"] = manifest.get("host", {}).get("hostname")
     return df
 

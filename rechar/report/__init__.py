@@ -1,0 +1,399 @@
+"""A self-contained HTML report over one or more runs (e.g. a CPU server's and a GPU server's).
+
+    >>> from rechar.report import write_report
+    >>> write_report(["runs/cpu-server-run", "runs/gpu-server-run"], "reports/cpu-vs-gpu.html")
+
+One file with every script and style inlined (BokehJS once, core only), so that it opens from
+``file://`` with no network, and a print stylesheet. Its sections follow ``rechar analyze``:
+the runs, points that were not timed, latency and throughput, operator-category breakdown,
+bottleneck shift, GPU/CPU speedup, best deployment, feature correlation, top operators with
+links to the raw traces, and profile coverage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from urllib.parse import quote
+
+import pandas as pd
+from bokeh.embed import components
+from bokeh.resources import Resources
+
+from rechar.analysis import analyze
+from rechar.analysis.ops import read_profiles
+from rechar.analysis.taxonomy import CATEGORIES
+from rechar.errors import UserError
+from rechar.report import charts
+from rechar.report.charts import CATEGORY_COLORS
+from rechar.report.page import definitions, ms, note, num, page, pct, section, swatch, table, text
+from rechar.runners.results import POINTS, POINTS_LOG, read_manifest
+
+__all__ = ["write_report", "default_report_path"]
+
+TOP_OPS = 8
+SHIFT_THRESHOLD = 0.05  # category shares that move by at least 5 points are listed
+REFERENCE = "torch"
+# columns the report computes with or formats as numbers, and those that name a machine
+NUMERIC = {"batch", "calls_per_iter", "self_us_per_iter", "share", "profiled_us", "p50_us", "coverage",
+           "dominant_share", "reference_share", "delta"}
+HOSTS = {"host", "cpu_host", "gpu_host"}
+
+
+def default_report_path(run_dirs: list[str | Path]) -> Path:
+    """reports/<run id>.html, the run ids joined with '+' for several runs."""
+    ids = [str(read_manifest(Path(d))["run_id"]) for d in run_dirs]
+    return Path("reports") / (re.sub(r"[^A-Za-z0-9._+-]", "_", "+".join(ids)) + ".html")
+
+
+def write_report(run_dirs: list[str | Path], out_path: str | Path, p99_bound_ms: float = 10.0) -> Path:
+    """Write the HTML report of the given runs to ``out_path`` and return its path."""
+    run_dirs = [Path(d) for d in run_dirs]
+    out_path = Path(out_path)
+    manifests = [read_manifest(d) for d in run_dirs]
+    if not any((d / POINTS_LOG).exists() or (d / POINTS).exists() for d in run_dirs):
+        raise UserError(f"no finished point in {', '.join(map(str, run_dirs))}: nothing to report")
+    tables = analyze(run_dirs, p99_bound_ms=p99_bound_ms, reference=REFERENCE)
+    report = _Report(tables, run_dirs, manifests, out_path.parent, p99_bound_ms)
+    html = report.render()
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+        tmp.write_text(html, encoding="utf-8")
+        os.replace(tmp, out_path)
+    except OSError as e:
+        raise UserError(f"cannot write {out_path}: {e.strerror}") from None
+    return out_path
+
+
+class _Report:
+    """Builds the sections; charts are collected as they are made and embedded at the end, in
+    one Bokeh document, so that BokehJS and the chart data appear once."""
+
+    def __init__(self, tables: dict[str, pd.DataFrame], run_dirs: list[Path], manifests: list[dict],
+                 out_dir: Path, p99_bound_ms: float):
+        self.t = {name: _tidy(df) for name, df in tables.items()}
+        self.run_dirs = run_dirs
+        self.manifests = manifests
+        self.out_dir = out_dir
+        self.bound = p99_bound_ms
+        self.roots: list = []
+        points = self.t["points"]
+        self.several_hosts = points["host"].nunique() > 1
+        self.multi_device = set(points.groupby("backend")["device"].nunique().loc[lambda n: n > 1].index)
+        self.points = points.assign(series=self._series(points))
+        self.models = sorted(self.points["model"].unique())
+        self.style = self._series_style(self.points)
+        self.profiles = [(str(m.get("host", {}).get("hostname")), run_dir, rec)
+                         for run_dir, m in zip(run_dirs, manifests) for rec in read_profiles(run_dir)]
+
+    # -- series: one line / one panel per host x backend x device --------------------------------
+
+    def _series(self, df: pd.DataFrame) -> pd.Series:
+        """Series label: the backend, with the device when a backend ran on several, and the
+        host when the runs come from several machines."""
+        label = df["backend"].astype(str)
+        label = label.where(~df["backend"].isin(self.multi_device), label + " (" + df["device"].astype(str) + ")")
+        return label + (" @ " + df["host"] if self.several_hosts else "")
+
+    @staticmethod
+    def _series_style(points: pd.DataFrame) -> dict[str, tuple[str, str]]:
+        """series -> (colour, marker): colour by backend and device, marker by host, the same in
+        every chart; the dict's order is the order series are shown in."""
+        keys = points[["series", "backend", "device", "host"]].drop_duplicates()
+        keys = keys.sort_values(["backend", "device", "host"])
+        stacks = list(dict.fromkeys(zip(keys["backend"], keys["device"])))
+        hosts = sorted(set(keys["host"]))
+        return {
+            s: (charts.SERIES_COLORS[stacks.index((b, d)) % len(charts.SERIES_COLORS)],
+                charts.HOST_MARKERS[hosts.index(h) % len(charts.HOST_MARKERS)])
+            for s, b, d, h in keys.itertuples(index=False)
+        }
+
+    def _ordered(self, series) -> list[str]:
+        present = set(series)
+        return [s for s in self.style if s in present]
+
+    def _chart(self, root) -> str:
+        self.roots.append(root)
+        return f"<!--chart:{len(self.roots) - 1}-->"
+
+    def _series_cell(self, series: str) -> str:
+        return swatch(self.style[series][0]) + text(series)
+
+    # -- the document ------------------------------------------------------------------------------
+
+    def render(self) -> str:
+        sections = [
+            ("runs", "Runs", self.runs()),
+            ("not-timed", "Points not timed", self.not_timed()),
+            ("latency", "Latency and throughput", self.latency()),
+            ("breakdown", "Operator-category breakdown", self.breakdown()),
+            ("shift", "Bottleneck shift across stacks", self.shift()),
+            ("speedup", "GPU/CPU speedup", self.speedup()),
+            ("best", "Best deployment under the latency bound", self.best()),
+            ("correlation", "Model features vs measured behaviour", self.correlation()),
+            ("operators", "Top operators per model", self.operators()),
+            ("coverage", "Profile coverage", self.coverage()),
+        ]
+        ids = [str(m.get("run_id")) for m in self.manifests]
+        title = f"rechar report: {', '.join(ids)}"
+        nav = "<nav><ol>" + "".join(f'<li><a href="#{a}">{text(t)}</a></li>' for a, t, _ in sections) + "</ol></nav>"
+        body = f"<h1>{text(title)}</h1>{self.summary()}{nav}" + "".join(section(a, t, b) for a, t, b in sections)
+        script, divs = components(self.roots) if self.roots else ("", [])
+        for i, div in enumerate(divs):
+            body = body.replace(f"<!--chart:{i}-->", f'<div class="chart">{div}</div>', 1)
+        bokeh_js = Resources(mode="inline", components=["bokeh"]).render_js() if self.roots else ""
+        return page(title, bokeh_js, script, body)
+
+    def summary(self) -> str:
+        p = self.points
+        starts = sorted(str(m.get("started")) for m in self.manifests)
+        hosts = sorted(p["host"].unique()) or [str(m.get("host", {}).get("hostname")) for m in self.manifests]
+        return (f'<p class="lead">{len(self.manifests)} run(s), started {text(starts[0])}'
+                f"{' to ' + text(starts[-1]) if len(starts) > 1 else ''}, on {text(', '.join(hosts))}: "
+                f"{len(self.models)} model(s) ({text(', '.join(self.models))}), backends "
+                f"{text(', '.join(sorted(p['backend'].unique())))}, batch sizes "
+                f"{text(', '.join(map(str, sorted(p['batch'].unique()))))}; {len(p)} points, "
+                f"{int((p['status'] == 'ok').sum())} timed. Latency bound for the best deployment: "
+                f"p99 ≤ {self.bound:g} ms.</p>")
+
+    # -- sections ----------------------------------------------------------------------------------
+
+    def runs(self) -> str:
+        cards = []
+        for run_dir, m in zip(self.run_dirs, self.manifests):
+            host = m.get("host", {})
+            gpus = "; ".join(f"{g.get('name')} ({g.get('memory')}, driver {g.get('driver')})"
+                             for g in host.get("gpus") or []) or "none"
+            memory = host.get("memory_bytes")
+            machine = definitions([
+                ("host", host.get("hostname")), ("CPU", host.get("cpu")),
+                ("cores", f"{host.get('physical_cores')} physical, {host.get('logical_cores')} logical, "
+                          f"{host.get('affinity_cores')} usable"),
+                ("memory", f"{memory / 2**30:.1f} GiB" if memory else None), ("GPUs", gpus), ("OS", host.get("os")),
+            ])
+            software = m.get("software", {})
+            versions = definitions([(k, v) for k, v in software.items() if k != "rechar_commit"]
+                                   + [("rechar commit", software.get("rechar_commit"))])
+            skipped = m.get("skipped_backends") or {}
+            skipped_html = (definitions(skipped.items()) if skipped else note("No backend was skipped."))
+            cards.append(
+                f'<div class="run"><h3>run {text(m.get("run_id"))} ({text(m.get("status"))})</h3>'
+                + definitions([("folder", run_dir), ("started", m.get("started")), ("finished", m.get("finished")),
+                               ("resumed", ", ".join(map(str, m.get("resumed") or [])) or "never")])
+                + "<h4>Machine</h4>" + machine + "<h4>Software</h4>" + versions
+                + "<h4>Options</h4>" + definitions(_flatten(m.get("options", {})))
+                + "<h4>Skipped backends</h4>" + skipped_html + "</div>")
+        return '<div class="runs">' + "".join(cards) + "</div>"
+
+    def not_timed(self) -> str:
+        bad = self.points[self.points["status"] != "ok"].sort_values(["host", "model", "backend", "batch"])
+        if bad.empty:
+            return note("Every point was timed (status ok).")
+        return (f"<p>{len(bad)} point(s) were not timed: <b>invalid</b> (outputs outside tolerance of eager "
+                "PyTorch), <b>failed</b> (an error or a crashed worker) or <b>timeout</b>.</p>"
+                + table(bad, [("host", "host", None), ("model", "model", None), ("backend", "backend", None),
+                              ("device", "device", None), ("batch", "batch", None), ("status", "status", None),
+                              ("reason", "error", None)], mono=("error",)))
+
+    def latency(self) -> str:
+        out = ['<p>Per model: p50 (solid) and p99 (dashed) latency and throughput vs batch size, log axes, one '
+               "line per backend (and machine). Hover a point for its values; click a legend entry to hide "
+               "its line. Points that were not timed are left out of the charts.</p>"]
+        for model in self.models:
+            pts = self.points[self.points["model"] == model].sort_values(["series", "batch"])
+            ok = pts[pts["status"] == "ok"]
+            chart = self._chart(charts.latency_chart(ok, self.style, model)) if not ok.empty else note(
+                f"No timed point of {model}.")
+            out.append(f'<div class="model-block"><h3>{text(model)}</h3>{chart}</div>' + table(pts, [
+                ("series", "series", self._series_cell), ("batch", "batch", None), ("status", "status", None),
+                ("p50 ms", "p50_us", ms), ("p99 ms", "p99_us", ms), ("samples/s", "throughput_sps", num(",.0f")),
+            ]))
+        return "".join(out)
+
+    def breakdown(self) -> str:
+        bd = self.t["breakdown"]
+        if bd.empty:
+            return note("No operator profiles in these runs (run with --profile, or rechar profile RUN_DIR).")
+        bd = bd.assign(series=self._series(bd))
+        legend = '<div class="legend">' + "".join(
+            f"<span>{swatch(CATEGORY_COLORS[c])}{text(c)}</span>" for c in CATEGORIES) + "</div>"
+        out = ["<p>Share of each point's profiled operator time by category, one panel per backend, one "
+               "bar per batch size. Categories follow the op, refined by the model layer it runs in "
+               "(e.g. everything inside an attention unit counts as attention).</p>", legend]
+        for model in self.models:
+            part = bd[bd["model"] == model]
+            if part.empty:
+                out.append(f"<h3>{text(model)}</h3>" + note("No profiles of this model."))
+                continue
+            chart = self._chart(charts.breakdown_chart(part, self._ordered(part["series"]), model))
+            out.append(f'<div class="model-block"><h3>{text(model)}</h3>{chart}</div>')
+        return "".join(out)
+
+    def shift(self) -> str:
+        shift = self.t["shift"]
+        if shift.empty:
+            return note("No operator profiles in these runs, so no bottleneck shift to show.")
+        keys = ["host", "model", "device", "batch"]
+        top = shift.drop_duplicates(keys + ["backend"])
+        backends = sorted(top["backend"].unique())
+        cells = top.assign(cell=[swatch(CATEGORY_COLORS[c]) + text(c) + f" ({100 * s:.0f}%)"
+                                 for c, s in zip(top["dominant"], top["dominant_share"])])
+        wide = cells.pivot_table(index=keys, columns="backend", values="cell", aggfunc="first").reset_index()
+        dominant = table(wide, [(k, k, None) for k in keys]
+                         + [(b, b, lambda v: "–" if pd.isna(v) else v) for b in backends if b in wide])
+        moved = shift[shift["delta"].abs() >= SHIFT_THRESHOLD]
+        moved = moved.assign(size=moved["delta"].abs()).sort_values(keys + ["backend", "size"],
+                                                                    ascending=[True] * 5 + [False])
+        moved = moved.groupby(keys + ["backend"], as_index=False, sort=False).agg(
+            changes=("category", lambda c: list(zip(c, moved.loc[c.index, "delta"]))))
+        moved_html = table(moved, [(k, k, None) for k in keys] + [
+            ("backend", "backend", None),
+            (f"share minus share on {REFERENCE}", "changes", lambda changes: ", ".join(
+                swatch(CATEGORY_COLORS[c]) + f"{text(c)} {100 * d:+.1f} pts" for c, d in changes)),
+        ]) if not moved.empty else note(f"No category share differs by {100 * SHIFT_THRESHOLD:.0f} points or more "
+                                        f"from {REFERENCE} (or {REFERENCE} was not profiled).")
+        return ("<p>Dominant category (and its share) per backend, on the same host, device and batch size.</p>"
+                + dominant + f"<h3>Category shares that differ by {100 * SHIFT_THRESHOLD:.0f} points or more from "
+                f"{REFERENCE}</h3>" + moved_html)
+
+    def speedup(self) -> str:
+        sp, cross = self.t["speedup"], self.t["crossover"]
+        if sp.empty:
+            return note("No GPU run was given (no point ran on a GPU), so there is no GPU/CPU speedup: run "
+                        "rechar run --backend torch-cuda,ort-cuda on a GPU machine and pass both runs.")
+        chart = self._chart(charts.speedup_heatmap(sp, cross))
+        crossover_table = table(cross, [
+            ("model", "model", None), ("framework", "framework", None), ("CPU host", "cpu_host", None),
+            ("GPU host", "gpu_host", None),
+            ("crossover batch", "crossover_batch", lambda v: "never" if pd.isna(v) else str(int(v))),
+            ("max speedup", "max_speedup", num(".2f")), ("at batch", "at_batch", None),
+        ])
+        return ("<p>CPU p50 / GPU p50 of the same framework (torch with torch-cuda, ort-cpu with ort-cuda, tf on "
+                "CPU with tf on GPU), also across machines. The crossover is the smallest batch from which the "
+                "GPU wins at every larger measured batch.</p>" + chart + crossover_table)
+
+    def best(self) -> str:
+        best = self.t["best"]
+        if best.empty:
+            return note("No points.")
+        return (f"<p>Per model, the machine, backend and batch size with the highest throughput whose p99 "
+                f"latency is at most {self.bound:g} ms.</p>" + table(best, [
+                    ("model", "model", None),
+                    ("host", "host", lambda v: "no point meets the bound" if pd.isna(v) else text(v)),
+                    ("backend", "backend", None), ("device", "device", None),
+                    ("batch", "batch", lambda v: "–" if pd.isna(v) else str(int(v))),
+                    ("samples/s", "throughput_sps", num(",.0f")), ("p50 ms", "p50_us", ms), ("p99 ms", "p99_us", ms),
+                ]))
+
+    def correlation(self) -> str:
+        corr = self.t["correlation"]
+        return ("<p>Spearman rank correlation, over the models measured, between features computed from each "
+                "model's config and what was measured (mean embedding share of the CPU profiles, best GPU/CPU "
+                "speedup, best CPU throughput). Fewer than three models give no coefficient (–).</p>"
+                + table(corr, [("feature", "feature", None), ("metric", "metric", None),
+                               ("Spearman ρ", "spearman", num("+.2f")), ("models", "models", None)]))
+
+    def operators(self) -> str:
+        ops = self.t["ops"]
+        traces = self._trace_links()
+        out = [f"<p>Per model and backend, the {TOP_OPS} operators with the most self time per iteration at the "
+               "largest profiled batch size, with the model layer they ran in, and links to the raw profiler "
+               "traces (relative to this file: keep it beside the run folders to follow them).</p>"]
+        if ops.empty and not traces:
+            return note("No operator profiles in these runs (run with --profile, or rechar profile RUN_DIR).")
+        ops = ops.assign(series=self._series(ops))
+        for model in self.models:
+            blocks = []
+            part = ops[ops["model"] == model]
+            if not part.empty:
+                for series in self._ordered(part["series"]):
+                    rows = part[part["series"] == series]
+                    batch = rows["batch"].max()
+                    top = rows[rows["batch"] == batch].nlargest(TOP_OPS, "self_us_per_iter")
+                    blocks.append(f"<div><h4>{text(series)}, batch {int(batch)}</h4>" + table(top, [
+                        ("op", "native_op", None), ("layer", "layer", lambda v: text(v or "–")),
+                        ("category", "category", lambda c: swatch(CATEGORY_COLORS[c]) + text(c)),
+                        ("µs/iter", "self_us_per_iter", num(",.1f")), ("share", "share", pct),
+                    ]) + "</div>")
+            links = traces.get(model, [])
+            trace_html = ("<p>Raw traces: " + "; ".join(
+                f"{text(series)}: " + ", ".join(f'<a href="{href}">b{int(b)}</a>' for b, href in items)
+                for series, items in links) + "</p>") if links else note("No raw traces for this model.")
+            body = f'<div class="side">{"".join(blocks)}</div>' if blocks else note("No profiles of this model.")
+            out.append(f"<h3>{text(model)}</h3>{body}{trace_html}")
+        return "".join(out)
+
+    def _trace_links(self) -> dict[str, list[tuple[str, list[tuple[int, str]]]]]:
+        """model -> [(series, [(batch, href)])]: each profiled point's raw trace, as a link relative to
+        the report's folder."""
+        found: dict[str, dict[str, list[tuple[int, str]]]] = {}
+        for host, run_dir, rec in self.profiles:
+            if rec.get("status", "ok") != "ok" or not rec.get("trace"):
+                continue
+            point = pd.DataFrame([{"host": host, "backend": rec["backend"], "device": rec.get("device")}])
+            series = self._series(point).iloc[0]
+            rel = os.path.relpath(run_dir.resolve() / rec["trace"], self.out_dir.resolve())
+            href = quote(Path(rel).as_posix())  # percent-encodes quotes and markup, keeps '/'
+            found.setdefault(rec["model"], {}).setdefault(series, []).append((int(rec["batch"]), href))
+        return {model: [(s, sorted(by_series[s])) for s in self._ordered(by_series)]
+                for model, by_series in found.items()}
+
+    def coverage(self) -> str:
+        cov = self.t["coverage"]
+        failures = self._profile_failures()
+        out = []
+        if cov.empty:
+            out.append(note("No operator profiles in these runs (run with --profile, or rechar profile RUN_DIR)."))
+        else:
+            cov = cov.assign(series=self._series(cov)).sort_values(["model", "series", "batch"])
+            out.append("<p>Profiled self time per iteration over the timed p50, per point: how much of the measured "
+                       "latency the profile explains (profilers add overhead, so it can pass 100%).</p>")
+            out.append(table(cov, [("model", "model", None), ("series", "series", self._series_cell),
+                                   ("batch", "batch", None), ("profiled µs/iter", "profiled_us", num(",.1f")),
+                                   ("p50 µs", "p50_us", num(",.1f")), ("coverage", "coverage", pct)]))
+        if failures is not None:
+            out.append("<h3>Points whose profile failed</h3>" + failures)
+        unmapped = self.t["unmapped"]
+        if not unmapped.empty:
+            out.append("<h3>Native ops with no category (counted as other)</h3>" + table(unmapped, [
+                ("backend", "backend", None), ("op", "native_op", None),
+                ("µs/iter (all points)", "self_us_per_iter", num(",.1f"))]))
+        return "".join(out)
+
+    def _profile_failures(self) -> str | None:
+        rows = [{"host": host, "model": rec["model"], "backend": rec["backend"], "batch": int(rec["batch"]),
+                 "error": rec.get("error")} for host, _, rec in self.profiles if rec.get("status", "ok") != "ok"]
+        if not rows:
+            return None
+        df = pd.DataFrame(rows).sort_values(["host", "model", "backend", "batch"])
+        df = df.groupby(["host", "model", "backend", "error"], as_index=False, sort=False, dropna=False)["batch"].agg(
+            lambda b: ", ".join(map(str, b)))
+        return table(df, [("host", "host", None), ("model", "model", None), ("backend", "backend", None),
+                          ("batches", "batch", None), ("reason", "error", None)], mono=("error",))
+
+
+def _tidy(df: pd.DataFrame) -> pd.DataFrame:
+    """Host names as text (a host may be named "1"), and numbers as numbers: the ops of a run
+    without profiles are an empty object-typed frame, and concatenating it with another run's
+    leaves every number an object."""
+    if df.empty:
+        return df
+    return df.apply(lambda c: pd.to_numeric(c) if c.name in NUMERIC
+                    else c.map(lambda h: h if pd.isna(h) else str(h)) if c.name in HOSTS else c)
+
+
+def _flatten(options: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """Options as key/value pairs, nested tables as dotted keys, lists comma-separated."""
+    pairs = []
+    for key, value in options.items():
+        if isinstance(value, dict) and value:
+            pairs += _flatten(value, f"{prefix}{key}.")
+        elif isinstance(value, list):
+            pairs.append((prefix + key, ", ".join(map(str, value))))
+        else:
+            pairs.append((prefix + key, json.dumps(value) if isinstance(value, dict) else value))
+    return pairs

@@ -1,0 +1,106 @@
+"""Profiles end to end: every op seen on the eight tiny models has a category, layers are
+attributed, and `rechar run --profile` + `rechar analyze` produce the five analyses."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+import rechar.models as models
+from rechar.analysis.ops import build_ops_table, coverage, layer_classes, load_ops, normalize, unmapped_ops
+from rechar.analysis.taxonomy import OP_CATEGORY
+from rechar.runners import BackendOptions, backend_class
+from rechar.runners.results import load_points
+
+CPU_BACKENDS = ["torch", "ort-cpu", "tf"]
+
+
+@pytest.fixture(scope="module")
+def profiles(tiny_exports, tmp_path_factory):
+    """(model, backend) -> normalised ops of a 3-iteration profile at batch 8."""
+    out = {}
+    for backend in CPU_BACKENDS:
+        reason = backend_class(backend).unavailable_reason()
+        if reason:
+            continue
+        for name in models.names():
+            model = models.get(name, scale="tiny")
+            b = backend_class(backend)(BackendOptions(threads=1))
+            b.load(model, tiny_exports[name])
+            trace_dir = tmp_path_factory.mktemp(f"{name}-{backend}")
+            result = b.profile(model.make_inputs(8), iterations=3, trace_dir=trace_dir)
+            b.close()
+            point = {"run_id": "r", "model": name, "backend": backend, "device": "cpu", "batch": 8}
+            classes = layer_classes(name, model.config.to_dict())
+            out[name, backend] = normalize(result.ops, result.iterations, point, classes)
+    return out
+
+
+def test_every_op_seen_on_the_eight_models_has_a_category(profiles):
+    assert {b for _, b in profiles} == {b for b in CPU_BACKENDS if not backend_class(b).unavailable_reason()}
+    seen = pd.concat(profiles.values())
+    unknown = sorted(set(seen["native_op"]) - set(OP_CATEGORY))
+    assert unknown == [], f"native ops with no category: {unknown}"
+    deliberately_other = {op for op, c in OP_CATEGORY.items() if c == "other"}
+    assert set(unmapped_ops(seen)["native_op"]) <= deliberately_other
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_attribution_reaches_model_layers(profiles, backend):
+    if ("din", backend) not in profiles:
+        pytest.skip(f"{backend} unavailable here")
+    dlrm = profiles["dlrm-rmc1", backend]
+    layers = set(dlrm["layer"])
+    assert any(layer.startswith("emb.tables.") for layer in layers)
+    assert any(layer.startswith("bot_mlp.") for layer in layers) and any(layer.startswith("top_mlp.") for layer in layers)
+    shares = dlrm.groupby("category")["share"].sum()
+    assert shares["embedding"] > 0.05 and shares["fc"] > 0.05
+    din = profiles["din", backend]
+    assert din[din["category"] == "attention"]["share"].sum() > 0.05
+    assert {"attention", "fc", "embedding"} <= set(din["category"])
+    dien = profiles["dien", backend]
+    assert dien[dien["category"] == "recurrent"]["share"].sum() > 0.05
+    # The matmuls of the attention unit count as attention, while keeping their own category.
+    att = din[din["layer"].str.startswith("attention")]
+    assert (att["category"] == "attention").all() and "fc" in set(att["op_category"])
+
+
+def test_run_profile_then_analyze(run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli("run", "-m", "ncf,din", "-b", "torch,ort-cpu", "--batch-sizes", "4,32", "--scale", "tiny",
+                             "--exports", str(tmp_path / "e"), "--out", str(run_dir), "--min-iters", "5",
+                             "--min-seconds", "0", "--warmup-seconds", "0", "--profile", "--profile-iters", "5",
+                             "--quiet")
+    assert code == 0, err
+    ops = load_ops(run_dir)
+    assert set(ops.groupby(["model", "backend", "batch"]).groups) == {
+        (m, b, n) for m in ("ncf", "din") for b in ("torch", "ort-cpu") for n in (4, 32)}
+    assert ops.groupby(["model", "backend", "batch"])["share"].sum().round(6).eq(1.0).all()
+    traces = list((run_dir / "traces").iterdir())
+    assert len(traces) == 8 and all(any(t.iterdir()) for t in traces)
+    cov = coverage(ops, load_points(run_dir))
+    assert (cov["coverage"] > 0).all()
+    code, out, err = run_cli("analyze", str(run_dir), "--csv", str(tmp_path / "csv"))
+    assert code == 0, err
+    for section in ("1. operator-category breakdown", "2. bottleneck shift", "3. GPU/CPU speedup",
+                    "4. best deployment", "5. model features", "profile coverage"):
+        assert section in out
+    assert "no GPU points" in out
+    assert (tmp_path / "csv" / "breakdown.csv").is_file()
+
+
+def test_profile_an_existing_run(run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli("run", "-m", "ncf", "-b", "ort-cpu", "--batch-sizes", "4", "--scale", "tiny",
+                           "--exports", str(tmp_path / "e"), "--out", str(run_dir), "--min-iters", "3",
+                           "--min-seconds", "0", "--quiet")
+    assert code == 0, err
+    assert load_ops(run_dir).empty
+    code, out, err = run_cli("profile", str(run_dir), "--profile-iters", "4", "--quiet")
+    assert code == 0, err
+    assert "1 points profiled" in out
+    ops = build_ops_table(run_dir)
+    assert not ops.empty and set(ops["backend"]) == {"ort-cpu"}
+    assert len(load_points(run_dir)) == 1  # the timing is untouched
+    code, out, _ = run_cli("profile", str(run_dir), "--quiet")  # nothing left to profile: a no-op
+    assert code == 0 and len(build_ops_table(run_dir)) == len(ops)
