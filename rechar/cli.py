@@ -178,19 +178,20 @@ class ProgressBar:
               help="Add a profiling pass per point (each framework's own profiler), separate from timing.")
 @click.option("--profile-iters", type=click.IntRange(min=1), default=20, show_default=True,
               help="Iterations per profiling pass.")
+@click.option("--report", "write_html", is_flag=True,
+              help="Write the HTML report of the run to reports/<run id>.html at the end.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
               help="Continue an interrupted run folder with its own options, skipping finished points.")
 def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_path, threads, out, exports_dir,
             seed, ids, zipf_alpha, warmup_iters, warmup_seconds, min_iters, min_seconds, timeout, xla, quiet,
-            profile, profile_iters, resume_dir) -> None:
+            profile, profile_iters, write_html, resume_dir) -> None:
     """Time models x backends x batch sizes; every point checked against eager PyTorch first."""
     echo = (lambda msg: None) if quiet else click.echo
     if resume_dir:
         run_dir = resume_sweep(resume_dir, log=echo, progress=ProgressBar(not quiet))
         if read_manifest(run_dir)["options"].get("profile_iters"):
             build_ops_table(run_dir)
-        click.echo(summary(load_points(run_dir)))
-        click.echo(f"results: {run_dir}")
+        _finish_run(run_dir, write_html)
         return
     chosen = select_models(model_names, all_models)
     options = RunOptions(
@@ -205,9 +206,16 @@ def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_p
     run_dir = run_sweep(options, out, log=echo, progress=ProgressBar(not quiet))
     if options.profile_iters:
         build_ops_table(run_dir)
-    points = load_points(run_dir)
-    click.echo(summary(points))
+    _finish_run(run_dir, write_html)
+
+
+def _finish_run(run_dir: Path, write_html: bool) -> None:
+    click.echo(summary(load_points(run_dir)))
     click.echo(f"results: {run_dir}")
+    if write_html:
+        from rechar.report import default_report_path, write_report  # Bokeh takes a second to import
+
+        click.echo(f"report: {write_report([run_dir], default_report_path([run_dir]))}")
 
 
 @cli.command("profile")
