@@ -44,6 +44,7 @@ def feature_correlation(features: pd.DataFrame, metrics: pd.DataFrame) -> pd.Dat
         for metric in METRICS:
             pair = table[[feature, metric]].dropna() if metric in table else pd.DataFrame()
             n = len(pair)
-            rho = pair[feature].corr(pair[metric], method="spearman") if n >= 3 else float("nan")
+            # Spearman = Pearson over ranks (pandas' method="spearman" would need SciPy)
+            rho = pair[feature].rank().corr(pair[metric].rank()) if n >= 3 else float("nan")
             rows.append({"feature": feature, "metric": metric, "spearman": rho, "models": n})
     return pd.DataFrame(rows)
