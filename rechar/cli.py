@@ -171,7 +171,7 @@ class ProgressBar:
 @click.option("--min-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Timed seconds per point, at least.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600, show_default=True,
-              help="Seconds a (model, backend) worker may take before it is killed.")
+              help="Seconds a point may take before its worker is killed (the first point also covers loading).")
 @click.option("--xla", is_flag=True, help="Compile the TensorFlow function with XLA (jit_compile).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--profile", "profile", is_flag=True,

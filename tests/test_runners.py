@@ -103,6 +103,9 @@ def test_inputs_are_the_same_across_runs(tmp_path):
     a = load_points(_sweep(tmp_path / "a"))
     b = load_points(_sweep(tmp_path / "b"))
     assert list(a["input_hash"]) == list(b["input_hash"])
+    hashes = read_manifest(tmp_path / "a" / "run")["input_hashes"]
+    assert hashes == read_manifest(tmp_path / "b" / "run")["input_hashes"]
+    assert set(hashes["ncf"]) == {"1", "4"} and all(len(h) == 16 for h in hashes["ncf"].values())
     c = load_points(_sweep(tmp_path / "c", seed=1))
     assert list(a["input_hash"]) != list(c["input_hash"])
 
@@ -172,7 +175,7 @@ def test_a_hung_worker_times_out(tmp_path, fault_backends):
     points = load_points(_sweep(tmp_path, backends=["hanging", "ort-cpu"], batch_sizes=[1], timeout=15))
     by_backend = points.set_index("backend")
     assert by_backend.loc["hanging", "status"] == "timeout"
-    assert "15 s timeout" in by_backend.loc["hanging", "error"]
+    assert "no point finished within the 15 s timeout" in by_backend.loc["hanging", "error"]
     assert by_backend.loc["ort-cpu", "status"] == "ok"
     assert len(read_point_log(tmp_path / "run")) == 2
 

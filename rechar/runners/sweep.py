@@ -28,7 +28,7 @@ from rechar.exporters import ExportOptions, export
 from rechar.runners import backend_class, select_backends
 from rechar.runners.measure import TimingOptions
 from rechar.runners.results import (
-    MANIFEST, PROFILES_LOG, SCHEMA_VERSION, PointLogTail, append_point, point_key, read_manifest, read_point_log, repair_point_log,
+    MANIFEST, POINTS_LOG, PROFILES_LOG, SCHEMA_VERSION, PointLogTail, append_point, point_key, read_manifest, read_point_log, repair_point_log,
     write_json_atomic, write_tables,
 )
 
@@ -53,7 +53,7 @@ class RunOptions:
     jit_compile: bool = False
     timing: TimingOptions = TimingOptions()
     exports_dir: str = "exports"
-    timeout: float = 600.0  # seconds per (model, backend) worker
+    timeout: float = 600.0  # seconds a point may take (the first also covers the worker's start and load)
     atol: float = GATE_ATOL
     rtol: float = GATE_RTOL
     profile_iters: int = 0  # >0: a profiling pass per point with each framework's profiler
@@ -186,7 +186,10 @@ def _sweep(run_dir: Path, manifest: dict, options: RunOptions, log, progress) ->
         manifest.update(status="interrupted")
         write_json_atomic(run_dir / MANIFEST, manifest)
         raise SweepInterrupted(run_dir, len(done), total) from None
-    write_tables(run_dir)
+    points = write_tables(run_dir)
+    manifest["input_hashes"] = {  # the same seed must give these in every run (see tests)
+        name: {str(int(b)): h for b, h in zip(group["batch"], group["input_hash"]) if isinstance(h, str)}
+        for name, group in points.drop_duplicates(["model", "batch"]).groupby("model")}
     manifest.update(status="complete", finished=_now())
     write_json_atomic(run_dir / MANIFEST, manifest)
     return run_dir
@@ -239,9 +242,13 @@ def _run_worker(run_dir: Path, run_id: str, name: str, backend: str, batches: li
         proc = subprocess.Popen([sys.executable, "-m", "rechar.runners.worker", str(spec_path)],
                                 stdout=log_file, stderr=subprocess.STDOUT, env=_worker_env(options))
         deadline = time.monotonic() + options.timeout
+        marker = _log_sizes(run_dir)
         status = None
         try:
             while proc.poll() is None:
+                if _log_sizes(run_dir) != marker:  # a point (or its profile) finished: the clock restarts
+                    marker = _log_sizes(run_dir)
+                    deadline = time.monotonic() + options.timeout
                 if time.monotonic() > deadline:
                     proc.kill()
                     proc.wait()
@@ -270,7 +277,7 @@ def _run_worker(run_dir: Path, run_id: str, name: str, backend: str, batches: li
     if not missing:
         return
     if status == "timeout":
-        error = f"worker killed after the {options.timeout:g} s timeout"
+        error = f"killed: no point finished within the {options.timeout:g} s timeout"
     else:
         error = f"worker exited with {_describe_exit(proc.returncode)}: {_tail(log_path)}"
     for batch in missing:
@@ -278,6 +285,10 @@ def _run_worker(run_dir: Path, run_id: str, name: str, backend: str, batches: li
                                "device": None, "batch": batch, "status": status or "failed", "error": error})
         done.add((name, backend, batch))
     progress(len(done), total, label)
+
+
+def _log_sizes(run_dir: Path) -> tuple[int, int]:
+    return tuple((run_dir / log).stat().st_size if (run_dir / log).exists() else 0 for log in (POINTS_LOG, PROFILES_LOG))
 
 
 def _refresh(tail: PointLogTail, done: set, total: int, label: str, progress) -> None:
