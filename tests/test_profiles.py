@@ -104,3 +104,10 @@ def test_profile_an_existing_run(run_cli, tmp_path):
     assert len(load_points(run_dir)) == 1  # the timing is untouched
     code, out, _ = run_cli("profile", str(run_dir), "--quiet")  # nothing left to profile: a no-op
     assert code == 0 and len(build_ops_table(run_dir)) == len(ops)
+    # A profiling pass whose worker died is recorded without ops; the table skips it.
+    from rechar.runners.results import PROFILES_LOG, append_point
+
+    append_point(run_dir, {"run_id": "run", "model": "ncf", "backend": "torch", "device": None, "batch": 4,
+                           "status": "failed", "error": "worker exited with signal SIGKILL", "ops": []},
+                 log=PROFILES_LOG)
+    assert len(build_ops_table(run_dir)) == len(ops)

@@ -22,7 +22,7 @@ import torch
 
 import rechar.models as models
 from rechar.analysis.taxonomy import categorize
-from rechar.runners.results import PROFILES_LOG, read_manifest, write_parquet
+from rechar.runners.results import PROFILES_LOG, read_log, read_manifest, write_parquet
 
 OPS = "ops.parquet"
 OPS_COLUMNS = [
@@ -61,21 +61,8 @@ def normalize(raw: pd.DataFrame, iterations: int, point: dict, classes: dict[str
 
 
 def read_profiles(run_dir: Path) -> list[dict]:
-    """Records of profiles.jsonl (a torn last line ignored; the first record of a point wins)."""
-    path = Path(run_dir) / PROFILES_LOG
-    if not path.exists():
-        return []
-    seen, records = set(), []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        key = (rec["model"], rec["backend"], rec["batch"])
-        if key not in seen:
-            seen.add(key)
-            records.append(rec)
-    return records
+    """Records of profiles.jsonl, one per point."""
+    return read_log(run_dir, PROFILES_LOG)
 
 
 def build_ops_table(run_dir: Path) -> pd.DataFrame:
@@ -84,6 +71,8 @@ def build_ops_table(run_dir: Path) -> pd.DataFrame:
     manifest = read_manifest(run_dir)
     frames = []
     for rec in read_profiles(run_dir):
+        if rec.get("status") != "ok":  # a failed profiling pass: listed by the report, no ops
+            continue
         classes = layer_classes(rec["model"], manifest["configs"][rec["model"]])
         raw = pd.DataFrame(rec["ops"], columns=["native_op", "node", "layer", "calls", "self_us"])
         frames.append(normalize(raw, rec["iterations"], rec, classes))

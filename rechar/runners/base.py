@@ -41,6 +41,9 @@ class Backend(abc.ABC):
     name: ClassVar[str]  # e.g. "ort-cuda"
     framework: ClassVar[str]  # torch | onnxruntime | tensorflow
     device: str = "cpu"  # cpu | cuda | gpu; may be set at load time (TF picks its own device)
+    #: False: load() gets model=None, so that the worker can free the PyTorch weights first
+    #: (the framework holds its own copy; at paper scale that is gigabytes).
+    uses_torch_model: ClassVar[bool] = False
 
     def __init__(self, options: BackendOptions):
         self.options = options
@@ -52,7 +55,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def load(self, model: RecModel, export: ExportResult) -> None:
-        """Load the model; ``export`` is the verified ONNX export of the same weights."""
+        """Load the model (None unless ``uses_torch_model``); ``export`` is the verified ONNX
+        export of the same weights."""
 
     @abc.abstractmethod
     def prepare(self, inputs: dict[str, np.ndarray]) -> Callable[[], Any]:

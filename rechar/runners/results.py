@@ -124,10 +124,10 @@ def _repair(path: Path) -> None:
             os.fsync(f.fileno())
 
 
-def read_point_log(run_dir: Path) -> list[dict[str, Any]]:
-    """Records of points.jsonl, one per point (the first, should a point appear twice). A torn
-    last line (a writer killed mid-write) is ignored."""
-    path = Path(run_dir) / POINTS_LOG
+def read_log(run_dir: Path, log: str = POINTS_LOG) -> list[dict[str, Any]]:
+    """Records of an append-only log (points.jsonl or profiles.jsonl), one per point: the first,
+    should a point appear twice. A torn last line (a writer killed mid-write) is ignored."""
+    path = Path(run_dir) / log
     if not path.exists():
         return []
     records: dict[tuple, dict[str, Any]] = {}
@@ -143,6 +143,10 @@ def read_point_log(run_dir: Path) -> list[dict[str, Any]]:
             raise UserError(f"{path}: line {i + 1} is corrupt") from None
         records.setdefault(point_key(rec), rec)
     return list(records.values())
+
+
+def read_point_log(run_dir: Path) -> list[dict[str, Any]]:
+    return read_log(run_dir, POINTS_LOG)
 
 
 def point_key(rec: dict[str, Any]) -> tuple:

@@ -10,7 +10,6 @@ Exports come from the export cache (made on demand). Each finished point is dura
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from rechar.exporters import ExportOptions, export
 from rechar.runners import backend_class, select_backends
 from rechar.runners.measure import TimingOptions
 from rechar.runners.results import (
-    MANIFEST, POINTS_LOG, PROFILES_LOG, SCHEMA_VERSION, PointLogTail, append_point, point_key, read_manifest, read_point_log, repair_point_log,
+    MANIFEST, POINTS_LOG, PROFILES_LOG, SCHEMA_VERSION, PointLogTail, append_point, point_key, read_log, read_manifest, read_point_log, repair_point_log,
     write_json_atomic, write_tables,
 )
 
@@ -173,7 +172,7 @@ def _sweep(run_dir: Path, manifest: dict, options: RunOptions, log, progress) ->
                             total, progress, tail)
                 write_tables(run_dir)
             if options.profile_iters:
-                profiled = {(r["model"], r["backend"], r["batch"]) for r in _read_jsonl(run_dir / PROFILES_LOG)}
+                profiled = {point_key(r) for r in read_log(run_dir, PROFILES_LOG)}
                 timed_ok = {point_key(r) for r in read_point_log(run_dir) if r["status"] == "ok"}
                 missing = [b for b in options.batch_sizes
                            if (name, backend, b) in timed_ok and (name, backend, b) not in profiled]
@@ -193,18 +192,6 @@ def _sweep(run_dir: Path, manifest: dict, options: RunOptions, log, progress) ->
     manifest.update(status="complete", finished=_now())
     write_json_atomic(run_dir / MANIFEST, manifest)
     return run_dir
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a torn last record
-    return records
 
 
 def _now() -> str:
@@ -265,7 +252,7 @@ def _run_worker(run_dir: Path, run_id: str, name: str, backend: str, batches: li
     _refresh(tail, done, total, label, progress)
     if mode == "profile":
         if proc.returncode != 0:
-            profiled = {(r["model"], r["backend"], r["batch"]) for r in _read_jsonl(run_dir / PROFILES_LOG)}
+            profiled = {point_key(r) for r in read_log(run_dir, PROFILES_LOG)}
             error = "timeout" if status == "timeout" else f"worker exited with {_describe_exit(proc.returncode)}: {_tail(log_path)}"
             for batch in batches:
                 if (name, backend, batch) not in profiled:

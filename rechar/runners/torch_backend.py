@@ -24,6 +24,7 @@ class TorchBackend(Backend):
     name = "torch"
     framework = "torch"
     device = "cpu"
+    uses_torch_model = True
     profiler_activities: ClassVar[list[ProfilerActivity]] = [ProfilerActivity.CPU]
 
     def load(self, model: RecModel, export: ExportResult) -> None:

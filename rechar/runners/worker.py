@@ -87,8 +87,8 @@ def run(spec: WorkerSpec) -> None:
 
     cls = backend_class(spec.backend)
     backend = cls(BackendOptions(threads=spec.threads, jit_compile=spec.jit_compile))
-    if spec.backend not in ("torch", "torch-cuda"):
-        del model  # other frameworks hold their own copy of the weights
+    if not cls.uses_torch_model:
+        del model  # the framework holds its own copy of the weights
         model = None
         gc.collect()
     timing = TimingOptions(**spec.timing)
