@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import numpy as np
 import onnx
@@ -108,6 +109,18 @@ def test_second_export_is_a_cached_no_op(tmp_path):
     first.onnx_path.write_bytes(b"garbage")
     assert not export("ncf", "tiny", out=tmp_path).cached
     assert [p.name for p in (tmp_path / "ncf").iterdir() if p.name.startswith(".")] == []
+
+
+def test_exports_abandoned_by_killed_processes_are_removed(tmp_path):
+    folder = tmp_path / "ncf"
+    folder.mkdir()
+    dead = folder / ".tiny.tmp-999999999-abc"  # no such pid
+    dead.mkdir()
+    (dead / "model.onnx").write_bytes(b"half")
+    alive = folder / f".tiny.tmp-{os.getpid()}-xyz"  # a live writer's folder is left alone
+    alive.mkdir()
+    export("ncf", "tiny", out=tmp_path)
+    assert not dead.exists() and alive.exists()
 
 
 def test_parity_failure_fails_loudly_and_leaves_nothing(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -25,6 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 import onnxruntime as ort
+import psutil
 import torch
 
 import rechar
@@ -118,7 +120,8 @@ def export(
     _ensure_writable(target.parent)
 
     log(f"{name}: exporting ({scale}, {options.exporter}, opset {options.resolved_opset()}) ...")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{scale}.tmp-", dir=target.parent))
+    _remove_abandoned(target.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
         start = time.perf_counter()
         with PeakRSS() as peak:
@@ -301,6 +304,15 @@ def _ensure_writable(folder: Path) -> None:
             pass
     except OSError as e:
         raise UserError(f"cannot write to {folder}: {e.strerror}") from None
+
+
+def _remove_abandoned(folder: Path) -> None:
+    """Delete half-written exports left by processes that were killed (their temporary folders
+    carry the writer's pid; at paper scale each can hold gigabytes)."""
+    for path in [*folder.glob(".*.tmp-*"), *folder.glob(".*.old-*")]:
+        match = re.search(r"\.(?:tmp|old)-(\d+)", path.name)
+        if match and not psutil.pid_exists(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
