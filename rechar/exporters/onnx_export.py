@@ -32,6 +32,7 @@ import torch
 import rechar
 import rechar.models as models
 from rechar.errors import UserError
+from rechar.jsonfile import read_manifest_file
 from rechar.exporters.graph import (
     ExportCheckError,
     annotate_modules,
@@ -269,16 +270,7 @@ def _source_digest() -> str:
 
 def load_manifest(folder: str | Path) -> dict[str, Any]:
     """Read and sanity-check an export folder's manifest."""
-    folder = Path(folder)
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{folder} is not an export folder (no {MANIFEST})") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{folder / MANIFEST} is unreadable: {e}") from None
-    if not isinstance(manifest, dict) or "files" not in manifest:
-        raise UserError(f"{folder / MANIFEST} is not an export manifest")
-    return manifest
+    return read_manifest_file(folder, MANIFEST, "an export", "files")
 
 
 def _valid_cache(folder: Path, key: str) -> dict[str, Any] | None:

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rechar.errors import UserError
+from rechar.jsonfile import read_manifest_file
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -48,22 +49,8 @@ POINT_COLUMNS = [
 STATUSES = ("ok", "invalid", "failed", "timeout")
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def read_manifest(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{run_dir} is not a run folder (no {MANIFEST})") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path} is unreadable: {e}") from None
-    if not isinstance(manifest, dict) or "schema_version" not in manifest:
-        raise UserError(f"{path} is not a rechar run manifest")
+    manifest = read_manifest_file(run_dir, MANIFEST, "a run", "schema_version")
     if manifest["schema_version"] > SCHEMA_VERSION:
         raise UserError(f"{run_dir} was written by a newer rechar (schema {manifest['schema_version']}, "
                         f"this one reads up to {SCHEMA_VERSION}); upgrade rechar")

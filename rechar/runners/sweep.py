@@ -23,12 +23,13 @@ import psutil
 from rechar.models import DEFAULT_SCALE, names as model_names, resolve_config
 from rechar import hostinfo
 from rechar.errors import UserError
+from rechar.jsonfile import write_json_atomic
 from rechar.exporters import ExportOptions, export
 from rechar.runners import backend_class, select_backends
 from rechar.runners.measure import TimingOptions
 from rechar.runners.results import (
     MANIFEST, POINTS_LOG, PROFILES_LOG, SCHEMA_VERSION, PointLogTail, append_point, point_key, read_log, read_manifest, read_point_log, repair_point_log,
-    write_json_atomic, write_tables,
+    write_tables,
 )
 
 DEFAULT_BATCH_SIZES = (1, 16, 64, 256, 1024)
