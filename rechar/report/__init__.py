@@ -36,9 +36,7 @@ __all__ = ["write_report", "default_report_path"]
 TOP_OPS = 8
 SHIFT_THRESHOLD = 0.05  # category shares that move by at least 5 points are listed
 REFERENCE = "torch"
-# columns the report computes with or formats as numbers, and those that name a machine
-NUMERIC = {"batch", "calls_per_iter", "self_us_per_iter", "share", "profiled_us", "p50_us", "coverage",
-           "dominant_share", "reference_share", "delta"}
+# columns that name a machine
 HOSTS = {"host", "cpu_host", "gpu_host"}
 
 
@@ -377,13 +375,10 @@ class _Report:
 
 
 def _tidy(df: pd.DataFrame) -> pd.DataFrame:
-    """Host names as text (a host may be named "1"), and numbers as numbers: the ops of a run
-    without profiles are an empty object-typed frame, and concatenating it with another run's
-    leaves every number an object."""
+    """Host names as text: a host may be named "1", which pandas would read as a number."""
     if df.empty:
         return df
-    return df.apply(lambda c: pd.to_numeric(c) if c.name in NUMERIC
-                    else c.map(lambda h: h if pd.isna(h) else str(h)) if c.name in HOSTS else c)
+    return df.apply(lambda c: c.map(lambda h: h if pd.isna(h) else str(h)) if c.name in HOSTS else c)
 
 
 def _flatten(options: dict, prefix: str = "") -> list[tuple[str, str]]:
