@@ -77,3 +77,38 @@ def test_help_says_how_big_each_scale_is(run_cli):
     code, out, _ = run_cli("export", "--help")
     assert code == 0
     assert "100,000 rows" in out and "paper" in out
+
+
+def test_a_failed_verification_is_one_line_with_status_1(run_cli, tmp_path, monkeypatch):
+    import rechar.models as models
+
+    real_predict = models.RecModel.predict
+    monkeypatch.setattr(models.RecModel, "predict", lambda self, inputs: real_predict(self, inputs) + 1e-3)
+    code, _, err = run_cli("export", "-m", "ncf", "--scale", "tiny", "--out", str(tmp_path))
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith("error: verification failed: ncf: ONNX Runtime differs from PyTorch by")
+
+
+def test_resume_needs_the_run_backends(run_cli, tmp_path):
+    from rechar.runners import backend_class
+
+    if not backend_class("torch-cuda").unavailable_reason():
+        pytest.skip("a CUDA device is present, so torch-cuda is available")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "manifest.json").write_text(json.dumps({
+        "schema_version": 1, "run_id": "run", "status": "interrupted", "host": {"hostname": "x"},
+        "options": {"models": ["ncf"], "backends": ["torch-cuda"], "batch_sizes": [1], "scale": "tiny"},
+        "configs": {}, "exports": {}}))
+    code, _, err = run_cli("run", "--resume", str(run_dir))
+    assert code == 2 and "cannot resume" in err and "torch-cuda is not available" in err
+
+
+def test_analyze_refuses_an_unwritable_csv_folder(run_cli, tmp_path):
+    code, _, err = run_cli("run", "-m", "ncf", "-b", "ort-cpu", "--batch-sizes", "1", "--scale", "tiny",
+                           "--exports", str(tmp_path / "e"), "--out", str(tmp_path / "run"), "--min-iters", "1",
+                           "--min-seconds", "0", "--quiet")
+    assert code == 0, err
+    (tmp_path / "file").write_text("")
+    code, out, err = run_cli("analyze", str(tmp_path / "run"), "--csv", str(tmp_path / "file" / "csv"))
+    assert code == 2 and err.startswith("error: cannot write to") and err.count("\n") == 1
