@@ -88,8 +88,7 @@ def run(spec: WorkerSpec) -> None:
     cls = backend_class(spec.backend)
     backend = cls(BackendOptions(threads=spec.threads, jit_compile=spec.jit_compile))
     if not cls.uses_torch_model:
-        del model  # the framework holds its own copy of the weights
-        model = None
+        model = None  # the framework holds its own copy of the weights: free PyTorch's
         gc.collect()
     timing = TimingOptions(**spec.timing)
     base = {"run_id": spec.run_id, "model": spec.model, "scale": spec.scale, "backend": spec.backend,
@@ -102,7 +101,7 @@ def run(spec: WorkerSpec) -> None:
             raise
         for batch in spec.batches:
             append_point(spec.run_dir, {**base, "device": backend.device, "batch": batch, "status": "failed",
-                                             "error": f"load failed: {_one_line(e)}"})
+                                        "error": f"load failed: {_one_line(e)}"})
         return
     load_seconds = time.perf_counter() - load_start
     settings = backend.settings()
