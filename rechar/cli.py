@@ -13,11 +13,12 @@ import rechar
 import rechar.models as models
 from rechar.errors import UserError
 from rechar.analysis import analyze, format_tables
+from rechar.analysis.counters import load_counters
 from rechar.analysis.ops import OPS, build_ops_table
 from rechar.exporters import DEFAULT_EXPORTER, EXPORTERS, ExportCheckError, ExportOptions, export
 from rechar.runners import BACKENDS
 from rechar.runners.measure import TimingOptions
-from rechar.runners.results import load_points, read_manifest, summary
+from rechar.runners.results import COUNTERS_LOG, load_points, read_manifest, summary
 from rechar.runners.sweep import DEFAULT_BATCH_SIZES, RunOptions, SweepInterrupted, resume_sweep, run_sweep
 
 
@@ -178,13 +179,18 @@ class ProgressBar:
               help="Add a profiling pass per point (each framework's own profiler), separate from timing.")
 @click.option("--profile-iters", type=click.IntRange(min=1), default=20, show_default=True,
               help="Iterations per profiling pass.")
+@click.option("--counters", "count", is_flag=True,
+              help="Add a pass per point counting CPU events with perf stat (IPC, cache and branch misses, "
+                   "stalls; software events where the machine exposes no hardware counters).")
+@click.option("--counter-seconds", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Seconds per counting pass, at least.")
 @click.option("--report", "write_html", is_flag=True,
               help="Write the HTML report of the run to reports/<run id>.html at the end.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
               help="Continue an interrupted run folder with its own options, skipping finished points.")
 def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_path, threads, out, exports_dir,
             seed, ids, zipf_alpha, warmup_iters, warmup_seconds, min_iters, min_seconds, timeout, xla, quiet,
-            profile, profile_iters, write_html, resume_dir) -> None:
+            profile, profile_iters, count, counter_seconds, write_html, resume_dir) -> None:
     """Time models x backends x batch sizes; every point checked against eager PyTorch first."""
     echo = (lambda msg: None) if quiet else click.echo
     if resume_dir:
@@ -198,6 +204,7 @@ def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_p
         models=chosen, backends=_split_names(backend_names), batch_sizes=batch_sizes, scale=scale,
         overrides=load_overrides(config_path, chosen), seed=seed, ids=ids, zipf_alpha=zipf_alpha,
         jit_compile=xla, exports_dir=exports_dir, timeout=timeout, profile_iters=profile_iters if profile else 0,
+        counter_seconds=counter_seconds if count else 0.0,
         timing=TimingOptions(warmup_iters=warmup_iters, warmup_seconds=warmup_seconds, min_iters=min_iters,
                              min_seconds=min_seconds),
     )
@@ -229,6 +236,19 @@ def profile_cmd(run_dir, profile_iters, quiet) -> None:
     run_dir = resume_sweep(run_dir, log=echo, progress=ProgressBar(not quiet), profile_iters=profile_iters)
     ops = build_ops_table(run_dir)
     click.echo(f"{ops.groupby(['model', 'backend', 'batch']).ngroups} points profiled; ops table: {run_dir / OPS}")
+
+
+@cli.command("counters")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--counter-seconds", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Seconds per counting pass, at least.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def counters_cmd(run_dir, counter_seconds, quiet) -> None:
+    """Add the CPU-event counting pass (perf stat) to an existing run (every timed point without counts)."""
+    echo = (lambda msg: None) if quiet else click.echo
+    run_dir = resume_sweep(run_dir, log=echo, progress=ProgressBar(not quiet), counter_seconds=counter_seconds)
+    counted = load_counters(run_dir)
+    click.echo(f"{int((counted['status'] == 'ok').sum())} points counted; log: {run_dir / COUNTERS_LOG}")
 
 
 @cli.command("analyze")

@@ -111,3 +111,26 @@ def test_profile_an_existing_run(run_cli, tmp_path):
                            "status": "failed", "error": "worker exited with signal SIGKILL", "ops": []},
                  log=PROFILES_LOG)
     assert len(build_ops_table(run_dir)) == len(ops)
+
+
+@pytest.mark.parametrize("backend", ["torch-cuda", "ort-cuda"])
+def test_cuda_profiles_are_categorised_and_attributed(tiny_exports, tmp_path, backend):
+    """On a GPU: torch-cuda adds kernel time to the launching aten op, ort-cuda reports host-side
+    node times; either way every op has a category and the model's layers are found."""
+    reason = backend_class(backend).unavailable_reason()
+    if reason:
+        pytest.skip(f"{backend} unavailable here: {reason}")
+    for name, needed in (("dlrm-rmc1", {"embedding", "fc"}), ("din", {"attention", "fc", "embedding"})):
+        model = models.get(name, scale="tiny")
+        b = backend_class(backend)(BackendOptions(threads=1))
+        b.load(model, tiny_exports[name])
+        try:
+            result = b.profile(model.make_inputs(8), iterations=3, trace_dir=tmp_path / f"{name}-{backend}")
+        finally:
+            b.close()
+        point = {"run_id": "r", "model": name, "backend": backend, "device": "cuda", "batch": 8}
+        ops = normalize(result.ops, result.iterations, point, layer_classes(name, model.config.to_dict()))
+        unknown = sorted(set(ops["native_op"]) - set(OP_CATEGORY))
+        assert unknown == [], f"{backend} native ops with no category: {unknown}"
+        assert needed <= set(ops["category"]) and ops["self_us_per_iter"].sum() > 0
+        assert any(layer.startswith(("emb.", "attention")) for layer in ops["layer"])

@@ -10,42 +10,62 @@ rechar.runners.results) and ``ops`` (one row per profiled operator, rechar.analy
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
 
 from rechar.analysis.breakdown import bottleneck_shift, breakdown_wide, category_breakdown, dominant_table
+from rechar.analysis.counters import COUNTER_COLUMNS, METRICS as COUNTER_METRICS, counted_metrics, counter_support, derive, load_counters
 from rechar.analysis.deployment import best_deployment, crossover, gpu_speedup
 from rechar.analysis.features import feature_correlation, model_features, model_metrics
 from rechar.analysis.ops import OPS_COLUMNS, coverage, load_ops, unmapped_ops
 from rechar.errors import UserError
+from rechar.runners.counters import HARDWARE
 from rechar.runners.results import load_points, read_manifest
 
-__all__ = ["analyze", "load_runs", "format_tables"]
+__all__ = ["analyze", "load_runs", "format_tables", "Runs"]
 
 
-def load_runs(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict]]:
-    """points and ops of several runs (each row labelled with its host), and the models' configs."""
+@dataclasses.dataclass
+class Runs:
+    """The tidy tables of one or more runs, each row labelled with its host."""
+
+    points: pd.DataFrame  # rechar.runners.results.POINT_COLUMNS + host
+    ops: pd.DataFrame  # rechar.analysis.ops.OPS_COLUMNS + host
+    counters: pd.DataFrame  # rechar.analysis.counters.COUNTER_COLUMNS
+    configs: dict[str, dict]  # model -> resolved config (the runs must agree)
+    manifests: dict[str, dict]  # host -> manifest of its (last) run
+
+
+def load_runs(run_dirs: list[str | Path]) -> Runs:
     if not run_dirs:
         raise UserError("give at least one run folder")
-    points, ops, configs = [], [], {}
+    points, ops, counters, configs, manifests = [], [], [], {}, {}
     for run_dir in map(Path, run_dirs):
         manifest = read_manifest(run_dir)
         host = manifest.get("host", {}).get("hostname")
+        manifests[host] = manifest
         points.append(load_points(run_dir))
         run_ops = load_ops(run_dir)
         if not run_ops.empty:  # an empty, untyped frame would turn every concatenated column to object
             ops.append(run_ops.assign(host=host))
+        run_counters = load_counters(run_dir)
+        if not run_counters.empty:
+            counters.append(run_counters)
         for name, config in manifest.get("configs", {}).items():
             if configs.setdefault(name, config) != config:
                 raise UserError(f"runs disagree on the config of {name}; compare runs of the same models")
     all_ops = pd.concat(ops, ignore_index=True) if ops else pd.DataFrame(columns=[*OPS_COLUMNS, "host"])
-    return pd.concat(points, ignore_index=True), all_ops, configs
+    all_counters = pd.concat(counters, ignore_index=True) if counters else derive(pd.DataFrame(
+        columns=[c for c in COUNTER_COLUMNS if c not in COUNTER_METRICS]))
+    return Runs(pd.concat(points, ignore_index=True), all_ops, all_counters, configs, manifests)
 
 
 def analyze(run_dirs: list[str | Path], p99_bound_ms: float = 10.0, reference: str = "torch") -> dict[str, pd.DataFrame]:
     """All analyses over the given runs, as named tidy tables."""
-    points, ops, configs = load_runs(run_dirs)
+    runs = load_runs(run_dirs)
+    points, ops, counters = runs.points, runs.ops, runs.counters
     breakdown = category_breakdown(ops)
     shift = bottleneck_shift(breakdown, reference)
     speedup = gpu_speedup(points)
@@ -62,7 +82,10 @@ def analyze(run_dirs: list[str | Path], p99_bound_ms: float = 10.0, reference: s
         "speedup": speedup,
         "crossover": crossover(speedup),
         "best": best_deployment(points, p99_bound_ms),
-        "correlation": feature_correlation(model_features(configs), model_metrics(points, breakdown, speedup)),
+        "counters": counters,
+        "counter_support": counter_support(runs.manifests),
+        "correlation": feature_correlation(model_features(runs.configs),
+                                           model_metrics(points, breakdown, speedup, counters)),
     }
 
 
@@ -93,6 +116,14 @@ def format_tables(tables: dict[str, pd.DataFrame]) -> str:
         "(no GPU points: run on a GPU machine and pass both runs)")
     add("4. best deployment under the p99 bound", tables["best"], "(no points)")
     add("5. model features vs measured behaviour (Spearman)", tables["correlation"], "(no points)")
+    counters = tables["counters"]
+    ok = counters[counters["status"] == "ok"] if not counters.empty else counters
+    add("6. CPU event counts per point (perf stat over the counting pass)",
+        ok[["host", "model", "backend", "device", "batch", *counted_metrics(ok)]] if not ok.empty else ok,
+        "(no counts: run with --counters, or rechar counters RUN_DIR)")
+    for row in tables["counter_support"].itertuples():
+        if row.hardware_events < len(HARDWARE):
+            sections.append(f"note ({row.host}): {row.note}")
     cov = tables["coverage"]
     if not cov.empty:
         add("profile coverage (profiled time per iteration / timed p50)",

@@ -6,8 +6,8 @@
 One file with every script and style inlined (BokehJS once, core only), so that it opens from
 ``file://`` with no network, and a print stylesheet. Its sections follow ``rechar analyze``:
 the runs, points that were not timed, latency and throughput, operator-category breakdown,
-bottleneck shift, GPU/CPU speedup, best deployment, feature correlation, top operators with
-links to the raw traces, and profile coverage.
+bottleneck shift, GPU/CPU speedup, best deployment, CPU event counts, feature correlation, top
+operators with links to the raw traces, and profile coverage.
 """
 
 from __future__ import annotations
@@ -23,17 +23,34 @@ from bokeh.embed import components
 from bokeh.resources import Resources
 
 from rechar.analysis import analyze
+from rechar.analysis.counters import counted_metrics
 from rechar.analysis.ops import read_profiles
 from rechar.analysis.taxonomy import CATEGORIES
 from rechar.errors import UserError
 from rechar.report import charts
 from rechar.report.charts import CATEGORY_COLORS
 from rechar.report.page import definitions, ms, note, num, page, pct, section, swatch, table, text
+from rechar.runners.counters import HARDWARE
 from rechar.runners.results import POINTS, POINTS_LOG, read_manifest
 
 __all__ = ["write_report", "default_report_path"]
 
 TOP_OPS = 8
+#: counter metric -> (column header, cell format)
+COUNTER_LABELS = {
+    "cpus_utilized": ("CPUs busy", num(".2f")),
+    "ipc": ("IPC", num(".2f")),
+    "instructions_per_sample": ("instructions/sample", num(",.0f")),
+    "l1d_mpki": ("L1D MPKI", num(".1f")),
+    "llc_mpki": ("LLC MPKI", num(".2f")),
+    "cache_mpki": ("cache MPKI", num(".2f")),
+    "dtlb_mpki": ("dTLB MPKI", num(".2f")),
+    "branch_mpki": ("branch MPKI", num(".2f")),
+    "frontend_stall_share": ("front-end stalls", pct),
+    "backend_stall_share": ("back-end stalls", pct),
+    "page_faults_per_iter": ("page faults/iter", num(".2f")),
+    "context_switches_per_iter": ("context switches/iter", num(".2f")),
+}
 SHIFT_THRESHOLD = 0.05  # category shares that move by at least 5 points are listed
 REFERENCE = "torch"
 # columns that name a machine
@@ -132,6 +149,7 @@ class _Report:
             ("shift", "Bottleneck shift across stacks", self.shift()),
             ("speedup", "GPU/CPU speedup", self.speedup()),
             ("best", "Best deployment under the latency bound", self.best()),
+            ("counters", "CPU event counts", self.counters()),
             ("correlation", "Model features vs measured behaviour", self.correlation()),
             ("operators", "Top operators per model", self.operators()),
             ("coverage", "Profile coverage", self.coverage()),
@@ -287,11 +305,38 @@ class _Report:
                     ("samples/s", "throughput_sps", num(",.0f")), ("p50 ms", "p50_us", ms), ("p99 ms", "p99_us", ms),
                 ]))
 
+    def counters(self) -> str:
+        counts = self.t["counters"]
+        if counts.empty:
+            return note("No counting pass in these runs (run with --counters, or rechar counters RUN_DIR).")
+        out = ["<p>perf stat over a pass per point separate from timing (at least --counter-seconds), every "
+               "thread of the worker counted: <b>CPUs busy</b> is task clock over wall time (a thread pool that "
+               "spins counts as busy), MPKI are misses per thousand instructions. A GPU backend's counts are its "
+               "host side.</p>"]
+        for row in self.t["counter_support"].itertuples():
+            if row.hardware_events < len(HARDWARE):
+                out.append(note(f"{row.host}: {row.note}."))
+        ok = counts[counts["status"] == "ok"]
+        metrics = counted_metrics(ok)
+        if not ok.empty:
+            ok = ok.assign(series=self._series(ok)).sort_values(["model", "series", "batch"])
+            out.append(table(ok, [("model", "model", None), ("series", "series", self._series_cell),
+                                  ("batch", "batch", None)]
+                             + [(COUNTER_LABELS[m][0], m, COUNTER_LABELS[m][1]) for m in metrics]))
+        bad = counts[counts["status"] != "ok"]
+        if not bad.empty:
+            out.append("<h3>Points whose counting pass failed</h3>" + table(
+                bad.sort_values(["host", "model", "backend", "batch"]),
+                [("host", "host", None), ("model", "model", None), ("backend", "backend", None),
+                 ("batch", "batch", None), ("reason", "error", None)], mono=("error",)))
+        return "".join(out)
+
     def correlation(self) -> str:
         corr = self.t["correlation"]
         return ("<p>Spearman rank correlation, over the models measured, between features computed from each "
                 "model's config and what was measured (mean embedding share of the CPU profiles, best GPU/CPU "
-                "speedup, best CPU throughput). Fewer than three models give no coefficient (–).</p>"
+                "speedup, best CPU throughput, mean IPC and LLC MPKI of the counted CPU points); metrics these "
+                "runs did not measure are left out. Fewer than three models give no coefficient (–).</p>"
                 + table(corr, [("feature", "feature", None), ("metric", "metric", None),
                                ("Spearman ρ", "spearman", num("+.2f")), ("models", "models", None)]))
 

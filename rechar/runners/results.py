@@ -4,6 +4,7 @@
       manifest.json      run id, times, host, software versions, resolved configs, all options
       points.jsonl       append-only log, one JSON record per finished point (the durable truth)
       profiles.jsonl     append-only log of raw per-operator profiles (with --profile)
+      counters.jsonl     append-only log of CPU event counts, perf stat (with --counters)
       ops.parquet        the normalised operator table (rechar.analysis.ops)
       traces/            raw profiler traces, one per profiled point
       points.parquet     one row per point (POINT_COLUMNS), rebuilt from points.jsonl
@@ -34,6 +35,9 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 POINTS_LOG = "points.jsonl"
 PROFILES_LOG = "profiles.jsonl"
+COUNTERS_LOG = "counters.jsonl"
+#: the logs of the passes after timing: log -> worker mode that writes it
+PASS_LOGS = {PROFILES_LOG: "profile", COUNTERS_LOG: "counters"}
 POINTS = "points.parquet"
 LATENCIES = "latencies.parquet"
 
@@ -96,7 +100,7 @@ class PointLogTail:
 def repair_point_log(run_dir: Path) -> None:
     """Cut a torn last record (its writer was killed mid-line), so that the next append starts
     on a line of its own instead of being glued to the fragment."""
-    for log in (POINTS_LOG, PROFILES_LOG):
+    for log in (POINTS_LOG, *PASS_LOGS):
         _repair(Path(run_dir) / log)
 
 
@@ -112,7 +116,7 @@ def _repair(path: Path) -> None:
 
 
 def read_log(run_dir: Path, log: str = POINTS_LOG) -> list[dict[str, Any]]:
-    """Records of an append-only log (points.jsonl or profiles.jsonl), one per point: the first,
+    """Records of an append-only log (points.jsonl, profiles.jsonl, counters.jsonl), one per point: the first,
     should a point appear twice. A torn last line (a writer killed mid-write) is ignored."""
     path = Path(run_dir) / log
     if not path.exists():

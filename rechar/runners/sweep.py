@@ -25,10 +25,10 @@ from rechar import hostinfo
 from rechar.errors import UserError
 from rechar.jsonfile import write_json_atomic
 from rechar.exporters import ExportOptions, export
-from rechar.runners import backend_class, select_backends
+from rechar.runners import backend_class, counters, select_backends
 from rechar.runners.measure import TimingOptions
 from rechar.runners.results import (
-    MANIFEST, POINTS_LOG, PROFILES_LOG, SCHEMA_VERSION, PointLogTail, append_point, point_key, read_log, read_manifest, read_point_log, repair_point_log,
+    COUNTERS_LOG, MANIFEST, PASS_LOGS, POINTS_LOG, PROFILES_LOG, SCHEMA_VERSION, PointLogTail, append_point, point_key, read_log, read_manifest, read_point_log, repair_point_log,
     write_tables,
 )
 
@@ -57,6 +57,7 @@ class RunOptions:
     atol: float = GATE_ATOL
     rtol: float = GATE_RTOL
     profile_iters: int = 0  # >0: a profiling pass per point with each framework's profiler
+    counter_seconds: float = 0.0  # >0: a pass per point counting CPU events with perf stat
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunOptions":
@@ -75,6 +76,12 @@ class RunOptions:
             raise UserError(f"threads must be at least 1, got {self.threads}")
         if self.timeout <= 0:
             raise UserError(f"timeout must be positive, got {self.timeout}")
+        if self.profile_iters < 0 or self.counter_seconds < 0:
+            raise UserError("profile iterations and counter seconds cannot be negative")
+
+    def pass_wanted(self, log: str) -> bool:
+        """Whether the pass that writes ``log`` (profiles, counters) is part of this run."""
+        return bool({PROFILES_LOG: self.profile_iters, COUNTERS_LOG: self.counter_seconds}[log])
 
 
 def new_run_dir(root: str | Path = "runs") -> Path:
@@ -103,6 +110,7 @@ def run_sweep(
         log(f"skipping backend {name}: {reason}")
     if not backends:
         raise UserError("no backend is available")
+    counter_support = _check_counters(options, log)
     run_dir = Path(run_dir) if run_dir else new_run_dir()
     if (run_dir / MANIFEST).exists():
         raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose another --out")
@@ -114,6 +122,8 @@ def run_sweep(
         "options": {**dataclasses.asdict(options), "backends": backends}, "skipped_backends": skipped,
         "configs": {}, "exports": {},
     }
+    if counter_support:
+        manifest["counters"] = counter_support
     write_json_atomic(run_dir / MANIFEST, manifest)
     return _sweep(run_dir, manifest, dataclasses.replace(options, backends=backends), log, progress)
 
@@ -123,10 +133,11 @@ def resume_sweep(
     log: Callable[[str], None] = lambda msg: None,
     progress: Callable[[int, int, str], None] = lambda done, total, label: None,
     profile_iters: int | None = None,
+    counter_seconds: float | None = None,
 ) -> Path:
     """Continue an interrupted run with the options it was started with, skipping finished points.
-    With ``profile_iters``, also profile every timed point that has no profile yet (this is how
-    an existing run gets its profiling pass)."""
+    With ``profile_iters`` (``counter_seconds``), also profile (count the CPU events of) every
+    timed point that has no profile (counts) yet: this is how an existing run gets those passes."""
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     options = RunOptions.from_dict(manifest["options"])
@@ -135,6 +146,14 @@ def resume_sweep(
             raise UserError(f"profile iterations must be at least 1, got {profile_iters}")
         options.profile_iters = profile_iters
         manifest["options"]["profile_iters"] = profile_iters
+    if counter_seconds is not None:
+        if counter_seconds <= 0:
+            raise UserError(f"counter seconds must be positive, got {counter_seconds}")
+        options.counter_seconds = counter_seconds
+        manifest["options"]["counter_seconds"] = counter_seconds
+    counter_support = _check_counters(options, log)
+    if counter_support:
+        manifest["counters"] = counter_support
     for name in options.backends:
         reason = backend_class(name).unavailable_reason()
         if reason:
@@ -172,15 +191,17 @@ def _sweep(run_dir: Path, manifest: dict, options: RunOptions, log, progress) ->
                 _run_worker(run_dir, manifest["run_id"], name, backend, todo, exports[name].path, options, done,
                             total, progress, tail)
                 write_tables(run_dir)
-            if options.profile_iters:
-                profiled = {point_key(r) for r in read_log(run_dir, PROFILES_LOG)}
+            for log_name, mode in PASS_LOGS.items():  # profiles, counters: for timed points without one
+                if not options.pass_wanted(log_name):
+                    continue
+                have = {point_key(r) for r in read_log(run_dir, log_name)}
                 timed_ok = {point_key(r) for r in read_point_log(run_dir) if r["status"] == "ok"}
                 missing = [b for b in options.batch_sizes
-                           if (name, backend, b) in timed_ok and (name, backend, b) not in profiled]
+                           if (name, backend, b) in timed_ok and (name, backend, b) not in have]
                 if missing:
-                    progress(len(done), total, f"{name} on {backend}: profiling")
+                    progress(len(done), total, f"{name} on {backend}: {mode} pass")
                     _run_worker(run_dir, manifest["run_id"], name, backend, missing, exports[name].path, options,
-                                done, total, progress, tail, mode="profile")
+                                done, total, progress, tail, mode=mode)
     except KeyboardInterrupt:
         write_tables(run_dir)
         manifest.update(status="interrupted")
@@ -218,9 +239,10 @@ def _run_worker(run_dir: Path, run_id: str, name: str, backend: str, batches: li
         "export_dir": str(export_dir.resolve()), "backend": backend, "batches": batches,
         "threads": options.threads, "jit_compile": options.jit_compile,
         "timing": dataclasses.asdict(options.timing), "atol": options.atol, "rtol": options.rtol,
-        "run_dir": str(run_dir.resolve()), "profile_iters": options.profile_iters, "mode": mode,
+        "run_dir": str(run_dir.resolve()), "profile_iters": options.profile_iters,
+        "counter_seconds": options.counter_seconds, "mode": mode,
     }
-    stem = f"{name}__{backend}" + ("__profile" if mode == "profile" else "")
+    stem = f"{name}__{backend}" + ("" if mode == "run" else f"__{mode}")
     spec_path = run_dir / "specs" / f"{stem}.json"
     write_json_atomic(spec_path, spec)
     log_path = run_dir / "logs" / f"{stem}.log"
@@ -234,7 +256,7 @@ def _run_worker(run_dir: Path, run_id: str, name: str, backend: str, batches: li
         status = None
         try:
             while proc.poll() is None:
-                if _log_sizes(run_dir) != marker:  # a point (or its profile) finished: the clock restarts
+                if _log_sizes(run_dir) != marker:  # a point (or one of its passes) finished: the clock restarts
                     marker = _log_sizes(run_dir)
                     deadline = time.monotonic() + options.timeout
                 if time.monotonic() > deadline:
@@ -251,15 +273,15 @@ def _run_worker(run_dir: Path, run_id: str, name: str, backend: str, batches: li
             _refresh(tail, done, total, label, progress)
             raise
     _refresh(tail, done, total, label, progress)
-    if mode == "profile":
+    if mode != "run":
         if proc.returncode != 0:
-            profiled = {point_key(r) for r in read_log(run_dir, PROFILES_LOG)}
+            log_name = next(log for log, m in PASS_LOGS.items() if m == mode)
+            have = {point_key(r) for r in read_log(run_dir, log_name)}
             error = "timeout" if status == "timeout" else f"worker exited with {_describe_exit(proc.returncode)}: {_tail(log_path)}"
             for batch in batches:
-                if (name, backend, batch) not in profiled:
+                if (name, backend, batch) not in have:
                     append_point(run_dir, {"run_id": run_id, "model": name, "backend": backend, "device": None,
-                                           "batch": batch, "status": "failed", "error": error, "ops": []},
-                                 log=PROFILES_LOG)
+                                           "batch": batch, "status": "failed", "error": error}, log=log_name)
         return
     missing = [b for b in batches if (name, backend, b) not in done]
     if not missing:
@@ -275,8 +297,21 @@ def _run_worker(run_dir: Path, run_id: str, name: str, backend: str, batches: li
     progress(len(done), total, label)
 
 
-def _log_sizes(run_dir: Path) -> tuple[int, int]:
-    return tuple((run_dir / log).stat().st_size if (run_dir / log).exists() else 0 for log in (POINTS_LOG, PROFILES_LOG))
+def _log_sizes(run_dir: Path) -> tuple[int, ...]:
+    return tuple((run_dir / log).stat().st_size if (run_dir / log).exists() else 0 for log in (POINTS_LOG, *PASS_LOGS))
+
+
+def _check_counters(options: RunOptions, log) -> dict | None:
+    """With the counting pass asked for: what perf can count here (recorded in the manifest), a
+    notice if hardware events are missing, and a one-line error if nothing can be counted."""
+    if not options.counter_seconds:
+        return None
+    support = counters.probe()
+    if not support.usable:
+        raise UserError(f"cannot count CPU events: {support.reason}")
+    if support.reason:
+        log(f"note: {support.reason}; counting software events only")
+    return support.to_dict()
 
 
 def _refresh(tail: PointLogTail, done: set, total: int, label: str, progress) -> None:

@@ -27,8 +27,10 @@ import rechar.models as models
 from rechar.exporters import ExportResult, load_manifest
 from rechar.exporters.graph import check_external_data, check_inputs_match
 from rechar.runners import BackendOptions, backend_class
+from rechar.runners.counters import count_call
+from rechar.runners.lifetime import die_with_parent
 from rechar.runners.measure import TimingOptions, summarize, time_call
-from rechar.runners.results import PROFILES_LOG, append_point
+from rechar.runners.results import COUNTERS_LOG, PROFILES_LOG, append_point
 
 
 @dataclasses.dataclass
@@ -51,7 +53,8 @@ class WorkerSpec:
     run_dir: str
     parent_pid: int = 0
     profile_iters: int = 0  # >0: a profiling pass of this many iterations after each timed point
-    mode: str = "run"  # "run": time (and profile); "profile": only profile points already timed
+    counter_seconds: float = 0.0  # >0: a pass of at least this many seconds counting CPU events (perf)
+    mode: str = "run"  # "run": time (then profile, count); "profile" / "counters": only that pass
 
     @classmethod
     def read(cls, path: str | Path) -> "WorkerSpec":
@@ -110,8 +113,10 @@ def run(spec: WorkerSpec) -> None:
     for batch in spec.batches:
         if spec.mode == "run":
             ok = time_point(spec, backend, base, batch, inputs[batch], expected[batch], timing, load_seconds, settings)
-        if spec.profile_iters and (spec.mode == "profile" or ok):
+        if spec.profile_iters and (spec.mode == "profile" or (spec.mode == "run" and ok)):
             profile_point(spec, backend, base, batch, inputs[batch])
+        if spec.counter_seconds and (spec.mode == "counters" or (spec.mode == "run" and ok)):
+            count_point(spec, backend, base, batch, inputs[batch])
     backend.close()
 
 
@@ -153,6 +158,20 @@ def profile_point(spec, backend, base, batch, inputs) -> None:
     append_point(spec.run_dir, record, log=PROFILES_LOG)
 
 
+def count_point(spec, backend, base, batch, inputs) -> None:
+    """The counting pass of one point: CPU event totals (perf stat) to counters.jsonl."""
+    record = {**base, "device": backend.device, "batch": batch}
+    try:
+        call = backend.prepare(inputs)
+        for _ in range(3):  # this placement of the inputs, warm (the framework was warmed by timing)
+            call()
+        record.update(status="ok", **count_call(call, spec.counter_seconds))
+        del call
+    except Exception as e:
+        record.update(status="failed", error=_one_line(e))
+    append_point(spec.run_dir, record, log=COUNTERS_LOG)
+
+
 def _compare(got: np.ndarray, want: np.ndarray, atol: float, rtol: float) -> tuple[bool, float]:
     if got.shape != want.shape:
         return False, float("inf")
@@ -163,21 +182,6 @@ def _compare(got: np.ndarray, want: np.ndarray, atol: float, rtol: float) -> tup
 def _one_line(e: BaseException) -> str:
     text = f"{type(e).__name__}: {e}".strip().splitlines()
     return text[0] if text else type(e).__name__
-
-
-def die_with_parent() -> None:
-    """Ask Linux to kill this worker if the sweep process dies (e.g. SIGKILL), so that no orphan
-    goes on measuring and appending to the run after it was abandoned."""
-    if sys.platform != "linux":
-        return
-    import ctypes
-    import signal
-
-    PR_SET_PDEATHSIG = 1
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        return
 
 
 def main(argv: list[str]) -> int:
