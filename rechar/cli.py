@@ -16,7 +16,7 @@ from rechar.analysis import analyze, format_tables
 from rechar.analysis.counters import load_counters
 from rechar.analysis.ops import OPS, build_ops_table
 from rechar.exporters import DEFAULT_EXPORTER, EXPORTERS, ExportCheckError, ExportOptions, export
-from rechar.runners import BACKENDS
+from rechar.runners import BACKENDS, allocator
 from rechar.runners.measure import TimingOptions
 from rechar.runners.results import COUNTERS_LOG, load_points, read_manifest, summary
 from rechar.runners.sweep import DEFAULT_BATCH_SIZES, RunOptions, SweepInterrupted, resume_sweep, run_sweep
@@ -55,6 +55,11 @@ config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), default=None,
     help="TOML or JSON file overriding config fields, one table per model (e.g. [dlrm-rmc1] lookups = 40).",
 )
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+profile_iters_option = click.option("--profile-iters", type=click.IntRange(min=1), default=20, show_default=True,
+                                    help="Iterations per profiling pass.")
+counter_seconds_option = click.option("--counter-seconds", type=click.FloatRange(min=0, min_open=True), default=1.0,
+                                      show_default=True, help="Seconds per counting pass, at least.")
 model_option = click.option(
     "--model", "-m", "model_names", multiple=True,
     help=f"Model name, repeatable or comma-separated: {', '.join(models.MODELS)}.",
@@ -174,22 +179,22 @@ class ProgressBar:
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600, show_default=True,
               help="Seconds a point may take before its worker is killed (the first point also covers loading).")
 @click.option("--xla", is_flag=True, help="Compile the TensorFlow function with XLA (jit_compile).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--malloc", type=click.Choice(allocator.CHOICES), default="default", show_default=True,
+              help="Memory allocator of the worker processes (jemalloc and tcmalloc are preloaded).")
+@quiet_option
 @click.option("--profile", "profile", is_flag=True,
               help="Add a profiling pass per point (each framework's own profiler), separate from timing.")
-@click.option("--profile-iters", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Iterations per profiling pass.")
+@profile_iters_option
 @click.option("--counters", "count", is_flag=True,
               help="Add a pass per point counting CPU events with perf stat (IPC, cache and branch misses, "
                    "stalls; software events where the machine exposes no hardware counters).")
-@click.option("--counter-seconds", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="Seconds per counting pass, at least.")
+@counter_seconds_option
 @click.option("--report", "write_html", is_flag=True,
               help="Write the HTML report of the run to reports/<run id>.html at the end.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
               help="Continue an interrupted run folder with its own options, skipping finished points.")
 def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_path, threads, out, exports_dir,
-            seed, ids, zipf_alpha, warmup_iters, warmup_seconds, min_iters, min_seconds, timeout, xla, quiet,
+            seed, ids, zipf_alpha, warmup_iters, warmup_seconds, min_iters, min_seconds, timeout, xla, malloc, quiet,
             profile, profile_iters, count, counter_seconds, write_html, resume_dir) -> None:
     """Time models x backends x batch sizes; every point checked against eager PyTorch first."""
     echo = (lambda msg: None) if quiet else click.echo
@@ -203,7 +208,7 @@ def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_p
     options = RunOptions(
         models=chosen, backends=_split_names(backend_names), batch_sizes=batch_sizes, scale=scale,
         overrides=load_overrides(config_path, chosen), seed=seed, ids=ids, zipf_alpha=zipf_alpha,
-        jit_compile=xla, exports_dir=exports_dir, timeout=timeout, profile_iters=profile_iters if profile else 0,
+        jit_compile=xla, malloc=malloc, exports_dir=exports_dir, timeout=timeout, profile_iters=profile_iters if profile else 0,
         counter_seconds=counter_seconds if count else 0.0,
         timing=TimingOptions(warmup_iters=warmup_iters, warmup_seconds=warmup_seconds, min_iters=min_iters,
                              min_seconds=min_seconds),
@@ -227,9 +232,8 @@ def _finish_run(run_dir: Path, write_html: bool) -> None:
 
 @cli.command("profile")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--profile-iters", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Iterations per profiling pass.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@profile_iters_option
+@quiet_option
 def profile_cmd(run_dir, profile_iters, quiet) -> None:
     """Add the profiling pass to an existing run (every timed point without a profile)."""
     echo = (lambda msg: None) if quiet else click.echo
@@ -240,9 +244,8 @@ def profile_cmd(run_dir, profile_iters, quiet) -> None:
 
 @cli.command("counters")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--counter-seconds", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="Seconds per counting pass, at least.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@counter_seconds_option
+@quiet_option
 def counters_cmd(run_dir, counter_seconds, quiet) -> None:
     """Add the CPU-event counting pass (perf stat) to an existing run (every timed point without counts)."""
     echo = (lambda msg: None) if quiet else click.echo

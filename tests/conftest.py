@@ -33,3 +33,17 @@ def run_cli(monkeypatch, capsys):
         return code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture
+def tiny_run(run_cli, tmp_path):
+    """``rechar run`` at tiny scale with short timing into ``tmp_path/<out>`` (exports in
+    ``tmp_path/e``), extra arguments appended: returns (exit status, stdout, stderr, run folder)."""
+
+    def run(*args: str, out: str = "run"):
+        run_dir = tmp_path / out
+        code, stdout, stderr = run_cli("run", "--scale", "tiny", "--exports", str(tmp_path / "e"), "--out", str(run_dir),
+                                       "--min-iters", "3", "--min-seconds", "0", "--warmup-seconds", "0", *args)
+        return code, stdout, stderr, run_dir
+
+    return run

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rechar.analysis.counters import METRICS, counted_metrics, derive, load_counters
+from rechar.analysis.counters import counted_metrics, derive, load_counters
 from rechar.runners import counters
 from rechar.runners.counters import EVENTS, HARDWARE, PerfSession, parse_perf_csv, probe
 from rechar.runners.results import COUNTERS_LOG
@@ -122,11 +122,9 @@ def test_page_faults_of_fresh_memory_are_counted():
 
 
 @needs_perf
-def test_counting_pass_of_a_run_end_to_end(run_cli, tmp_path):
-    run_dir = tmp_path / "run"
-    code, out, err = run_cli("run", "-m", "ncf", "-b", "torch,ort-cpu", "--batch-sizes", "1,16", "--scale", "tiny",
-                             "--exports", str(tmp_path / "e"), "--out", str(run_dir), "--min-iters", "5",
-                             "--min-seconds", "0", "--warmup-seconds", "0", "--counters", "--counter-seconds", "0.2")
+def test_counting_pass_of_a_run_end_to_end(run_cli, tiny_run, tmp_path):
+    code, out, err, run_dir = tiny_run("-m", "ncf", "-b", "torch,ort-cpu", "--batch-sizes", "1,16", "--counters",
+                                       "--counter-seconds", "0.2")
     assert code == 0, err
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["counters"]["usable"] and manifest["options"]["counter_seconds"] == 0.2
@@ -149,11 +147,8 @@ def test_counting_pass_of_a_run_end_to_end(run_cli, tmp_path):
 
 
 @needs_perf
-def test_count_an_existing_run(run_cli, tmp_path):
-    run_dir = tmp_path / "run"
-    code, _, err = run_cli("run", "-m", "ncf", "-b", "ort-cpu", "--batch-sizes", "4,8", "--scale", "tiny",
-                           "--exports", str(tmp_path / "e"), "--out", str(run_dir), "--min-iters", "3",
-                           "--min-seconds", "0", "--quiet")
+def test_count_an_existing_run(run_cli, tiny_run):
+    code, _, err, run_dir = tiny_run("-m", "ncf", "-b", "ort-cpu", "--batch-sizes", "4,8", "--quiet")
     assert code == 0, err
     assert load_counters(run_dir).empty
     points_before = (run_dir / "points.jsonl").read_bytes()
@@ -166,11 +161,8 @@ def test_count_an_existing_run(run_cli, tmp_path):
     assert code == 0 and (run_dir / COUNTERS_LOG).read_text().splitlines() == lines
 
 
-def test_without_perf_the_error_is_one_line_and_nothing_is_lost(run_cli, tmp_path, monkeypatch):
-    run_dir = tmp_path / "run"
-    code, _, err = run_cli("run", "-m", "ncf", "-b", "ort-cpu", "--batch-sizes", "4", "--scale", "tiny",
-                           "--exports", str(tmp_path / "e"), "--out", str(run_dir), "--min-iters", "3",
-                           "--min-seconds", "0", "--quiet")
+def test_without_perf_the_error_is_one_line_and_nothing_is_lost(run_cli, tiny_run, tmp_path, monkeypatch):
+    code, _, err, run_dir = tiny_run("-m", "ncf", "-b", "ort-cpu", "--batch-sizes", "4", "--quiet")
     assert code == 0, err
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run_dir.iterdir() if p.is_file()}
     monkeypatch.setattr(counters, "perf_path", lambda: None)
@@ -181,6 +173,5 @@ def test_without_perf_the_error_is_one_line_and_nothing_is_lost(run_cli, tmp_pat
                                         "(Debian: apt-get install linux-perf)"]
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run_dir.iterdir() if p.is_file()}
     assert after == before
-    code, _, err = run_cli("run", "-m", "ncf", "-b", "ort-cpu", "--scale", "tiny", "--exports", str(tmp_path / "e"),
-                           "--out", str(tmp_path / "new"), "--counters", "--quiet")
-    assert code == 2 and "perf not found" in err and not (tmp_path / "new").exists()
+    code, _, err, new = tiny_run("-m", "ncf", "-b", "ort-cpu", "--counters", "--quiet", out="new")
+    assert code == 2 and "perf not found" in err and not new.exists()

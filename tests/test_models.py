@@ -6,7 +6,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
 import rechar.models as models
 from rechar.errors import UserError

@@ -99,6 +99,16 @@ def test_results_round_trip_and_schema(tmp_path):
     assert json.loads(points.loc[0, "settings"])["threads"] == 1
 
 
+def test_peak_rss_is_the_workers_own(tmp_path):
+    """A worker spawned by a sweep that holds 1.5 GB reports its own peak, not the sweep's (Linux
+    carries ru_maxrss over exec, so that figure would read at least 1.5 GB)."""
+    held = np.ones(1_500_000_000 // 8)  # touched: resident in this (the sweep's) process
+    run_dir = _sweep(tmp_path, batch_sizes=[4])
+    [point] = load_points(run_dir).to_dict("records")
+    assert held[-1] == 1.0
+    assert 50e6 < point["peak_rss_bytes"] < 1.2e9  # ONNX Runtime, numpy and a tiny model, far below 1.5 GB
+
+
 def test_inputs_are_the_same_across_runs(tmp_path):
     a = load_points(_sweep(tmp_path / "a"))
     b = load_points(_sweep(tmp_path / "b"))

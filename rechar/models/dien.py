@@ -7,7 +7,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from rechar.models.base import InputGenerator, RecModel
+from rechar.models.base import RecModel
 from rechar.models.config import ModelConfig, rows, seq
 from rechar.models.din import DIN
 from rechar.models.layers import AUGRUCell, EmbeddingTable, masked_softmax, mlp

@@ -18,6 +18,7 @@ count; a hardware event that did not count is recorded as missing with the reaso
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import select
@@ -176,13 +177,15 @@ class PerfSession:
         self._ctl = os.open(ctl, os.O_RDWR)
         self._ack = os.open(ack, os.O_RDWR)
         self._out = self._dir / "counts.csv"
-        self._proc = subprocess.Popen(
-            [perf, "stat", "-x", ",", "-D", "-1", "--control", f"fifo:{ctl},{ack}", "-o", str(self._out),
-             "-e", ",".join(perf_name for perf_name, _ in events.values()), "-p", str(pid)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(self._dir / "stderr", "wb"),
-            preexec_fn=die_with_parent,  # perf must not outlive the worker it counts
-        )
+        with open(self._dir / "stderr", "wb") as stderr:
+            self._proc = subprocess.Popen(
+                [perf, "stat", "-x", ",", "-D", "-1", "--control", f"fifo:{ctl},{ack}", "-o", str(self._out),
+                 "-e", ",".join(perf_name for perf_name, _ in events.values()), "-p", str(pid)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+                preexec_fn=die_with_parent,  # perf must not outlive the worker it counts
+            )
         self.reading: Reading | None = None
+        self._closed = False
 
     def enable(self) -> None:
         self._command("enable")
@@ -209,8 +212,11 @@ class PerfSession:
         except OSError:
             return "no output"
 
-    def close(self) -> Reading:
-        """Stop perf and read its totals."""
+    def close(self) -> Reading | None:
+        """Stop perf and read its totals (once; later calls return the same reading)."""
+        if self._closed:
+            return self.reading
+        self._closed = True
         try:
             if self._proc.poll() is None:
                 self._proc.send_signal(signal.SIGINT)  # perf writes its totals on SIGINT
@@ -236,16 +242,11 @@ class PerfSession:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-        else:
-            self._proc.kill()
-            self._proc.wait()
-            self.close_quietly()
-
-    def close_quietly(self) -> None:
-        try:
+            return
+        self._proc.kill()  # the counted call failed: its error is the one to report
+        self._proc.wait()
+        with contextlib.suppress(CounterError, OSError):
             self.close()
-        except (CounterError, OSError):
-            pass
 
 
 def count_call(call: Callable[[], Any], min_seconds: float, min_iters: int = 10) -> dict[str, Any]:

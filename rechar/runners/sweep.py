@@ -25,7 +25,7 @@ from rechar import hostinfo
 from rechar.errors import UserError
 from rechar.jsonfile import write_json_atomic
 from rechar.exporters import ExportOptions, export
-from rechar.runners import backend_class, counters, select_backends
+from rechar.runners import allocator, backend_class, counters, select_backends
 from rechar.runners.measure import TimingOptions
 from rechar.runners.results import (
     COUNTERS_LOG, MANIFEST, PASS_LOGS, POINTS_LOG, PROFILES_LOG, SCHEMA_VERSION, PointLogTail, append_point, point_key, read_log, read_manifest, read_point_log, repair_point_log,
@@ -51,6 +51,7 @@ class RunOptions:
     ids: str = "uniform"
     zipf_alpha: float = 1.05
     jit_compile: bool = False
+    malloc: str = "default"  # the workers' memory allocator: default (glibc), jemalloc, tcmalloc
     timing: TimingOptions = TimingOptions()
     exports_dir: str = "exports"
     timeout: float = 600.0  # seconds a point may take (the first also covers the worker's start and load)
@@ -76,6 +77,7 @@ class RunOptions:
             raise UserError(f"threads must be at least 1, got {self.threads}")
         if self.timeout <= 0:
             raise UserError(f"timeout must be positive, got {self.timeout}")
+        allocator.preload(self.malloc)  # a one-line error if the library is not installed
         if self.profile_iters < 0 or self.counter_seconds < 0:
             raise UserError("profile iterations and counter seconds cannot be negative")
 
@@ -237,7 +239,7 @@ def _run_worker(run_dir: Path, run_id: str, name: str, backend: str, batches: li
         "overrides": options.overrides.get(name, {}),
         "seed": options.seed, "ids": options.ids, "zipf_alpha": options.zipf_alpha,
         "export_dir": str(export_dir.resolve()), "backend": backend, "batches": batches,
-        "threads": options.threads, "jit_compile": options.jit_compile,
+        "threads": options.threads, "jit_compile": options.jit_compile, "malloc": options.malloc,
         "timing": dataclasses.asdict(options.timing), "atol": options.atol, "rtol": options.rtol,
         "run_dir": str(run_dir.resolve()), "profile_iters": options.profile_iters,
         "counter_seconds": options.counter_seconds, "mode": mode,
@@ -326,6 +328,9 @@ def _worker_env(options: RunOptions) -> dict[str, str]:
     # OpenMP pools of every framework follow --threads; set before the worker imports them.
     env.update(OMP_NUM_THREADS=str(options.threads), MKL_NUM_THREADS=str(options.threads),
                TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    library = allocator.preload(options.malloc)
+    if library:
+        env["LD_PRELOAD"] = " ".join(filter(None, [library, env.get("LD_PRELOAD")]))
     return env
 
 

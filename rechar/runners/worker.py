@@ -26,7 +26,7 @@ import numpy as np
 import rechar.models as models
 from rechar.exporters import ExportResult, load_manifest
 from rechar.exporters.graph import check_external_data, check_inputs_match
-from rechar.runners import BackendOptions, backend_class
+from rechar.runners import BackendOptions, allocator, backend_class
 from rechar.runners.counters import count_call
 from rechar.runners.lifetime import die_with_parent
 from rechar.runners.measure import TimingOptions, summarize, time_call
@@ -55,6 +55,7 @@ class WorkerSpec:
     profile_iters: int = 0  # >0: a profiling pass of this many iterations after each timed point
     counter_seconds: float = 0.0  # >0: a pass of at least this many seconds counting CPU events (perf)
     mode: str = "run"  # "run": time (then profile, count); "profile" / "counters": only that pass
+    malloc: str = "default"  # the allocator the sweep preloaded (checked before anything runs)
 
     @classmethod
     def read(cls, path: str | Path) -> "WorkerSpec":
@@ -71,10 +72,21 @@ def input_hash(inputs: dict[str, np.ndarray]) -> str:
 
 
 def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """This process's peak resident memory. Linux: VmHWM, the high-water mark of the worker's own
+    address space. Not ru_maxrss: it carries over exec from the sweep process that spawned the
+    worker, so a worker started by a sweep holding gigabytes would report at least that much."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
 def run(spec: WorkerSpec) -> None:
+    if not allocator.loaded(spec.malloc):
+        raise RuntimeError(f"allocator {spec.malloc} was asked for but is not loaded in the worker (LD_PRELOAD)")
     config = models.resolve_config(spec.model, spec.scale, spec.overrides)
     model = models.get(spec.model, config=config, seed=spec.seed)
     manifest = load_manifest(spec.export_dir)
@@ -107,7 +119,7 @@ def run(spec: WorkerSpec) -> None:
                                         "error": f"load failed: {_one_line(e)}"})
         return
     load_seconds = time.perf_counter() - load_start
-    settings = backend.settings()
+    settings = {**backend.settings(), "malloc": spec.malloc}
 
     ok = False
     for batch in spec.batches:
