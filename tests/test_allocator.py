@@ -62,8 +62,9 @@ def test_worker_refuses_to_measure_without_the_allocator(tiny_run, monkeypatch):
     if "jemalloc" not in INSTALLED:
         pytest.skip("jemalloc is not installed here (Debian: libjemalloc2)")
     monkeypatch.setattr(allocator, "preload", lambda choice: None)
-    code, _, err, run_dir = tiny_run("-m", "ncf", "-b", "ort-cpu", "--batch-sizes", "4", "--malloc", "jemalloc",
-                                     "--quiet")
+    code, out, err, run_dir = tiny_run("-m", "ncf", "-b", "ort-cpu", "--batch-sizes", "4", "--malloc", "jemalloc",
+                                       "--quiet")
     assert code == 0, err
+    assert "not timed:" in out and "ncf ort-cpu batch 4: failed" in out  # a run with no timed point still prints
     [point] = load_points(run_dir).to_dict("records")
     assert point["status"] == "failed" and "allocator jemalloc was asked for but is not loaded" in point["error"]

@@ -48,6 +48,12 @@ POINT_COLUMNS = [
     "throughput_sps", "timed_seconds", "load_seconds", "peak_rss_bytes", "peak_device_bytes",
     "input_hash", "settings", "started", "finished",
 ]
+#: Numeric columns: float64 even when no point of a run was timed (all null), so that readers
+#: can do arithmetic on them without checking.
+NUMERIC_COLUMNS = [
+    "max_abs_error", "iterations", "p50_us", "p90_us", "p99_us", "mean_us", "std_us", "min_us", "max_us",
+    "throughput_sps", "timed_seconds", "load_seconds", "peak_rss_bytes", "peak_device_bytes", "started", "finished",
+]
 #: status values: ok (timed), invalid (outputs outside tolerance: not timed), failed (an error or
 #: a crashed worker), timeout (the worker was killed after --timeout seconds).
 STATUSES = ("ok", "invalid", "failed", "timeout")
@@ -149,7 +155,7 @@ def write_tables(run_dir: Path) -> pd.DataFrame:
     run_dir = Path(run_dir)
     records = read_point_log(run_dir)
     rows = [{c: (json.dumps(r.get(c)) if c == "settings" else r.get(c)) for c in POINT_COLUMNS} for r in records]
-    points = pd.DataFrame(rows, columns=POINT_COLUMNS)
+    points = _typed(pd.DataFrame(rows, columns=POINT_COLUMNS))
     points = points.sort_values(["model", "backend", "batch"], kind="stable").reset_index(drop=True)
     lat_parts = []
     for r in records:
@@ -163,6 +169,11 @@ def write_tables(run_dir: Path) -> pd.DataFrame:
         {"run_id": [], "model": [], "backend": [], "device": [], "batch": [], "iteration": [], "latency_us": []})
     write_parquet(points, run_dir / POINTS)
     write_parquet(latencies, run_dir / LATENCIES)
+    return points
+
+
+def _typed(points: pd.DataFrame) -> pd.DataFrame:
+    points[NUMERIC_COLUMNS] = points[NUMERIC_COLUMNS].apply(pd.to_numeric, errors="coerce").astype("float64")
     return points
 
 
@@ -185,7 +196,7 @@ def load_points(run_dir: Path) -> pd.DataFrame:
         version = int(pq.read_schema(path).metadata.get(b"rechar.schema_version", b"0"))
         if version > SCHEMA_VERSION:
             raise UserError(f"{path} was written by a newer rechar (schema {version}); upgrade rechar")
-        df = pd.read_parquet(path)
+        df = _typed(pd.read_parquet(path))  # runs written before the types were fixed
     df["host"] = manifest.get("host", {}).get("hostname")
     return df
 
