@@ -131,7 +131,7 @@ def test_counting_pass_of_a_run_end_to_end(run_cli, tiny_run, tmp_path):
     if manifest["counters"]["reason"]:
         assert "counting software events only" in out  # the machine's limit is said
     table = load_counters(run_dir)
-    assert len(table) == 4 and (table["status"] == "ok").all()
+    assert len(table) == 4 and (table["status"] == "ok").all() and table["batch"].dtype == "int64"
     assert (table["iterations"] >= 10).all() and (table["seconds"] >= 0.2).all()
     # every thread of the worker was counted while it ran: busy CPUs between ~0 and the threads asked for
     assert (table["cpus_utilized"] > 0.2).all() and (table["cpus_utilized"] < 2 * manifest["options"]["threads"] + 0.5).all()

@@ -60,8 +60,9 @@ def load_counters(run_dir: str | Path) -> pd.DataFrame:
 def derive(df: pd.DataFrame) -> pd.DataFrame:
     """Add the METRICS columns (NaN where an input did not count)."""
     df = df.copy()
-    numeric = [*EVENTS, "iterations", "seconds", "batch", "min_running_pct"]
+    numeric = [*EVENTS, "iterations", "seconds", "min_running_pct"]
     df[numeric] = df[numeric].apply(pd.to_numeric, errors="coerce").astype(float)
+    df["batch"] = df["batch"].astype("int64")
     base = df.assign(wall_ms=df["seconds"] * 1e3, samples=df["iterations"] * df["batch"])
     for metric, (numerator, denominator, factor) in METRICS.items():
         df[metric] = base[numerator] / base[denominator].replace(0, np.nan) * factor
