@@ -230,14 +230,20 @@ def _finish_run(run_dir: Path, write_html: bool) -> None:
         click.echo(f"report: {write_report([run_dir], default_report_path([run_dir]))}")
 
 
+def _add_pass(run_dir: str, quiet: bool, **passes) -> Path:
+    """Resume a run with a pass added (profile_iters= or counter_seconds=): it runs for every timed
+    point that lacks it, and whatever else the run had left unfinished."""
+    echo = (lambda msg: None) if quiet else click.echo
+    return resume_sweep(run_dir, log=echo, progress=ProgressBar(not quiet), **passes)
+
+
 @cli.command("profile")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @profile_iters_option
 @quiet_option
 def profile_cmd(run_dir, profile_iters, quiet) -> None:
     """Add the profiling pass to an existing run (every timed point without a profile)."""
-    echo = (lambda msg: None) if quiet else click.echo
-    run_dir = resume_sweep(run_dir, log=echo, progress=ProgressBar(not quiet), profile_iters=profile_iters)
+    run_dir = _add_pass(run_dir, quiet, profile_iters=profile_iters)
     ops = build_ops_table(run_dir)
     click.echo(f"{ops.groupby(['model', 'backend', 'batch']).ngroups} points profiled; ops table: {run_dir / OPS}")
 
@@ -248,8 +254,7 @@ def profile_cmd(run_dir, profile_iters, quiet) -> None:
 @quiet_option
 def counters_cmd(run_dir, counter_seconds, quiet) -> None:
     """Add the CPU-event counting pass (perf stat) to an existing run (every timed point without counts)."""
-    echo = (lambda msg: None) if quiet else click.echo
-    run_dir = resume_sweep(run_dir, log=echo, progress=ProgressBar(not quiet), counter_seconds=counter_seconds)
+    run_dir = _add_pass(run_dir, quiet, counter_seconds=counter_seconds)
     counted = load_counters(run_dir)
     click.echo(f"{int((counted['status'] == 'ok').sum())} points counted; log: {run_dir / COUNTERS_LOG}")
 
