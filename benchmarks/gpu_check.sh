@@ -26,8 +26,10 @@ python3 -c "import onnxruntime as o, torch; print('onnxruntime', o.__version__, 
 timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_runners.py tests/test_profiles.py -k "cuda" 2>&1 | tail -15
 counters=()
 command -v perf >/dev/null && counters=(--counters)
-timeout 420 python3 -m rechar.cli run -m dlrm-rmc1,dlrm-rmc2,dlrm-rmc3,din,dien -b torch,torch-cuda,ort-cpu,ort-cuda \
-    --batch-sizes 1,64,1024,16384 --scale small --threads "$(nproc)" --warmup-iters 5 --min-iters 20 --min-seconds 0.5 --timeout 120 \
+# MODELS, BACKENDS, BATCHES override the sweep (a dry run of this script on a CPU machine:
+# BACKENDS=torch,ort-cpu MODELS=ncf BATCHES=1,64 bash benchmarks/gpu_check.sh).
+timeout 420 python3 -m rechar.cli run -m "${MODELS:-dlrm-rmc1,dlrm-rmc2,dlrm-rmc3,din,dien}" \
+    -b "${BACKENDS:-torch,torch-cuda,ort-cpu,ort-cuda}" --batch-sizes "${BATCHES:-1,64,1024,16384}" --scale small --threads "$(nproc)" --warmup-iters 5 --min-iters 20 --min-seconds 0.5 --timeout 120 \
     --profile --profile-iters 10 "${counters[@]}" --exports "$work/exports" --out "$work/run" --quiet
 echo "sweep exit status $?"
 # Whatever the sweep finished (a timeout above leaves a resumable run), show and analyze it.
