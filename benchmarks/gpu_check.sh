@@ -24,8 +24,9 @@ exec > >(tee -a "$out/check.log") 2>&1
 python3 -c "import onnxruntime as o, torch; print('onnxruntime', o.__version__, o.get_available_providers()); print('torch', torch.__version__, torch.cuda.get_device_name())"
 # Test failures are reported, not fatal: the sweep below still gives the timings.
 timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_runners.py tests/test_profiles.py -k "cuda" 2>&1 | tail -15
-counters=()
-command -v perf >/dev/null && counters=(--counters)
+counters=()  # the counting pass only where perf can count here (else --counters would stop the sweep)
+python3 -c "import sys; from rechar.runners import counters as c; s = c.probe(); print('perf:', s.reason or 'ok'); sys.exit(not s.usable)" \
+    && counters=(--counters)
 # MODELS, BACKENDS, BATCHES override the sweep (a dry run of this script on a CPU machine:
 # BACKENDS=torch,ort-cpu MODELS=ncf BATCHES=1,64 bash benchmarks/gpu_check.sh).
 timeout 420 python3 -m rechar.cli run -m "${MODELS:-dlrm-rmc1,dlrm-rmc2,dlrm-rmc3,din,dien}" \
