@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import rechar.models as models
 from rechar.errors import UserError
 from rechar.exporters import export
 from rechar.exporters.graph import check_external_data, check_inputs_match
-from rechar.runners.results import POINTS_LOG, load_points, read_manifest
+from rechar.runners.results import COUNTERS_LOG, POINTS_LOG, PROFILES_LOG, load_points, read_manifest
 
 SWEEP = ["-m", "ncf,din", "-b", "ort-cpu,torch", "--batch-sizes", "1,2,3", "--scale", "tiny",
          "--min-iters", "3", "--min-seconds", "0.3", "--warmup-seconds", "0", "--quiet"]
@@ -192,3 +193,33 @@ def test_a_crafted_export_fails_its_points_with_the_reason(tmp_path):
                         tmp_path / "run")
     point = load_points(run_dir).iloc[0]
     assert point["status"] == "failed" and "resolves outside the model's folder" in point["error"]
+
+
+@pytest.mark.skipif(shutil.which("perf") is None, reason="perf is not installed on this machine")
+@pytest.mark.parametrize("seed", [3, 4])
+def test_sigkill_with_profile_and_counter_passes_then_resume(tmp_path, seed):
+    """The passes after timing are resumable too: every point ends with exactly one timing, one
+    profile and one counts record, whatever moment the sweep was killed at."""
+    exports = tmp_path / "exports"
+    export("ncf", "tiny", out=exports), export("din", "tiny", out=exports)
+    run_dir = tmp_path / "run"
+    passes = ["--profile", "--profile-iters", "3", "--counters", "--counter-seconds", "0.1"]
+    proc = rechar("run", *SWEEP, *passes, "--exports", str(exports), "--out", str(run_dir))
+    try:
+        proc.wait(timeout=random.Random(seed).uniform(4.0, 14.0))
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    if (run_dir / "manifest.json").exists():
+        resumed = rechar("run", "--resume", str(run_dir), "--quiet")
+        _, err = resumed.communicate(timeout=300)
+        assert resumed.returncode == 0, err
+    else:
+        assert subprocess.run([sys.executable, "-m", "rechar.cli", "run", *SWEEP, *passes, "--exports", str(exports),
+                               "--out", str(run_dir)], capture_output=True).returncode == 0
+    check_complete(run_dir)
+    for log in (PROFILES_LOG, COUNTERS_LOG):
+        records = [json.loads(line) for line in (run_dir / log).read_text().splitlines()]
+        keys = Counter((r["model"], r["backend"], r["batch"]) for r in records)
+        assert len(keys) == EXPECTED_POINTS and set(keys.values()) == {1}, (log, keys)
+        assert all(r["status"] == "ok" for r in records), log
