@@ -114,6 +114,17 @@ def test_only_the_enabled_window_is_counted_and_every_thread_is():
 
 
 @needs_perf
+def test_perf_that_cannot_attach_is_an_error_not_a_hang():
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no longer exists
+    start = time.monotonic()
+    with pytest.raises(counters.CounterError, match="perf stat exited"):
+        with PerfSession(gone.pid) as perf:
+            perf.enable()
+    assert time.monotonic() - start < counters.PERF_TIMEOUT
+
+
+@needs_perf
 def test_page_faults_of_fresh_memory_are_counted():
     kept = []
     result = counters.count_call(lambda: kept.append(np.ones(16 * 2**20 // 8)), min_seconds=0, min_iters=4)
