@@ -36,8 +36,8 @@ MANIFEST = "manifest.json"
 POINTS_LOG = "points.jsonl"
 PROFILES_LOG = "profiles.jsonl"
 COUNTERS_LOG = "counters.jsonl"
-#: the logs of the passes after timing: log -> worker mode that writes it
-PASS_LOGS = {PROFILES_LOG: "profile", COUNTERS_LOG: "counters"}
+#: the passes after timing: worker mode -> the log it writes
+PASS_LOGS = {"profile": PROFILES_LOG, "counters": COUNTERS_LOG}
 POINTS = "points.parquet"
 LATENCIES = "latencies.parquet"
 
@@ -106,7 +106,7 @@ class PointLogTail:
 def repair_point_log(run_dir: Path) -> None:
     """Cut a torn last record (its writer was killed mid-line), so that the next append starts
     on a line of its own instead of being glued to the fragment."""
-    for log in (POINTS_LOG, *PASS_LOGS):
+    for log in (POINTS_LOG, *PASS_LOGS.values()):
         _repair(Path(run_dir) / log)
 
 

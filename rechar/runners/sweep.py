@@ -28,7 +28,7 @@ from rechar.exporters import ExportOptions, export
 from rechar.runners import allocator, backend_class, counters, select_backends
 from rechar.runners.measure import TimingOptions
 from rechar.runners.results import (
-    COUNTERS_LOG, MANIFEST, PASS_LOGS, POINTS_LOG, PROFILES_LOG, SCHEMA_VERSION, PointLogTail, append_point, point_key, read_log, read_manifest, read_point_log, repair_point_log,
+    MANIFEST, PASS_LOGS, POINTS_LOG, SCHEMA_VERSION, PointLogTail, append_point, point_key, read_log, read_manifest, read_point_log, repair_point_log,
     write_tables,
 )
 
@@ -81,9 +81,9 @@ class RunOptions:
         if self.profile_iters < 0 or self.counter_seconds < 0:
             raise UserError("profile iterations and counter seconds cannot be negative")
 
-    def pass_wanted(self, log: str) -> bool:
-        """Whether the pass that writes ``log`` (profiles, counters) is part of this run."""
-        return bool({PROFILES_LOG: self.profile_iters, COUNTERS_LOG: self.counter_seconds}[log])
+    def pass_wanted(self, mode: str) -> bool:
+        """Whether the pass ``mode`` (a key of PASS_LOGS) is part of this run."""
+        return bool({"profile": self.profile_iters, "counters": self.counter_seconds}[mode])
 
 
 def new_run_dir(root: str | Path = "runs") -> Path:
@@ -193,8 +193,8 @@ def _sweep(run_dir: Path, manifest: dict, options: RunOptions, log, progress) ->
                 _run_worker(run_dir, manifest["run_id"], name, backend, todo, exports[name].path, options, done,
                             total, progress, tail)
                 write_tables(run_dir)
-            for log_name, mode in PASS_LOGS.items():  # profiles, counters: for timed points without one
-                if not options.pass_wanted(log_name):
+            for mode, log_name in PASS_LOGS.items():  # profiles, counters: for timed points without one
+                if not options.pass_wanted(mode):
                     continue
                 have = {point_key(r) for r in read_log(run_dir, log_name)}
                 timed_ok = {point_key(r) for r in read_point_log(run_dir) if r["status"] == "ok"}
@@ -277,7 +277,7 @@ def _run_worker(run_dir: Path, run_id: str, name: str, backend: str, batches: li
     _refresh(tail, done, total, label, progress)
     if mode != "run":
         if proc.returncode != 0:
-            log_name = next(log for log, m in PASS_LOGS.items() if m == mode)
+            log_name = PASS_LOGS[mode]
             have = {point_key(r) for r in read_log(run_dir, log_name)}
             error = "timeout" if status == "timeout" else f"worker exited with {_describe_exit(proc.returncode)}: {_tail(log_path)}"
             for batch in batches:
@@ -300,7 +300,7 @@ def _run_worker(run_dir: Path, run_id: str, name: str, backend: str, batches: li
 
 
 def _log_sizes(run_dir: Path) -> tuple[int, ...]:
-    return tuple((run_dir / log).stat().st_size if (run_dir / log).exists() else 0 for log in (POINTS_LOG, *PASS_LOGS))
+    return tuple((run_dir / log).stat().st_size if (run_dir / log).exists() else 0 for log in (POINTS_LOG, *PASS_LOGS.values()))
 
 
 def _check_counters(options: RunOptions, log) -> dict | None:
