@@ -11,10 +11,9 @@ import threading
 import time
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from rechar.analysis.counters import counted_metrics, derive, load_counters
+from rechar.analysis.counters import counted_metrics, counter_table, load_counters
 from rechar.runners import counters
 from rechar.runners.counters import EVENTS, HARDWARE, PerfSession, parse_perf_csv, probe
 from rechar.runners.results import COUNTERS_LOG
@@ -59,14 +58,14 @@ def test_derived_metrics_arithmetic():
     row = {"host": "h", "run_id": "r", "model": "m", "backend": "torch", "device": "cpu", "batch": 64,
            "status": "ok", "error": None, "iterations": 40, "seconds": 1.01, "min_running_pct": 40.0,
            **{event: r.counts.get(event) for event in EVENTS}}
-    d = derive(pd.DataFrame([row])).iloc[0]
+    d = counter_table([row]).iloc[0]
     assert d["ipc"] == pytest.approx(1.6)
     assert d["llc_mpki"] == pytest.approx(4000 / 8e9 * 1e3)
     assert d["cpus_utilized"] == pytest.approx(2014.28 / 1010)
     assert d["instructions_per_sample"] == pytest.approx(8e9 / (40 * 64))
     assert d["page_faults_per_iter"] == pytest.approx(12 / 40)
     assert np.isnan(d["frontend_stall_share"]) and np.isnan(d["dtlb_mpki"]) and np.isnan(d["branch_mpki"])
-    assert counted_metrics(derive(pd.DataFrame([row]))) == [
+    assert counted_metrics(counter_table([row])) == [
         "cpus_utilized", "ipc", "instructions_per_sample", "llc_mpki", "page_faults_per_iter",
         "context_switches_per_iter"]
 

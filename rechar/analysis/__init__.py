@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from rechar.analysis.breakdown import bottleneck_shift, breakdown_wide, category_breakdown, dominant_table
-from rechar.analysis.counters import COUNTER_COLUMNS, METRICS as COUNTER_METRICS, counted_metrics, counter_support, derive, load_counters
+from rechar.analysis.counters import counted_metrics, counter_support, counter_table, load_counters
 from rechar.analysis.deployment import best_deployment, crossover, gpu_speedup
 from rechar.analysis.features import feature_correlation, model_features, model_metrics
 from rechar.analysis.ops import OPS_COLUMNS, coverage, load_ops, unmapped_ops
@@ -57,8 +57,7 @@ def load_runs(run_dirs: list[str | Path]) -> Runs:
             if configs.setdefault(name, config) != config:
                 raise UserError(f"runs disagree on the config of {name}; compare runs of the same models")
     all_ops = pd.concat(ops, ignore_index=True) if ops else pd.DataFrame(columns=[*OPS_COLUMNS, "host"])
-    all_counters = pd.concat(counters, ignore_index=True) if counters else derive(pd.DataFrame(
-        columns=[c for c in COUNTER_COLUMNS if c not in COUNTER_METRICS]))
+    all_counters = pd.concat(counters, ignore_index=True) if counters else counter_table([])
     return Runs(pd.concat(points, ignore_index=True), all_ops, all_counters, configs, manifests)
 
 

@@ -39,6 +39,11 @@ KEYS = ["host", "run_id", "model", "backend", "device", "batch"]
 COUNTER_COLUMNS = [*KEYS, "status", "error", "iterations", "seconds", *EVENTS, "min_running_pct", *METRICS]
 
 
+def counter_table(rows: list[dict]) -> pd.DataFrame:
+    """COUNTER_COLUMNS from rows of the counted columns (typed even when there are none)."""
+    return derive(pd.DataFrame(rows, columns=[c for c in COUNTER_COLUMNS if c not in METRICS]))
+
+
 def load_counters(run_dir: str | Path) -> pd.DataFrame:
     """The counting pass of a run, one row per point (COUNTER_COLUMNS)."""
     run_dir = Path(run_dir)
@@ -54,7 +59,7 @@ def load_counters(run_dir: str | Path) -> pd.DataFrame:
             **{event: counts.get(event) for event in EVENTS},
             "min_running_pct": min(running) if running else None,
         })
-    return derive(pd.DataFrame(rows, columns=[c for c in COUNTER_COLUMNS if c not in METRICS]))
+    return counter_table(rows)
 
 
 def derive(df: pd.DataFrame) -> pd.DataFrame:
