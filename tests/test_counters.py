@@ -185,3 +185,30 @@ def test_without_perf_the_error_is_one_line_and_nothing_is_lost(run_cli, tiny_ru
     assert after == before
     code, _, err, new = tiny_run("-m", "ncf", "-b", "ort-cpu", "--counters", "--quiet", out="new")
     assert code == 2 and "perf not found" in err and not new.exists()
+
+
+@needs_perf
+def test_a_failed_counting_pass_is_recorded_and_shown(run_cli, tiny_run, tmp_path):
+    from rechar.runners.worker import WorkerSpec, count_point
+
+    code, _, err, run_dir = tiny_run("-m", "ncf", "-b", "ort-cpu", "--batch-sizes", "4", "--quiet")
+    assert code == 0, err
+
+    class Broken:
+        device = "cpu"
+
+        def prepare(self, inputs):
+            raise RuntimeError("input placement failed")
+
+    spec = WorkerSpec.read(run_dir / "specs" / "ncf__ort-cpu.json")
+    spec.counter_seconds = 0.1
+    count_point(spec, Broken(), {"run_id": "run", "model": "ncf", "backend": "ort-cpu"}, 4, {})
+    [row] = load_counters(run_dir).to_dict("records")
+    assert row["status"] == "failed" and row["error"] == "RuntimeError: input placement failed"
+    code, out, err = run_cli("analyze", str(run_dir))
+    assert code == 0, err
+    assert "counting passes that failed" in out and "input placement failed" in out
+    code, _, err = run_cli("report", str(run_dir), "-o", str(tmp_path / "r.html"))
+    assert code == 0, err
+    html = (tmp_path / "r.html").read_text()
+    assert "Points whose counting pass failed" in html and "input placement failed" in html

@@ -120,6 +120,9 @@ def format_tables(tables: dict[str, pd.DataFrame]) -> str:
     add("6. CPU event counts per point (perf stat over the counting pass)",
         ok[["host", "model", "backend", "device", "batch", *counted_metrics(ok)]] if not ok.empty else ok,
         "(no counts: run with --counters, or rechar counters RUN_DIR)")
+    failed = counters[counters["status"] != "ok"] if not counters.empty else counters
+    if not failed.empty:
+        add("counting passes that failed", failed[["host", "model", "backend", "batch", "error"]], "")
     for row in tables["counter_support"].itertuples():
         if row.hardware_events < len(HARDWARE):
             sections.append(f"note ({row.host}): {row.note}")
