@@ -19,8 +19,10 @@ import numpy as np
 import pandas as pd
 
 import rechar.models as models
+from rechar import hostinfo
 from rechar.exporters import export
 from rechar.runners import BackendOptions, counters
+from rechar.runners.inputs import FALLBACK_CACHE_BYTES, PoolSpec
 from rechar.runners.measure import TimingOptions, time_call
 from rechar.runners.ort_backend import OrtCpuBackend
 
@@ -44,6 +46,7 @@ def main() -> None:
     if not counters.probe().usable:
         raise SystemExit(f"error: {counters.probe().reason}")
 
+    cache = hostinfo.last_level_cache_bytes() or FALLBACK_CACHE_BYTES
     timing = TimingOptions(warmup_iters=10, warmup_seconds=0.2, min_iters=30, min_seconds=0.5)
     rows = []
     for name in args.models.split(","):
@@ -54,7 +57,8 @@ def main() -> None:
         for b in backends.values():
             b.load(None, exported)
         for batch in map(int, args.batch_sizes.split(",")):
-            calls = {k: b.prepare(model.make_inputs(batch)) for k, b in backends.items()}
+            pool = PoolSpec(0, "uniform", 1.05, "fresh", cache).make(model, batch)  # as a run's timed calls cycle
+            calls = {k: b.prepare(pool.batches) for k, b in backends.items()}
             for r in range(args.rounds):
                 for variant, call in calls.items():
                     p50 = float(np.median(time_call(call, timing))) / 1e3

@@ -3,9 +3,10 @@
     python benchmarks/overhead.py [--model ncf] [--batch 1] [--rounds 7] [--threads 1]
 
 For each CPU backend: load it as a sweep worker does, then alternate, in one process, between
-rechar's timing loop (rechar.runners.measure.time_call over the backend's prepared call) and a
-bare loop calling the same framework object directly. Prints per-backend medians and their ratio
-(target <= 1.05). Rounds alternate so that machine noise hits both alike.
+rechar's timing loop (rechar.runners.measure.time_call over the backend's prepared call, which
+steps through the point's input pool) and a bare loop calling the same framework object directly
+on the same pool, picking each batch outside its timed region. Prints per-backend medians and
+their ratio (target <= 1.05). Rounds alternate so that machine noise hits both alike.
 """
 
 from __future__ import annotations
@@ -17,32 +18,40 @@ import time
 import numpy as np
 
 import rechar.models as models
+from rechar import hostinfo
 from rechar.exporters import export
 from rechar.runners import BackendOptions, backend_class
+from rechar.runners.inputs import FALLBACK_CACHE_BYTES, PoolSpec
 from rechar.runners.measure import TimingOptions, time_call
 
 
-def bare_loop(backend_name: str, backend, inputs: dict[str, np.ndarray], iters: int) -> np.ndarray:
-    """The framework call written by hand, without rechar's prepared-call wrapper."""
+def bare_loop(backend_name: str, backend, batches: list[dict[str, np.ndarray]], iters: int) -> np.ndarray:
+    """The framework call written by hand, without rechar's prepared-call wrapper; the next batch
+    of the pool is picked before the clock starts."""
     clock = time.perf_counter_ns
     out = np.empty(iters, dtype=np.int64)
+    n = len(batches)
     if backend_name == "torch":
         import torch
 
-        model, tensors = backend.model, [torch.from_numpy(inputs[n]) for n in backend.input_names]
+        model = backend.model
+        feeds = [[torch.from_numpy(x[name]) for name in backend.input_names] for x in batches]
         with torch.inference_mode():
             for i in range(iters):
+                tensors = feeds[i % n]
                 t = clock(); model(*tensors); out[i] = clock() - t
     elif backend_name == "ort-cpu":
         session, names = backend.session, backend.output_names
         for i in range(iters):
+            inputs = batches[i % n]
             t = clock(); session.run(names, inputs); out[i] = clock() - t
     elif backend_name == "tf":
         import tensorflow as tf
 
         fn = backend.lowered.function
-        tensors = [tf.identity(tf.constant(inputs[n])) for n in backend.input_names]
+        feeds = [[tf.identity(tf.constant(x[name])) for name in backend.input_names] for x in batches]
         for i in range(iters):
+            tensors = feeds[i % n]
             t = clock(); fn(*tensors); out[i] = clock() - t
     return out
 
@@ -60,10 +69,11 @@ def main() -> None:
 
     model = models.get(args.model, scale=args.scale)
     exported = export(args.model, args.scale, out="exports")
-    inputs = model.make_inputs(args.batch)
+    cache = hostinfo.last_level_cache_bytes() or FALLBACK_CACHE_BYTES
+    pool = PoolSpec(0, "uniform", 1.05, "fresh", cache).make(model, args.batch)
     timing = TimingOptions(warmup_iters=200, warmup_seconds=0.0, min_iters=args.iters, min_seconds=0.0)
-    print(f"{args.model} ({args.scale}), batch {args.batch}, {args.threads} thread(s), "
-          f"{args.rounds} alternating rounds of {args.iters} iterations")
+    print(f"{args.model} ({args.scale}), batch {args.batch}, input pool of {len(pool)} batches, "
+          f"{args.threads} thread(s), {args.rounds} alternating rounds of {args.iters} iterations")
     print("| backend | rechar median µs | bare loop median µs | ratio |")
     print("|---|---|---|---|")
     for name in args.backend or ["torch", "ort-cpu", "tf"]:
@@ -73,12 +83,12 @@ def main() -> None:
             continue
         backend = backend_class(name)(BackendOptions(threads=args.threads))
         backend.load(model, exported)
-        call = backend.prepare(inputs)
-        bare_loop(name, backend, inputs, 200)  # warm the bare path too
+        call = backend.prepare(pool.batches)
+        bare_loop(name, backend, pool.batches, 200)  # warm the bare path too
         ours, bare = [], []
         for _ in range(args.rounds):
             ours.append(float(np.median(time_call(call, timing))) / 1e3)
-            bare.append(float(np.median(bare_loop(name, backend, inputs, args.iters))) / 1e3)
+            bare.append(float(np.median(bare_loop(name, backend, pool.batches, args.iters))) / 1e3)
         o, b = statistics.median(ours), statistics.median(bare)
         print(f"| {name} | {o:.2f} | {b:.2f} | {o / b:.3f} |", flush=True)
         backend.close()

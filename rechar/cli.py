@@ -170,6 +170,9 @@ class ProgressBar:
               help="Distribution of sparse ids.")
 @click.option("--zipf-alpha", type=click.FloatRange(min=0, min_open=True), default=1.05, show_default=True,
               help="Zipf exponent with --ids zipf.")
+@click.option("--inputs", type=click.Choice(["fresh", "replay"]), default="fresh", show_default=True,
+              help="fresh: each call runs the next batch of a pool sized to overflow the last-level cache; "
+                   "replay: every call runs one batch (the cache-warm best case).")
 @click.option("--warmup-iters", type=click.IntRange(min=0), default=10, show_default=True)
 @click.option("--warmup-seconds", type=click.FloatRange(min=0), default=0.2, show_default=True)
 @click.option("--min-iters", type=click.IntRange(min=1), default=50, show_default=True,
@@ -194,7 +197,7 @@ class ProgressBar:
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
               help="Continue an interrupted run folder with its own options, skipping finished points.")
 def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_path, threads, out, exports_dir,
-            seed, ids, zipf_alpha, warmup_iters, warmup_seconds, min_iters, min_seconds, timeout, xla, malloc, quiet,
+            seed, ids, zipf_alpha, inputs, warmup_iters, warmup_seconds, min_iters, min_seconds, timeout, xla, malloc, quiet,
             profile, profile_iters, count, counter_seconds, write_html, resume_dir) -> None:
     """Time models x backends x batch sizes; every point checked against eager PyTorch first."""
     echo = (lambda msg: None) if quiet else click.echo
@@ -207,7 +210,7 @@ def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_p
     chosen = select_models(model_names, all_models)
     options = RunOptions(
         models=chosen, backends=_split_names(backend_names), batch_sizes=batch_sizes, scale=scale,
-        overrides=load_overrides(config_path, chosen), seed=seed, ids=ids, zipf_alpha=zipf_alpha,
+        overrides=load_overrides(config_path, chosen), seed=seed, ids=ids, zipf_alpha=zipf_alpha, inputs=inputs,
         jit_compile=xla, malloc=malloc, exports_dir=exports_dir, timeout=timeout, profile_iters=profile_iters if profile else 0,
         counter_seconds=counter_seconds if count else 0.0,
         timing=TimingOptions(warmup_iters=warmup_iters, warmup_seconds=warmup_seconds, min_iters=min_iters,

@@ -27,6 +27,36 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def last_level_cache_bytes() -> int | None:
+    """Size of one instance of the CPU's last-level data (or unified) cache, from sysfs."""
+    caches = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            if (index / "type").read_text().strip() == "Instruction":
+                continue
+            level = int((index / "level").read_text())
+            caches.append((level, _parse_size((index / "size").read_text().strip())))
+        except (OSError, ValueError):
+            continue
+    return max(caches)[1] if caches else None
+
+
+def gpu_l2_cache_bytes() -> int | None:
+    """L2 cache of the first CUDA device, from PyTorch (which opens a CUDA context: only for
+    processes that use the GPU anyway)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(0).L2_cache_size
+
+
+def _parse_size(text: str) -> int:
+    """sysfs cache sizes: '32768K', '2M', or bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(text[:-1]) * units[text[-1]] if text and text[-1] in units else int(text)
+
+
 def gpus() -> list[dict[str, str]]:
     """GPUs and driver from nvidia-smi, if present (no CUDA context is created)."""
     if shutil.which("nvidia-smi") is None:
@@ -74,6 +104,7 @@ def host() -> dict[str, Any]:
         "logical_cores": psutil.cpu_count(logical=True),
         "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "memory_bytes": psutil.virtual_memory().total,
+        "llc_bytes": last_level_cache_bytes(),
         "gpus": gpus(),
     }
 

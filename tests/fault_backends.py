@@ -1,12 +1,17 @@
-"""Backends that misbehave on purpose, for testing how a sweep survives them.
+"""Backends that misbehave on purpose, for testing how a sweep survives them, and one that
+records which input batch every call ran on.
 
 Loaded into worker processes through RECHAR_EXTRA_BACKENDS (see rechar.runners)."""
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import signal
 import time
+
+from rechar.runners.inputs import pool_hash
 
 from rechar.runners.ort_backend import OrtCpuBackend
 
@@ -16,10 +21,10 @@ class CrashingBackend(OrtCpuBackend):
 
     name = "crashing"
 
-    def prepare(self, inputs):
-        if next(iter(inputs.values())).shape[0] == 4:
+    def prepare(self, batches):
+        if next(iter(batches[0].values())).shape[0] == 4:
             os.kill(os.getpid(), signal.SIGSEGV)
-        return super().prepare(inputs)
+        return super().prepare(batches)
 
 
 class RaisingBackend(OrtCpuBackend):
@@ -27,10 +32,10 @@ class RaisingBackend(OrtCpuBackend):
 
     name = "raising"
 
-    def prepare(self, inputs):
-        if next(iter(inputs.values())).shape[0] == 4:
+    def prepare(self, batches):
+        if next(iter(batches[0].values())).shape[0] == 4:
             raise RuntimeError("out of memory while allocating 1 PB\nsecond line of the message")
-        return super().prepare(inputs)
+        return super().prepare(batches)
 
 
 class HangingBackend(OrtCpuBackend):
@@ -38,8 +43,33 @@ class HangingBackend(OrtCpuBackend):
 
     name = "hanging"
 
-    def prepare(self, inputs):
+    def prepare(self, batches):
         def call():
             time.sleep(3600)
+
+        return call
+
+
+class RecordingBackend(OrtCpuBackend):
+    """ONNX Runtime that appends one JSON line per inference to $RECHAR_TEST_CALLS: which
+    placement of the inputs it belongs to (a number per _bind, the timed and the profiling
+    session's alike), whether the session is the timed one, the batch size, how many batches were
+    placed, and the hash of the batch this call ran on."""
+
+    name = "recording"
+    placements = itertools.count()
+
+    def _bind(self, session, batches):
+        placement, timed_session = next(self.placements), session is self.session
+        hashes = itertools.cycle([pool_hash([b]) for b in batches])
+        inner = super()._bind(session, batches)
+        path = os.environ["RECHAR_TEST_CALLS"]
+
+        def call():
+            with open(path, "a") as f:
+                f.write(json.dumps({"placement": placement, "timed_session": timed_session,
+                                    "batch": len(next(iter(batches[0].values()))), "placed": len(batches),
+                                    "hash": next(hashes)}) + "\n")
+            return inner()
 
         return call

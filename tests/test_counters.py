@@ -189,6 +189,7 @@ def test_without_perf_the_error_is_one_line_and_nothing_is_lost(run_cli, tiny_ru
 
 @needs_perf
 def test_a_failed_counting_pass_is_recorded_and_shown(run_cli, tiny_run, tmp_path):
+    from rechar.runners.inputs import InputPool
     from rechar.runners.worker import WorkerSpec, count_point
 
     code, _, err, run_dir = tiny_run("-m", "ncf", "-b", "ort-cpu", "--batch-sizes", "4", "--quiet")
@@ -197,12 +198,13 @@ def test_a_failed_counting_pass_is_recorded_and_shown(run_cli, tiny_run, tmp_pat
     class Broken:
         device = "cpu"
 
-        def prepare(self, inputs):
+        def prepare(self, batches):
             raise RuntimeError("input placement failed")
 
     spec = WorkerSpec.read(run_dir / "specs" / "ncf__ort-cpu.json")
     spec.counter_seconds = 0.1
-    count_point(spec, Broken(), {"run_id": "run", "model": "ncf", "backend": "ort-cpu"}, 4, {})
+    count_point(spec, Broken(), {"run_id": "run", "model": "ncf", "backend": "ort-cpu"}, 4,
+                InputPool([{}], "fresh", 1, 0, 0, "0"))
     [row] = load_counters(run_dir).to_dict("records")
     assert row["status"] == "failed" and row["error"] == "RuntimeError: input placement failed"
     code, out, err = run_cli("analyze", str(run_dir))

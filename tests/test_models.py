@@ -96,6 +96,30 @@ def test_padded_history_steps_do_not_contribute(name):
     assert not np.allclose(model.predict(changed), model.predict(inputs), atol=1e-7)
 
 
+def test_din_weights_are_masked_but_not_normalised_and_dien_normalises():
+    """DIN's attention weights are the activation unit's scores (the DIN paper drops the
+    sum-to-one constraint), zero on padded steps; DIEN's are a masked softmax over time."""
+    import torch
+
+    din = models.get("din", scale="tiny")
+    x = {k: torch.from_numpy(v) for k, v in din.make_inputs(32, seed=1).items()}
+    mask = x["history_mask"]
+    with torch.inference_mode():
+        behaviours, target = din.item_emb(x["history"]), din.item_emb(x["target"])
+        w = din.attention.weights(behaviours, target, mask)
+        interest = din.attention(behaviours, target, mask)
+    assert (w[mask == 0] == 0).all() and (w[mask == 1] != 0).all()
+    assert (w.sum(1) - 1).abs().max() > 0.05 and (w.sum(1) - 1).abs().min() > 1e-4  # no sample sums to 1
+    torch.testing.assert_close(interest, (w.unsqueeze(-1) * behaviours).sum(1), atol=1e-6, rtol=1e-5)
+    dien = models.get("dien", scale="tiny")
+    x = {k: torch.from_numpy(v) for k, v in dien.make_inputs(32, seed=1).items()}
+    with torch.inference_mode():
+        states, _ = dien.interest_extractor(dien.item_emb(x["history"]))
+        a = dien.attention(states, dien.item_emb(x["target"]), x["history_mask"])
+    torch.testing.assert_close(a.sum(1), torch.ones(32), atol=1e-5, rtol=0)
+    assert (a[x["history_mask"] == 0] < 1e-6).all()
+
+
 def test_describe_matches_hand_computed_figures_for_rmc1():
     d = models.describe("dlrm-rmc1", models.resolve_config("dlrm-rmc1", "paper"))
     assert d["category"] == "embedding-dominated"

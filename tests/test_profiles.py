@@ -28,7 +28,7 @@ def profiles(tiny_exports, tmp_path_factory):
             b = backend_class(backend)(BackendOptions(threads=1))
             b.load(model, tiny_exports[name])
             trace_dir = tmp_path_factory.mktemp(f"{name}-{backend}")
-            result = b.profile(model.make_inputs(8), iterations=3, trace_dir=trace_dir)
+            result = b.profile([model.make_inputs(8)], iterations=3, trace_dir=trace_dir)
             b.close()
             point = {"run_id": "r", "model": name, "backend": backend, "device": "cpu", "batch": 8}
             classes = layer_classes(name, model.config.to_dict())
@@ -125,7 +125,7 @@ def test_cuda_profiles_are_categorised_and_attributed(tiny_exports, tmp_path, ba
         b = backend_class(backend)(BackendOptions(threads=1))
         b.load(model, tiny_exports[name])
         try:
-            result = b.profile(model.make_inputs(8), iterations=3, trace_dir=tmp_path / f"{name}-{backend}")
+            result = b.profile([model.make_inputs(8)], iterations=3, trace_dir=tmp_path / f"{name}-{backend}")
         finally:
             b.close()
         point = {"run_id": "r", "model": name, "backend": backend, "device": "cuda", "batch": 8}

@@ -40,11 +40,10 @@ def test_backend_matches_eager_pytorch(tiny_exports, backend, name):
     b.load(model, tiny_exports[name])
     try:
         for batch in (1, 16, 37):
-            feed = model.make_inputs(batch, seed=5)
-            call = b.prepare(feed)
-            got = b.outputs(call())
-            np.testing.assert_allclose(got, model.predict(feed), atol=GATE_ATOL)
-            np.testing.assert_allclose(b.outputs(call()), got)  # repeatable: the timed call is the same work
+            pool = [model.make_inputs(batch, seed=5, member=i) for i in range(3)]
+            call = b.prepare(pool)
+            for feed in pool + pool[:1]:  # each batch in turn, then back to the first
+                np.testing.assert_allclose(b.outputs(call()), model.predict(feed), atol=GATE_ATOL)
     finally:
         b.close()
 
@@ -77,7 +76,7 @@ def _sweep(tmp_path, **kw):
 def test_results_round_trip_and_schema(tmp_path):
     run_dir = _sweep(tmp_path, backends=["torch", "ort-cpu"], batch_sizes=[1, 4, 9])
     manifest = read_manifest(run_dir)
-    assert manifest["status"] == "complete" and manifest["schema_version"] == 1
+    assert manifest["status"] == "complete" and manifest["schema_version"] == 2
     assert manifest["options"]["batch_sizes"] == [1, 4, 9] and manifest["configs"]["ncf"]["mlp"] == [256, 256, 128, 64]
     assert {"cpu", "logical_cores", "memory_bytes", "gpus"} <= set(manifest["host"])
     assert {"python", "torch", "onnxruntime", "rechar"} <= set(manifest["software"])
@@ -86,6 +85,8 @@ def test_results_round_trip_and_schema(tmp_path):
     assert len(points) == 6 and (points["status"] == "ok").all()
     assert (points["p50_us"] <= points["p99_us"]).all() and (points["min_us"] <= points["p50_us"]).all()
     assert (points["iterations"] >= 5).all()
+    assert (points["inputs"] == "fresh").all() and (points["pool_batches"] >= 2).all()
+    assert (points["pool_distinct_rows"] > 0).all() and (points["cache_bytes"] > 0).all()
     # the same seed gives the same inputs in every backend
     assert points.groupby("batch")["input_hash"].nunique().eq(1).all()
     latencies = pd.read_parquet(run_dir / LATENCIES)
@@ -95,7 +96,7 @@ def test_results_round_trip_and_schema(tmp_path):
         lat = latencies[(latencies.backend == r.backend) & (latencies.batch == r.batch)]["latency_us"]
         assert np.median(lat) == pytest.approx(r.p50_us)
     for name in (POINTS, LATENCIES):
-        assert pq.read_schema(run_dir / name).metadata[b"rechar.schema_version"] == b"1"
+        assert pq.read_schema(run_dir / name).metadata[b"rechar.schema_version"] == b"2"
     assert json.loads(points.loc[0, "settings"])["threads"] == 1
 
 

@@ -255,9 +255,9 @@ def test_profile_attributes_ops_to_layers(tiny_exports, tmp_path, backend_name, 
         inputs, iterations = model.make_inputs(16), 10
         # Time first, as a run does: TF's executor stops tracing cheap ops at the default tracer
         # level after ~70 calls, which a profile straight after loading would not show.
-        p50_us = float(np.median(time_call(backend.prepare(inputs), TimingOptions(
+        p50_us = float(np.median(time_call(backend.prepare([inputs]), TimingOptions(
             warmup_iters=20, warmup_seconds=0, min_iters=100, min_seconds=0)))) / 1e3
-        result = backend.profile(inputs, iterations, tmp_path)
+        result = backend.profile([inputs], iterations, tmp_path)
     finally:
         backend.close()
     ops = result.ops
@@ -277,7 +277,7 @@ def test_torch_profile_leaves_no_hooks(tiny_exports, tmp_path):
     model = models.get("dlrm-rmc1", scale="tiny")
     backend = _backend("torch", model, tiny_exports["dlrm-rmc1"])
     try:
-        backend.profile(model.make_inputs(4), 2, tmp_path)
+        backend.profile([model.make_inputs(4)], 2, tmp_path)
         assert not any(m._forward_hooks or m._forward_pre_hooks for m in backend.model.modules())
     finally:
         backend.close()

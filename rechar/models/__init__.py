@@ -26,7 +26,7 @@ from rechar.models.wide_deep import MultiTaskWideDeep, MultiTaskWideDeepConfig, 
 
 __all__ = [
     "MODELS", "SCALES", "SCALE_HELP", "DEFAULT_SCALE", "RecModel", "ModelConfig",
-    "get", "resolve_config", "describe", "names", "load_config_file",
+    "get", "shell", "resolve_config", "describe", "names", "load_config_file",
 ]
 
 EMBEDDING, MLP, SEQUENCE = "embedding-dominated", "MLP-dominated", "attention/sequence"
@@ -84,6 +84,13 @@ def get(
     return model.eval()
 
 
+def shell(name: str, config: ModelConfig) -> RecModel:
+    """The model on PyTorch's ``meta`` device: exact shapes, config and inputs, no weights
+    allocated (cheap at any scale)."""
+    with torch.device("meta"):
+        return _entry(name).cls(name, config).eval()
+
+
 def describe(name: str, config: ModelConfig) -> dict[str, Any]:
     """Size and cost figures computed from the config, without allocating the model.
 
@@ -91,9 +98,8 @@ def describe(name: str, config: ModelConfig) -> dict[str, Any]:
     allocated, and a forward pass under ``FlopCounterMode`` counts the matmul work per sample.
     """
     entry = _entry(name)
-    cls = entry.cls
+    model = shell(name, config)
     with torch.device("meta"):
-        model = cls(name, config).eval()
         tables = model.embedding_tables()
         inputs = {k: torch.from_numpy(v).to("meta") for k, v in _example_inputs(model).items()}
         with FlopCounterMode(display=False) as counter, torch.no_grad():

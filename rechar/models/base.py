@@ -20,14 +20,17 @@ DEFAULT_ZIPF_ALPHA = 1.05
 class InputGenerator:
     """Synthetic inputs: dense features uniform in [0, 1); ids uniform over the table (as in the
     study's reference code) or Zipf-distributed, since real traffic has locality and cache
-    behaviour depends on it. Deterministic given (seed, batch)."""
+    behaviour depends on it. Deterministic given (seed, batch, member): ``member`` numbers the
+    batches of an input pool (rechar.runners.inputs), each drawn independently, so that any
+    member can be made without the others; member 0 is the batch that (seed, batch) always gave."""
 
-    def __init__(self, seed: int, batch: int, ids: str = "uniform", zipf_alpha: float = DEFAULT_ZIPF_ALPHA):
+    def __init__(self, seed: int, batch: int, ids: str = "uniform", zipf_alpha: float = DEFAULT_ZIPF_ALPHA,
+                 member: int = 0):
         if ids not in ID_DISTRIBUTIONS:
             raise UserError(f"unknown id distribution {ids!r} (choose from {', '.join(ID_DISTRIBUTIONS)})")
         if ids == "zipf" and not zipf_alpha > 0:
             raise UserError(f"Zipf exponent must be positive, got {zipf_alpha}")
-        self.rng = np.random.default_rng([seed, batch])
+        self.rng = np.random.default_rng([seed, batch] if member == 0 else [seed, batch, member])
         self.batch = batch
         self.distribution = ids
         self.zipf_alpha = zipf_alpha
@@ -82,13 +85,19 @@ class RecModel(nn.Module):
         raise NotImplementedError
 
     def make_inputs(
-        self, batch: int, seed: int = 0, ids: str = "uniform", zipf_alpha: float = DEFAULT_ZIPF_ALPHA
+        self, batch: int, seed: int = 0, ids: str = "uniform", zipf_alpha: float = DEFAULT_ZIPF_ALPHA, member: int = 0
     ) -> dict[str, np.ndarray]:
         if batch < 1:
             raise UserError(f"batch size must be a positive integer, got {batch}")
-        inputs = self.generate(InputGenerator(seed, batch, ids, zipf_alpha))
+        inputs = self.generate(InputGenerator(seed, batch, ids, zipf_alpha, member))
         assert tuple(inputs) == self.input_names, (tuple(inputs), self.input_names)
         return inputs
+
+    def lookups(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The ids each embedding table gathers for ``inputs``, keyed by the table's module path
+        (padded sequence steps included: the gather reads them). Each model says how its inputs
+        feed its tables; a test checks this against the ids the tables actually receive."""
+        raise NotImplementedError
 
     def fixed_dims(self) -> dict[str, int]:
         """Dimensions other than batch that the exported graph fixes (e.g. a sequence length)."""

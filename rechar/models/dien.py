@@ -65,5 +65,6 @@ class DIEN(RecModel):
         z = torch.cat([interest, self.profile_emb(profile), target_emb, self.context_emb(context)], dim=1)
         return torch.softmax(self.top_mlp(z), dim=1)
 
+    lookups = DIN.lookups
     generate = DIN.generate
     fixed_dims = DIN.fixed_dims

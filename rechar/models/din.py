@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 from torch import nn
 
 from rechar.models.base import InputGenerator, RecModel
 from rechar.models.config import ModelConfig, rows, seq
-from rechar.models.layers import EmbeddingTable, masked_softmax, mlp
+from rechar.models.layers import EmbeddingTable, mlp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,16 +28,22 @@ class DINConfig(ModelConfig):
 
 class ActivationUnit(nn.Module):
     """DIN's attention: an MLP over concat(h, t, h - t, h * t) scores each behaviour h against the
-    target t; scores are masked (padded steps get weight 0) and normalised by softmax."""
+    target t; the scores are the weights, masked (padded steps get weight 0) but not normalised:
+    the DIN paper drops the sum-to-one constraint on purpose, to keep the intensity of a user's
+    interests, and the study's DIN sums the weighted behaviours without normalising."""
 
     def __init__(self, dim: int, sizes: tuple[int, ...]):
         super().__init__()
         self.mlp = mlp(4 * dim, sizes, last_activation=False)
 
-    def forward(self, behaviours: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def weights(self, behaviours: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, S, D], [B, D], [B, S] -> the weight of each behaviour, [B, S]."""
         t = target.unsqueeze(1).expand_as(behaviours)
         scores = self.mlp(torch.cat([behaviours, t, behaviours - t, behaviours * t], dim=-1)).squeeze(-1)
-        weights = masked_softmax(scores, mask)  # [B, S]
+        return scores * mask
+
+    def forward(self, behaviours: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = self.weights(behaviours, target, mask)
         return torch.bmm(weights.unsqueeze(1), behaviours).squeeze(1)  # [B, D]
 
 
@@ -58,6 +65,10 @@ class DIN(RecModel):
         interest = self.attention(self.item_emb(history), target_emb, history_mask)
         z = torch.cat([self.profile_emb(profile), interest, target_emb, self.context_emb(context)], dim=1)
         return torch.softmax(self.top_mlp(z), dim=1)
+
+    def lookups(self, inputs):
+        return {"item_emb": np.concatenate([inputs["history"], inputs["target"][:, None]], axis=1),
+                "profile_emb": inputs["profile"], "context_emb": inputs["context"]}
 
     def generate(self, gen: InputGenerator):
         c = self.config

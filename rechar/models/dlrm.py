@@ -77,6 +77,9 @@ class DLRM(RecModel):
         z = self.interaction(self.bot_mlp(dense), self.emb(sparse))
         return torch.sigmoid(self.top_mlp(z))
 
+    def lookups(self, inputs):
+        return {f"emb.tables.{t}": inputs["sparse"][:, t, :] for t in range(len(self.config.table_rows))}
+
     def generate(self, gen: InputGenerator):
         c = self.config
         sparse = [gen.ids(r, c.lookups) for r in c.table_rows]

@@ -42,6 +42,10 @@ class NCF(RecModel):
         tower = self.mlp(torch.cat([self.mlp_user(user), self.mlp_item(item)], dim=1))
         return torch.sigmoid(self.predict_layer(torch.cat([gmf, tower], dim=1)))
 
+    def lookups(self, inputs):
+        return {"gmf_user": inputs["user"], "mlp_user": inputs["user"],
+                "gmf_item": inputs["item"], "mlp_item": inputs["item"]}
+
     def generate(self, gen: InputGenerator):
         c = self.config
         # One user id and one item id index both branches' tables, so ids must fit the smaller.

@@ -36,6 +36,12 @@ class WideDeep(RecModel):
         deep = self.deep(torch.cat([dense, *self.emb(sparse)], dim=1))
         return torch.sigmoid(deep + self.wide(dense, sparse))
 
+    def lookups(self, inputs):
+        # Each sparse id indexes its deep table and its wide (1-wide) table.
+        sparse = inputs["sparse"]
+        return {f"{part}.tables.{t}": sparse[:, t]
+                for part in ("emb", "wide.sparse") for t in range(len(self.config.table_rows))}
+
     def generate(self, gen: InputGenerator):
         c = self.config
         sparse = np.stack([gen.ids(r) for r in c.table_rows], axis=1)
@@ -71,4 +77,5 @@ class MultiTaskWideDeep(RecModel):
         deep = torch.cat([tower(shared) for tower in self.task_towers], dim=1)  # [B, tasks]
         return torch.sigmoid(deep + self.wide(dense, sparse))
 
+    lookups = WideDeep.lookups
     generate = WideDeep.generate

@@ -218,7 +218,10 @@ class _Report:
     def latency(self) -> str:
         out = ['<p>Per model: p50 (solid) and p99 (dashed) latency and throughput vs batch size, log axes, one '
                "line per backend (and machine). Hover a point for its values; click a legend entry to hide "
-               "its line. Points that were not timed are left out of the charts.</p>"]
+               "its line. Points that were not timed are left out of the charts. Inputs: <i>fresh</i> points "
+               "ran each call on the next batch of a pool sized to overflow the last-level cache (the pool "
+               "column: its batches); <i>replay</i> points ran every call on one batch, which keeps its "
+               "embedding rows in cache (the best case).</p>"]
         for model in self.models:
             pts = self.points[self.points["model"] == model].sort_values(["series", "batch"])
             ok = pts[pts["status"] == "ok"]
@@ -227,6 +230,7 @@ class _Report:
             out.append(f'<div class="model-block"><h3>{text(model)}</h3>{chart}</div>' + table(pts, [
                 ("series", "series", self._series_cell), ("batch", "batch", None), ("status", "status", None),
                 ("p50 ms", "p50_us", ms), ("p99 ms", "p99_us", ms), ("samples/s", "throughput_sps", num(",.0f")),
+                ("inputs", "inputs", None), ("pool", "pool_batches", num(",.0f")),
             ]))
         return "".join(out)
 

@@ -59,6 +59,12 @@ def _log_ticks(values: pd.Series) -> list[float]:
     return inside if len(inside) >= 2 else [t for t in ticks if low / 10 <= t <= high * 10]
 
 
+def _inputs_label(mode, pool_batches) -> str:
+    if mode == "fresh":
+        return f"fresh, a pool of {int(pool_batches)} batches"
+    return "one batch, replayed" if mode == "replay" else "unknown"
+
+
 def latency_chart(points: pd.DataFrame, style: dict[str, tuple[str, str]], model: str):
     """Latency (p50 solid, p99 dashed) and throughput vs batch size of one model, one line per
     series; ``points`` has the model's ok points with a ``series`` column, ``style`` maps a series
@@ -68,7 +74,7 @@ def latency_chart(points: pd.DataFrame, style: dict[str, tuple[str, str]], model
     lat = _log_figure(f"{model}: latency (p50 solid, p99 dashed)", "latency (ms)", batches, latencies)
     tput = _log_figure(f"{model}: throughput", "samples/s", batches, points["throughput_sps"])
     hover = [("series", "@label"), ("batch", "@batch"), ("p50", "@p50_ms{0.000} ms"), ("p99", "@p99_ms{0.000} ms"),
-             ("throughput", "@sps{0,0} samples/s")]
+             ("throughput", "@sps{0,0} samples/s"), ("inputs", "@inputs")]
     lat_items, tput_items = [], []
     for series in [s for s in style if s in set(points["series"])]:
         color, marker = style[series]
@@ -77,6 +83,7 @@ def latency_chart(points: pd.DataFrame, style: dict[str, tuple[str, str]], model
             "label": [series] * len(group), "batch": group["batch"].astype(int).tolist(),
             "p50_ms": (group["p50_us"] / 1e3).tolist(), "p99_ms": (group["p99_us"] / 1e3).tolist(),
             "sps": group["throughput_sps"].tolist(),
+            "inputs": [_inputs_label(mode, n) for mode, n in zip(group["inputs"], group["pool_batches"])],
         })
         lat_renderers = [
             lat.line("batch", "p50_ms", source=source, color=color, line_width=2),

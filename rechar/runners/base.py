@@ -1,8 +1,9 @@
 """The one interface every backend implements.
 
-A backend loads an exported model (or, for PyTorch, the model itself), places one batch of
-inputs on its device, and hands back a zero-argument callable that runs one inference: that call
-is the only thing inside the timed region. Adding a backend is one new module with a subclass
+A backend loads an exported model (or, for PyTorch, the model itself), places a pool of input
+batches on its device (rechar.runners.inputs), and hands back a zero-argument callable that runs
+one inference on the next batch of the pool, cycling: that call is the only thing inside the
+timed region. Adding a backend is one new module with a subclass
 and one line in ``rechar.runners.BACKENDS``.
 """
 
@@ -11,11 +12,12 @@ from __future__ import annotations
 import abc
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import pandas as pd
 
+from rechar import hostinfo
 from rechar.exporters import ExportResult
 from rechar.models import RecModel
 
@@ -58,18 +60,26 @@ class Backend(abc.ABC):
         """Load the model (None unless ``uses_torch_model``); ``export`` is the verified ONNX
         export of the same weights."""
 
+    @classmethod
+    def cache_bytes(cls) -> int | None:
+        """The last-level cache that embedding rows compete for on this backend's device (the
+        input pool is sized against it); None where the machine does not say."""
+        return hostinfo.last_level_cache_bytes()
+
     @abc.abstractmethod
-    def prepare(self, inputs: dict[str, np.ndarray]) -> Callable[[], Any]:
-        """Place ``inputs`` on the device; return a call that runs one inference (and waits for
-        the device to finish, so that timing it is honest)."""
+    def prepare(self, batches: Sequence[dict[str, np.ndarray]]) -> Callable[[], Any]:
+        """Place every batch on the device; return a call that runs one inference on the next
+        batch, in order and cycling back to the first (and waits for the device to finish, so
+        that timing it is honest). Only the step to the next batch may join the framework call
+        in the timed region: no conversion, no copy."""
 
     @abc.abstractmethod
     def outputs(self, result: Any) -> np.ndarray:
         """The first model output of a call's ``result`` as a numpy array (not timed)."""
 
-    def profile(self, inputs: dict[str, np.ndarray], iterations: int, trace_dir: Path) -> ProfileResult:
-        """Run ``iterations`` inferences under the framework's own profiler (a pass separate from
-        timing: profilers slow runs 2-10x); keep the raw trace in ``trace_dir`` and return it
+    def profile(self, batches: Sequence[dict[str, np.ndarray]], iterations: int, trace_dir: Path) -> ProfileResult:
+        """Run ``iterations`` inferences, cycling through ``batches`` as the timed call does, under
+        the framework's own profiler (a pass separate from timing: profilers slow runs 2-10x); keep the raw trace in ``trace_dir`` and return it
         parsed into one row per operator with the model layer (module path) it ran in."""
         raise NotImplementedError(f"backend {self.name} has no profiler support")
 

@@ -31,7 +31,8 @@ import pyarrow.parquet as pq
 from rechar.errors import UserError
 from rechar.jsonfile import read_manifest_file
 
-SCHEMA_VERSION = 1
+#: 2: input pools (inputs, pool_batches, pool_gathered_bytes, pool_distinct_rows, cache_bytes)
+SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 POINTS_LOG = "points.jsonl"
 PROFILES_LOG = "profiles.jsonl"
@@ -46,13 +47,15 @@ POINT_COLUMNS = [
     "run_id", "model", "scale", "backend", "framework", "device", "batch", "status", "error",
     "max_abs_error", "iterations", "p50_us", "p90_us", "p99_us", "mean_us", "std_us", "min_us", "max_us",
     "throughput_sps", "timed_seconds", "load_seconds", "peak_rss_bytes", "peak_device_bytes",
+    "inputs", "pool_batches", "pool_gathered_bytes", "pool_distinct_rows", "cache_bytes",
     "input_hash", "settings", "started", "finished",
 ]
 #: Numeric columns: float64 even when no point of a run was timed (all null), so that readers
 #: can do arithmetic on them without checking.
 NUMERIC_COLUMNS = [
     "max_abs_error", "iterations", "p50_us", "p90_us", "p99_us", "mean_us", "std_us", "min_us", "max_us",
-    "throughput_sps", "timed_seconds", "load_seconds", "peak_rss_bytes", "peak_device_bytes", "started", "finished",
+    "throughput_sps", "timed_seconds", "load_seconds", "peak_rss_bytes", "peak_device_bytes",
+    "pool_batches", "pool_gathered_bytes", "pool_distinct_rows", "cache_bytes", "started", "finished",
 ]
 #: status values: ok (timed), invalid (outputs outside tolerance: not timed), failed (an error or
 #: a crashed worker), timeout (the worker was killed after --timeout seconds).
@@ -173,6 +176,10 @@ def write_tables(run_dir: Path) -> pd.DataFrame:
 
 
 def _typed(points: pd.DataFrame) -> pd.DataFrame:
+    points = points.reindex(columns=[*POINT_COLUMNS, *points.columns.difference(POINT_COLUMNS)])
+    # Schema 1 timed every point on one replayed batch.
+    replayed = points["inputs"].isna() & (points["status"] == "ok")
+    points.loc[replayed, ["inputs", "pool_batches"]] = ["replay", 1]
     points[NUMERIC_COLUMNS] = points[NUMERIC_COLUMNS].apply(pd.to_numeric, errors="coerce").astype("float64")
     return points
 
@@ -196,7 +203,7 @@ def load_points(run_dir: Path) -> pd.DataFrame:
         version = int(pq.read_schema(path).metadata.get(b"rechar.schema_version", b"0"))
         if version > SCHEMA_VERSION:
             raise UserError(f"{path} was written by a newer rechar (schema {version}); upgrade rechar")
-        df = _typed(pd.read_parquet(path))  # runs written before the types were fixed
+        df = _typed(pd.read_parquet(path))  # runs written before the types were fixed, or by schema 1
     df["host"] = manifest.get("host", {}).get("hostname")
     return df
 
@@ -213,6 +220,7 @@ def summary(points: pd.DataFrame) -> str:
     view = pd.DataFrame({
         "model": points["model"], "backend": points["backend"], "device": points["device"],
         "batch": points["batch"], "status": points["status"],
+        "pool": points["pool_batches"].map(lambda v: "" if pd.isna(v) else f"{int(v)}"),
         "p50 ms": (points["p50_us"] / 1e3).round(3), "p99 ms": (points["p99_us"] / 1e3).round(3),
         "samples/s": points["throughput_sps"].round(0),
         "max err": points["max_abs_error"].map(lambda v: "" if pd.isna(v) else f"{v:.1e}"),

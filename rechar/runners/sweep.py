@@ -26,6 +26,7 @@ from rechar.errors import UserError
 from rechar.jsonfile import write_json_atomic
 from rechar.exporters import ExportOptions, export
 from rechar.runners import allocator, backend_class, counters, select_backends
+from rechar.runners.inputs import INPUT_MODES, PoolRule
 from rechar.runners.measure import TimingOptions
 from rechar.runners.results import (
     MANIFEST, PASS_LOGS, POINTS_LOG, SCHEMA_VERSION, PointLogTail, append_point, point_key, read_log, read_manifest, read_point_log, repair_point_log,
@@ -52,6 +53,9 @@ class RunOptions:
     zipf_alpha: float = 1.05
     jit_compile: bool = False
     malloc: str = "default"  # the workers' memory allocator: default (glibc), jemalloc, tcmalloc
+    inputs: str = "fresh"  # fresh: every call on the next batch of a pool; replay: one batch (rechar.runners.inputs)
+    pool_rule: PoolRule = PoolRule()
+    cache_bytes: int | None = None  # size input pools against this cache (default: each backend's device)
     timing: TimingOptions = TimingOptions()
     exports_dir: str = "exports"
     timeout: float = 600.0  # seconds a point may take (the first also covers the worker's start and load)
@@ -66,6 +70,8 @@ class RunOptions:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["timing"] = TimingOptions(**values.get("timing", {}))
+        values["pool_rule"] = PoolRule(**values.get("pool_rule", {}))
+        values.setdefault("inputs", "replay")  # runs from before input pools replayed one batch
         return cls(**values)
 
     def validate(self) -> None:
@@ -73,6 +79,10 @@ class RunOptions:
             resolve_config(name, self.scale, self.overrides.get(name))
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             raise UserError(f"batch sizes must be positive integers, got {self.batch_sizes}")
+        if self.inputs not in INPUT_MODES:
+            raise UserError(f"unknown inputs mode {self.inputs!r} (choose from {', '.join(INPUT_MODES)})")
+        if self.cache_bytes is not None and self.cache_bytes < 1:
+            raise UserError(f"cache size must be positive, got {self.cache_bytes}")
         if self.threads < 1:
             raise UserError(f"threads must be at least 1, got {self.threads}")
         if self.timeout <= 0:
@@ -240,6 +250,7 @@ def _run_worker(run_dir: Path, run_id: str, name: str, backend: str, batches: li
         "seed": options.seed, "ids": options.ids, "zipf_alpha": options.zipf_alpha,
         "export_dir": str(export_dir.resolve()), "backend": backend, "batches": batches,
         "threads": options.threads, "jit_compile": options.jit_compile, "malloc": options.malloc,
+        "inputs": options.inputs, "pool_rule": dataclasses.asdict(options.pool_rule), "cache_bytes": options.cache_bytes,
         "timing": dataclasses.asdict(options.timing), "atol": options.atol, "rtol": options.rtol,
         "run_dir": str(run_dir.resolve()), "profile_iters": options.profile_iters,
         "counter_seconds": options.counter_seconds, "mode": mode,

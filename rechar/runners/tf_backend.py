@@ -1,17 +1,18 @@
 """TensorFlow executing the exported ONNX graph through rechar's own lowering (onnx_to_tf).
 
 Best practice: one compiled ``tf.function`` with an open batch dimension (optionally XLA,
-``jit_compile``), weights as variables, inputs placed on the device before timing, intra-op
-threads set before TensorFlow starts. TensorFlow runs on the GPU when it sees one.
+``jit_compile``), weights as variables, inputs placed on the device before timing (every batch of
+the pool as tensors, cycled), intra-op threads set before TensorFlow starts. TensorFlow runs on the GPU when it sees one.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
@@ -49,20 +50,21 @@ class TFBackend(Backend):
         self.lowered = lower(onnx.load(str(export.onnx_path)), jit_compile=self.options.jit_compile)
         self.input_names = self.lowered.input_names
 
-    def prepare(self, inputs: dict[str, np.ndarray]) -> Callable[[], Any]:
+    def prepare(self, batches: Sequence[dict[str, np.ndarray]]) -> Callable[[], Any]:
         tf = self.tf
         with tf.device("/GPU:0" if self.device == "gpu" else "/CPU:0"):
-            tensors = [tf.identity(tf.constant(inputs[n])) for n in self.input_names]
+            feeds = itertools.cycle([tuple(tf.identity(tf.constant(inputs[n])) for n in self.input_names)
+                                     for inputs in batches])
         fn = self.lowered.function
         if self.device == "gpu":
             # Kernels are asynchronous; reading one output element waits for the GPU.
             def call():
-                out = fn(*tensors)
+                out = fn(*next(feeds))
                 out[0][:1].numpy()
                 return out
 
             return call
-        return lambda: fn(*tensors)
+        return lambda: fn(*next(feeds))
 
     def outputs(self, result: Any) -> np.ndarray:
         return result[0].numpy()
@@ -74,8 +76,8 @@ class TFBackend(Backend):
                 "inter_op_threads": threading.get_inter_op_parallelism_threads(),
                 "jit_compile": self.options.jit_compile, "lowering": "rechar.onnx_to_tf"}
 
-    def profile(self, inputs: dict[str, np.ndarray], iterations: int, trace_dir: Path) -> ProfileResult:
-        call = self.prepare(inputs)
+    def profile(self, batches: Sequence[dict[str, np.ndarray]], iterations: int, trace_dir: Path) -> ProfileResult:
+        call = self.prepare(batches)
         for _ in range(PROFILE_WARMUP):
             call()
         profiler = self.tf.profiler.experimental

@@ -1,19 +1,22 @@
 """Eager PyTorch, on the CPU (``torch``) or a CUDA device (``torch-cuda``).
 
 Best practice for inference: ``inference_mode``, the fused ``embedding_bag`` kernel (the model's
-eager form), inputs already on the device, and for CUDA a synchronisation inside the timed call.
+eager form), inputs already on the device (every batch of the pool as tensors made before timing,
+cycled by ``itertools.cycle``), and for CUDA a synchronisation inside the timed call.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
 from torch.profiler import ProfilerActivity
 
+from rechar import hostinfo
 from rechar.analysis.traces import PROFILE_WARMUP, TORCH_MODULE_PREFIX, torch_ops
 from rechar.exporters import ExportResult
 from rechar.models import RecModel
@@ -35,10 +38,14 @@ class TorchBackend(Backend):
         self._mode = torch.inference_mode()
         self._mode.__enter__()
 
-    def prepare(self, inputs: dict[str, np.ndarray]) -> Callable[[], Any]:
-        tensors = [torch.from_numpy(inputs[n]).to(self.device) for n in self.input_names]
-        model = self.model
-        return lambda: model(*tensors)
+    def prepare(self, batches: Sequence[dict[str, np.ndarray]]) -> Callable[[], Any]:
+        feeds, model = self._feeds(batches), self.model
+        return lambda: model(*next(feeds))
+
+    def _feeds(self, batches: Sequence[dict[str, np.ndarray]]):
+        """The batches as tensors on the device, one tuple per batch, cycled."""
+        return itertools.cycle([tuple(torch.from_numpy(inputs[n]).to(self.device) for n in self.input_names)
+                                for inputs in batches])
 
     def outputs(self, result: Any) -> np.ndarray:
         return result.cpu().numpy()
@@ -46,8 +53,8 @@ class TorchBackend(Backend):
     def settings(self) -> dict[str, Any]:
         return {"threads": torch.get_num_threads(), "inference_mode": True, "embedding": "embedding_bag"}
 
-    def profile(self, inputs: dict[str, np.ndarray], iterations: int, trace_dir: Path) -> ProfileResult:
-        call = self.prepare(inputs)
+    def profile(self, batches: Sequence[dict[str, np.ndarray]], iterations: int, trace_dir: Path) -> ProfileResult:
+        call = self.prepare(batches)
         handles = _label_modules(self.model)  # only for this pass: the labels cost as much as a small model
         try:
             for _ in range(PROFILE_WARMUP):
@@ -98,16 +105,19 @@ class TorchCudaBackend(TorchBackend):
             return f"no CUDA device visible to PyTorch {torch.__version__}"
         return None
 
+    @classmethod
+    def cache_bytes(cls) -> int | None:
+        return hostinfo.gpu_l2_cache_bytes()
+
     def load(self, model: RecModel, export: ExportResult) -> None:
         super().load(model, export)
         torch.cuda.reset_peak_memory_stats()
 
-    def prepare(self, inputs: dict[str, np.ndarray]) -> Callable[[], Any]:
-        tensors = [torch.from_numpy(inputs[n]).to(self.device) for n in self.input_names]
-        model, sync = self.model, torch.cuda.synchronize
+    def prepare(self, batches: Sequence[dict[str, np.ndarray]]) -> Callable[[], Any]:
+        feeds, model, sync = self._feeds(batches), self.model, torch.cuda.synchronize
 
         def call():
-            out = model(*tensors)
+            out = model(*next(feeds))
             sync()  # kernels are asynchronous: the call ends when the GPU is done
             return out
 

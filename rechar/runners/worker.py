@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import hashlib
 import json
 import os
 import resource
@@ -28,6 +27,7 @@ from rechar.exporters import ExportResult, load_manifest
 from rechar.exporters.graph import check_external_data, check_inputs_match
 from rechar.runners import BackendOptions, allocator, backend_class
 from rechar.runners.counters import count_call
+from rechar.runners.inputs import FALLBACK_CACHE_BYTES, InputPool, PoolRule, PoolSpec
 from rechar.runners.lifetime import die_with_parent
 from rechar.runners.measure import TimingOptions, summarize, time_call
 from rechar.runners.results import COUNTERS_LOG, PROFILES_LOG, append_point
@@ -56,19 +56,13 @@ class WorkerSpec:
     counter_seconds: float = 0.0  # >0: a pass of at least this many seconds counting CPU events (perf)
     mode: str = "run"  # "run": time (then profile, count); "profile" / "counters": only that pass
     malloc: str = "default"  # the allocator the sweep preloaded (checked before anything runs)
+    inputs: str = "fresh"  # fresh: cycle an input pool; replay: one batch (rechar.runners.inputs)
+    pool_rule: dict[str, Any] = dataclasses.field(default_factory=dict)  # PoolRule fields
+    cache_bytes: int | None = None  # size pools against this cache instead of the device's
 
     @classmethod
     def read(cls, path: str | Path) -> "WorkerSpec":
         return cls(**json.loads(Path(path).read_text()))
-
-
-def input_hash(inputs: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for name, array in inputs.items():
-        h.update(name.encode())
-        h.update(str(array.dtype).encode() + str(array.shape).encode())
-        h.update(np.ascontiguousarray(array).tobytes())
-    return h.hexdigest()[:16]
 
 
 def peak_rss_bytes() -> int:
@@ -94,13 +88,18 @@ def run(spec: WorkerSpec) -> None:
     if manifest["fixed_dims"] != model.fixed_dims():
         raise ValueError(f"export fixes {manifest['fixed_dims']} but the model has {model.fixed_dims()}; re-export")
 
-    # Inputs and eager-PyTorch reference outputs for every batch, before the backend loads.
-    inputs = {b: model.make_inputs(b, seed=spec.seed, ids=spec.ids, zipf_alpha=spec.zipf_alpha) for b in spec.batches}
-    check_external_data(export.onnx_path)
-    check_inputs_match(export.onnx_path, inputs[spec.batches[0]])
-    expected = {b: model.predict(x) for b, x in inputs.items()} if spec.mode == "run" else {}
-
     cls = backend_class(spec.backend)
+    # Input pools are made per point from a weightless copy of the model (its config and table
+    # shapes); the gate's eager-PyTorch reference outputs for the first and last batch of every
+    # pool are computed now, while the weights are loaded.
+    shell = models.shell(spec.model, config)
+    pools = PoolSpec(spec.seed, spec.ids, spec.zipf_alpha, spec.inputs,
+                     spec.cache_bytes or cls.cache_bytes() or FALLBACK_CACHE_BYTES, PoolRule(**spec.pool_rule))
+    check_external_data(export.onnx_path)
+    check_inputs_match(export.onnx_path, pools.member(shell, spec.batches[0], 0))
+    expected = ({b: [model.predict(x) for x in pools.ends(shell, b)] for b in spec.batches}
+                if spec.mode == "run" else {})
+
     backend = cls(BackendOptions(threads=spec.threads, jit_compile=spec.jit_compile))
     if not cls.uses_torch_model:
         model = None  # the framework holds its own copy of the weights: free PyTorch's
@@ -123,31 +122,36 @@ def run(spec: WorkerSpec) -> None:
 
     ok = False
     for batch in spec.batches:
+        pool = pools.make(shell, batch)
         if spec.mode == "run":
-            ok = time_point(spec, backend, base, batch, inputs[batch], expected[batch], timing, load_seconds, settings)
+            ok = time_point(spec, backend, base, batch, pool, expected[batch], timing, load_seconds, settings)
         if spec.profile_iters and (spec.mode == "profile" or (spec.mode == "run" and ok)):
-            profile_point(spec, backend, base, batch, inputs[batch])
+            profile_point(spec, backend, base, batch, pool)
         if spec.counter_seconds and (spec.mode == "counters" or (spec.mode == "run" and ok)):
-            count_point(spec, backend, base, batch, inputs[batch])
+            count_point(spec, backend, base, batch, pool)
+        del pool
     backend.close()
 
 
-def time_point(spec, backend, base, batch, inputs, expected, timing, load_seconds, settings) -> bool:
+def time_point(spec, backend, base, batch, pool: InputPool, expected, timing, load_seconds, settings) -> bool:
     """Gate, then time one point; append its record. True if it was timed."""
-    record = {**base, "device": backend.device, "batch": batch, "input_hash": input_hash(inputs),
+    record = {**base, "device": backend.device, "batch": batch, **pool.record(),
               "load_seconds": load_seconds, "settings": settings, "started": time.time()}
     try:
-        call = backend.prepare(inputs)
-        got = backend.outputs(call())
-        ok, err = _compare(got, expected, spec.atol, spec.rtol)
+        # The gate: the pool's first and last batch, called in turn as the timed call cycles.
+        gate = backend.prepare([pool.first, pool.last] if len(pool) > 1 else [pool.first])
+        checks = [_compare(backend.outputs(gate()), want, spec.atol, spec.rtol) for want in expected]
+        del gate
+        ok, err = all(c[0] for c in checks), max(c[1] for c in checks)
         record["max_abs_error"] = err
         if not ok:
             record.update(status="invalid", error=f"outputs differ from eager PyTorch by {err:.3g} "
                                                   f"(atol {spec.atol}, rtol {spec.rtol})")
         else:
+            call = backend.prepare(pool.batches)
             latencies = time_call(call, timing)
             record.update(status="ok", **summarize(latencies, batch), latencies_ns=latencies.tolist())
-        del call
+            del call
     except Exception as e:
         record.update(status="failed", error=_one_line(e))
     record.update(finished=time.time(), peak_rss_bytes=peak_rss_bytes(),
@@ -156,13 +160,14 @@ def time_point(spec, backend, base, batch, inputs, expected, timing, load_second
     return record["status"] == "ok"
 
 
-def profile_point(spec, backend, base, batch, inputs) -> None:
+def profile_point(spec, backend, base, batch, pool: InputPool) -> None:
     """The profiling pass of one point: raw per-op totals to profiles.jsonl, trace kept."""
     trace_dir = Path(spec.run_dir) / "traces" / f"{spec.model}__{spec.backend}__b{batch}"
     trace_dir.mkdir(parents=True, exist_ok=True)
-    record = {**base, "device": backend.device, "batch": batch, "iterations": spec.profile_iters}
+    record = {**base, "device": backend.device, "batch": batch, "iterations": spec.profile_iters,
+              "input_hash": pool.hash}
     try:
-        result = backend.profile(inputs, spec.profile_iters, trace_dir)
+        result = backend.profile(pool.batches, spec.profile_iters, trace_dir)
         record.update(status="ok", trace=str(result.trace_path.relative_to(spec.run_dir)),
                       iterations=result.iterations, ops=result.ops.to_dict("records"))
     except Exception as e:
@@ -170,11 +175,11 @@ def profile_point(spec, backend, base, batch, inputs) -> None:
     append_point(spec.run_dir, record, log=PROFILES_LOG)
 
 
-def count_point(spec, backend, base, batch, inputs) -> None:
+def count_point(spec, backend, base, batch, pool: InputPool) -> None:
     """The counting pass of one point: CPU event totals (perf stat) to counters.jsonl."""
-    record = {**base, "device": backend.device, "batch": batch}
+    record = {**base, "device": backend.device, "batch": batch, "input_hash": pool.hash}
     try:
-        call = backend.prepare(inputs)
+        call = backend.prepare(pool.batches)
         for _ in range(3):  # this placement of the inputs, warm (the framework was warmed by timing)
             call()
         record.update(status="ok", **count_call(call, spec.counter_seconds))
