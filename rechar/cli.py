@@ -16,7 +16,7 @@ from rechar.analysis import analyze, format_tables
 from rechar.analysis.counters import load_counters
 from rechar.analysis.ops import OPS, build_ops_table
 from rechar.exporters import DEFAULT_EXPORTER, EXPORTERS, ExportCheckError, ExportOptions, export
-from rechar.runners import BACKENDS, allocator
+from rechar.runners import BACKENDS, DEFAULT_BACKENDS, allocator
 from rechar.runners.measure import TimingOptions
 from rechar.runners.results import COUNTERS_LOG, load_points, read_manifest, summary
 from rechar.runners.sweep import DEFAULT_BATCH_SIZES, RunOptions, SweepInterrupted, resume_sweep, run_sweep
@@ -154,7 +154,8 @@ class ProgressBar:
 @model_option
 @click.option("--all", "all_models", is_flag=True, help="All eight models (the default without --model).")
 @click.option("--backend", "-b", "backend_names", multiple=True,
-              help=f"Backend, repeatable or comma-separated: {', '.join(BACKENDS)}, or all (default: every one available here).")
+              help=f"Backend, repeatable or comma-separated: {', '.join(BACKENDS)}, or all (every one available "
+                   f"here). Default: {', '.join(DEFAULT_BACKENDS)}, those available here.")
 @click.option("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)), show_default=True,
               callback=_parse_batch_sizes, help="Comma-separated batch sizes.")
 @scale_option
@@ -181,7 +182,6 @@ class ProgressBar:
               help="Timed seconds per point, at least.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600, show_default=True,
               help="Seconds a point may take before its worker is killed (the first point also covers loading).")
-@click.option("--xla", is_flag=True, help="Compile the TensorFlow function with XLA (jit_compile).")
 @click.option("--malloc", type=click.Choice(allocator.CHOICES), default="default", show_default=True,
               help="Memory allocator of the worker processes (jemalloc and tcmalloc are preloaded).")
 @quiet_option
@@ -197,7 +197,7 @@ class ProgressBar:
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
               help="Continue an interrupted run folder with its own options, skipping finished points.")
 def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_path, threads, out, exports_dir,
-            seed, ids, zipf_alpha, inputs, warmup_iters, warmup_seconds, min_iters, min_seconds, timeout, xla, malloc, quiet,
+            seed, ids, zipf_alpha, inputs, warmup_iters, warmup_seconds, min_iters, min_seconds, timeout, malloc, quiet,
             profile, profile_iters, count, counter_seconds, write_html, resume_dir) -> None:
     """Time models x backends x batch sizes; every point checked against eager PyTorch first."""
     echo = (lambda msg: None) if quiet else click.echo
@@ -211,7 +211,7 @@ def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_p
     options = RunOptions(
         models=chosen, backends=_split_names(backend_names), batch_sizes=batch_sizes, scale=scale,
         overrides=load_overrides(config_path, chosen), seed=seed, ids=ids, zipf_alpha=zipf_alpha, inputs=inputs,
-        jit_compile=xla, malloc=malloc, exports_dir=exports_dir, timeout=timeout, profile_iters=profile_iters if profile else 0,
+        malloc=malloc, exports_dir=exports_dir, timeout=timeout, profile_iters=profile_iters if profile else 0,
         counter_seconds=counter_seconds if count else 0.0,
         timing=TimingOptions(warmup_iters=warmup_iters, warmup_seconds=warmup_seconds, min_iters=min_iters,
                              min_seconds=min_seconds),

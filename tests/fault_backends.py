@@ -14,6 +14,7 @@ import time
 from rechar.runners.inputs import pool_hash
 
 from rechar.runners.ort_backend import OrtCpuBackend
+from rechar.runners.torch_backend import TorchCompileBackend
 
 
 class CrashingBackend(OrtCpuBackend):
@@ -73,3 +74,14 @@ class RecordingBackend(OrtCpuBackend):
             return inner()
 
         return call
+
+
+class PerturbedCompileBackend(TorchCompileBackend):
+    """torch.compile of a model whose prediction bias was moved after loading: a compiled
+    artefact that computes something else than the eager model."""
+
+    name = "perturbed-compile"
+
+    def load(self, model, export):
+        super().load(model, export)
+        self.model.predict_layer.bias.add_(0.5)

@@ -21,7 +21,8 @@ from rechar.runners.results import LATENCIES, POINT_COLUMNS, POINTS, load_points
 from rechar.runners.sweep import GATE_ATOL, RunOptions, run_sweep
 
 FAST = TimingOptions(warmup_iters=2, warmup_seconds=0.0, min_iters=5, min_seconds=0.0)
-CPU_BACKENDS = ["torch", "ort-cpu", "tf"]
+CPU_BACKENDS = ["torch", "torch-compile", "ort-cpu", "openvino", "tf", "tf-xla"]
+CUDA_BACKENDS = ["torch-cuda", "torch-compile-cuda", "ort-cuda"]
 TESTS_DIR = Path(__file__).parent
 
 
@@ -31,7 +32,7 @@ def _available(name):
         pytest.skip(f"{name} unavailable here: {reason}")
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS + ["torch-cuda", "ort-cuda"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS + CUDA_BACKENDS)
 @pytest.mark.parametrize("name", models.names())
 def test_backend_matches_eager_pytorch(tiny_exports, backend, name):
     _available(backend)
@@ -39,7 +40,7 @@ def test_backend_matches_eager_pytorch(tiny_exports, backend, name):
     b = backend_class(backend)(BackendOptions(threads=1))
     b.load(model, tiny_exports[name])
     try:
-        for batch in (1, 16, 37):
+        for batch in (5,) if "compile" in backend else (1, 16, 37):  # a compile per batch size
             pool = [model.make_inputs(batch, seed=5, member=i) for i in range(3)]
             call = b.prepare(pool)
             for feed in pool + pool[:1]:  # each batch in turn, then back to the first
@@ -146,19 +147,39 @@ def test_gate_catches_a_perturbed_model(tmp_path):
     manifest["files"]["model.onnx"] = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     manifest["sizes"]["model.onnx"] = onnx_path.stat().st_size
     manifest_path.write_text(json.dumps(manifest))
-    points = load_points(_sweep(tmp_path, exports_dir=str(exports), backends=["ort-cpu", "torch"]))
-    ort_points = points[points.backend == "ort-cpu"]
-    assert (ort_points["status"] == "invalid").all()
-    assert (ort_points["max_abs_error"] > 0.01).all() and ort_points["p50_us"].isna().all()
-    assert ort_points["error"].str.contains("differ from eager PyTorch").all()
+    # every stack that runs the ONNX export is caught
+    onnx_backends = [b for b in ("ort-cpu", "openvino", "tf-xla") if not backend_class(b).unavailable_reason()]
+    points = load_points(_sweep(tmp_path, exports_dir=str(exports), backends=[*onnx_backends, "torch"]))
+    onnx_points = points[points.backend.isin(onnx_backends)]
+    assert set(onnx_points["backend"]) == set(onnx_backends) and (onnx_points["status"] == "invalid").all()
+    assert (onnx_points["max_abs_error"] > 0.01).all() and onnx_points["p50_us"].isna().all()
+    assert onnx_points["error"].str.contains("differ from eager PyTorch").all()
     assert (points[points.backend == "torch"]["status"] == "ok").all()
+
+
+def test_gate_catches_a_compiler_that_computes_something_else(tmp_path, fault_backends):
+    """torch.compile compiles the eager model itself: a compiled artefact whose weights differ
+    (as a miscompile would) is caught by the gate."""
+    points = load_points(_sweep(tmp_path, backends=["perturbed-compile"], batch_sizes=[4]))
+    assert list(points["status"]) == ["invalid"] and points["max_abs_error"].iloc[0] > 0.01
+
+
+def test_compiled_stack_records_compile_time_and_reuses_its_cache(tmp_path):
+    exports = str(tmp_path / "exports")
+    first = load_points(_sweep(tmp_path / "a", backends=["torch-compile"], batch_sizes=[4], exports_dir=exports))
+    second = load_points(_sweep(tmp_path / "b", backends=["torch-compile"], batch_sizes=[4], exports_dir=exports))
+    assert list(first["compile_cache_hit"]) == [False] and list(second["compile_cache_hit"]) == [True]
+    assert (first["compile_seconds"] > 0).all() and (second["compile_seconds"] > 0).all()
+    # compiling is never part of a latency: every timed call is far shorter than the compile
+    assert (first["max_us"] / 1e6 < first["compile_seconds"]).all()
 
 
 @pytest.fixture
 def fault_backends(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]))
     extra = {n: f"fault_backends:{c}" for n, c in
-             [("crashing", "CrashingBackend"), ("raising", "RaisingBackend"), ("hanging", "HangingBackend")]}
+             [("crashing", "CrashingBackend"), ("raising", "RaisingBackend"), ("hanging", "HangingBackend"),
+              ("perturbed-compile", "PerturbedCompileBackend")]}
     monkeypatch.setenv("RECHAR_EXTRA_BACKENDS", ",".join(f"{k}={v}" for k, v in extra.items()))
     monkeypatch.syspath_prepend(str(TESTS_DIR))
     for k, v in extra.items():
@@ -205,11 +226,30 @@ def test_unavailable_backends(monkeypatch):
         select_backends(["torch-cuda"])
     with pytest.raises(UserError, match="backend ort-cuda is not available"):
         select_backends(["ort-cuda"])
-    chosen, skipped = select_backends(["all"])
+    chosen, skipped = select_backends([])  # the default set
     assert chosen == ["torch", "ort-cpu"]
-    assert set(skipped) == {"torch-cuda", "ort-cuda", "tf"} and all(skipped.values())
+    assert set(skipped) == set(BACKENDS) - {"torch", "ort-cpu"} and all(skipped.values())
+    assert "opt-in" in skipped["torch-compile"] and "no CUDA device" in skipped["torch-compile-cuda"]
+    chosen, skipped = select_backends(["all"])
+    assert chosen == [b for b in ("torch", "torch-compile", "ort-cpu", "openvino") if b in chosen]
+    assert {"torch", "ort-cpu", "torch-compile"} <= set(chosen)
+    assert {"torch-cuda", "ort-cuda", "tf", "tf-xla"} <= set(skipped) and "opt-in" not in " ".join(skipped.values())
     with pytest.raises(UserError, match="unknown backend 'mxnet'"):
         select_backends(["mxnet"])
+
+
+def test_unavailable_compiled_stacks_say_why(monkeypatch, run_cli):
+    import importlib.util
+    import shutil
+
+    real_which, real_find = shutil.which, importlib.util.find_spec
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **kw: None if name in ("g++", "c++") else real_which(name, *a, **kw))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "openvino" else real_find(n, *a))
+    for backend, message in [("torch-compile", "no C++ compiler"), ("openvino", "OpenVINO is not installed")]:
+        with pytest.raises(UserError, match=f"backend {backend} is not available: {message}"):
+            select_backends([backend])
+        code, out, err = run_cli("run", "-b", backend, "-m", "ncf", "--scale", "tiny")
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 def test_run_cli_end_to_end_and_errors(run_cli, tmp_path):

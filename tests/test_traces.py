@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import rechar.models as models
-from rechar.analysis.traces import ort_node, ort_ops, tf_ops, torch_ops
+from rechar.runners.traces import ort_node, ort_ops, tf_ops, torch_ops
 from rechar.runners import BackendOptions, backend_class
 from rechar.runners.base import PROFILE_COLUMNS
 from rechar.runners.measure import TimingOptions, time_call

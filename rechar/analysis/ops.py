@@ -4,11 +4,12 @@ category and model layer, per iteration.
 Workers append raw profiles to ``profiles.jsonl`` (native op, ONNX node, layer, totals over the
 trace); this module turns them into ``ops.parquet``:
 
-    run_id, model, backend, device, batch, native_op, op_category, category, layer, node,
+    run_id, model, backend, device, batch, native_op, op_category, category, layer, node, fused,
     calls_per_iter, self_us_per_iter, share
 
-``share`` is the op's part of the point's profiled time. Normalising at read time means a
-taxonomy change needs no new profiling.
+``share`` is the op's part of the point's profiled time; ``fused`` lists the member ops of a
+kernel that fused several ('+'-joined; '' otherwise), attributed by the taxonomy's rule.
+Normalising at read time means a taxonomy change needs no new profiling.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import pandas as pd
 import torch
 
 import rechar.models as models
-from rechar.analysis.taxonomy import categorize
+from rechar.analysis.taxonomy import attribute, categorize
+from rechar.runners.base import PROFILE_COLUMNS
 from rechar.runners.results import PROFILES_LOG, read_log, read_manifest, write_parquet
 
 OPS = "ops.parquet"
 OPS_COLUMNS = [
     "run_id", "model", "backend", "device", "batch", "native_op", "op_category", "category", "layer", "node",
-    "calls_per_iter", "self_us_per_iter", "share",
+    "fused", "calls_per_iter", "self_us_per_iter", "share",
 ]
 POINT_KEYS = ["run_id", "model", "backend", "device", "batch"]
 
@@ -46,9 +48,15 @@ def layer_classes(name: str, config: dict) -> dict[str, str]:
 
 
 def normalize(raw: pd.DataFrame, iterations: int, point: dict, classes: dict[str, str]) -> pd.DataFrame:
-    """One point's raw profile (native_op, node, layer, calls, self_us totals) -> OPS_COLUMNS rows."""
-    df = raw.groupby(["native_op", "node", "layer"], as_index=False)[["calls", "self_us"]].sum()
-    cats = [categorize(op, layer, classes) for op, layer in zip(df["native_op"], df["layer"])]
+    """One point's raw profile (PROFILE_COLUMNS: totals per native_op, node, layer and fused
+    members) -> OPS_COLUMNS rows."""
+    raw = raw.copy()
+    members = raw["members"] if "members" in raw else pd.Series([()] * len(raw), index=raw.index)
+    raw["members"] = [tuple((m[0], m[2]) for m in ms) if isinstance(ms, (list, tuple)) else () for ms in members]
+    raw["layer"] = [attribute(op, layer, ms)[1] for op, layer, ms in zip(raw["native_op"], raw["layer"], raw["members"])]
+    df = raw.groupby(["native_op", "node", "layer", "members"], as_index=False)[["calls", "self_us"]].sum()
+    cats = [categorize(op, layer, classes, ms) for op, layer, ms in zip(df["native_op"], df["layer"], df["members"])]
+    df["fused"] = ["+".join(op for op, _ in ms) for ms in df["members"]]
     df["op_category"] = [c[0] for c in cats]
     df["category"] = [c[1] for c in cats]
     df["calls_per_iter"] = df["calls"] / iterations
@@ -74,7 +82,7 @@ def build_ops_table(run_dir: Path) -> pd.DataFrame:
         if rec.get("status") != "ok":  # a failed profiling pass: listed by the report, no ops
             continue
         classes = layer_classes(rec["model"], manifest["configs"][rec["model"]])
-        raw = pd.DataFrame(rec["ops"], columns=["native_op", "node", "layer", "calls", "self_us"])
+        raw = pd.DataFrame(rec["ops"]).reindex(columns=PROFILE_COLUMNS)  # older profiles have no members
         frames.append(normalize(raw, rec["iterations"], rec, classes))
     ops = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=OPS_COLUMNS)
     write_parquet(ops, run_dir / OPS)

@@ -7,14 +7,27 @@ work is), refined by the layer it runs in: everything inside an attention unit c
 stage as ``embedding``, inside the feature interaction as ``interaction`` (the unrolled AUGRU is
 many small ops in ONNX and one op in nobody's profiler). Both views are kept: ``op_category``
 (the op's own) and ``category`` (refined).
+
+Compilers fuse ops of several kinds into one kernel (Inductor's ``cpp_fused_cat_embedding_mul_1``,
+OpenVINO's ``Subgraph``). Such a kernel is listed with its members (the ops it fused, each with
+its layer) and attributed by one rule: it counts in the highest-ranked category among its member
+ops (``FUSION_RANK``: a matmul fused with anything is ``fc``, a gather fused with a concat is
+``embedding``), in the layer of the first member of that category. Inductor names its kernels
+after the ATen ops they fused, so those names are decoded into member ops too.
+
+``runtime`` is framework work outside any operator: entering a compiled region, checking its
+guards, launching the compiled graph.
 """
 
 from __future__ import annotations
 
 CATEGORIES = (
     "fc", "embedding", "interaction", "attention", "recurrent", "activation", "elementwise", "softmax",
-    "data-movement", "other",
+    "data-movement", "runtime", "other",
 )
+#: Fused kernels count in the first of these categories that one of their member ops has.
+FUSION_RANK = ("fc", "embedding", "recurrent", "attention", "softmax", "interaction", "activation", "elementwise",
+               "data-movement", "runtime", "other")
 
 _FC = "fc"
 _EMB = "embedding"
@@ -24,6 +37,7 @@ _ACT = "activation"
 _ELT = "elementwise"
 _SMX = "softmax"
 _MOV = "data-movement"
+_RUN = "runtime"
 
 #: Native op name -> category, for every framework (names do not collide across frameworks).
 OP_CATEGORY: dict[str, str] = {
@@ -85,6 +99,21 @@ OP_CATEGORY: dict[str, str] = {
     "_MklToTf": _MOV, "_MklReshape": _MOV, "ConcatOffset": _MOV, "Unpack": _MOV, "SplitV": _MOV,
     "Prod": _ELT, "Mean": _ELT, "Max": _ELT, "GreaterEqual": _ELT, "LessEqual": _ELT, "FloorMod": _ELT,
     "BroadcastArgs": _MOV, "_Arg": _MOV, "_Retval": _MOV,  # function arguments and results
+    # PyTorch compiled by Inductor: ops of its post-grad graphs (decompositions) and its runtime
+    # (the torch backend shortens the region names, which carry graph ids and hashes)
+    "prims::iota": _MOV, "aten::iota": _MOV, "aten::amax": _ELT, "aten::full": _MOV, "aten::scalar_tensor": _MOV,
+    "aten::_unsafe_index": _EMB, "aten::unsqueeze_": _MOV, "aten::bitwise_not": _ELT, "aten::gt": _ELT,
+    "aten::ge": _ELT, "aten::le": _ELT, "aten::abs": _ELT, "aten::clamp": _ELT, "aten::minimum": _ELT,
+    "aten::maximum": _ELT, "aten::mean": _ELT, "aten::pow": _ELT, "aten::reciprocal": _ELT, "aten::log": _ELT,
+    "aten::index_put": _MOV, "aten::constant_pad_nd": _MOV, "aten::repeat": _MOV,
+    "Torch-Compiled Region": _RUN, "Call CompiledFxGraph": _RUN, "TorchDynamo Cache Lookup": _RUN,
+    "Pregraph bytecode": _RUN, "AOTDispatcher Runtime Wrapper Prologue": _RUN,
+    # OpenVINO CPU plugin (node types of its runtime graph)
+    "FullyConnected": _FC, "Reduce": _ELT, "Concatenation": _INT, "Eltwise": _ELT, "Multiply": _ELT,
+    "Subtract": _ELT, "Divide": _ELT, "Power": _ELT, "Select": _ELT, "GRUSequence": _REC, "RNNSeq": _REC,
+    "RNNSequence": _REC, "LSTMSequence": _REC, "Convert": _MOV, "Reorder": _MOV, "Broadcast": _MOV,
+    "VariadicSplit": _MOV, "StridedSlice": _MOV, "ShapeOf": _MOV, "Parameter": _MOV, "Result": _MOV,
+    "Input": _MOV, "Output": _MOV,
 }
 
 #: Model layer (PyTorch module class) -> category that everything inside it counts as.
@@ -112,8 +141,67 @@ def layer_category(layer: str, layer_classes: dict[str, str]) -> str | None:
     return None
 
 
-def categorize(native_op: str, layer: str, layer_classes: dict[str, str]) -> tuple[str, str]:
+INDUCTOR_KERNEL_PREFIXES = ("cpp_fused_", "triton_poi_fused_", "triton_red_fused_", "triton_per_fused_",
+                            "triton_tem_fused_")
+
+
+def inductor_kernel_ops(kernel: str) -> list[str]:
+    """The ATen ops an Inductor kernel name lists (``cpp_fused__embedding_bag_arange_view_0`` ->
+    aten::_embedding_bag, aten::arange, aten::view), decoded greedily against the ATen names of
+    the table; [] for a name that is not an Inductor kernel's."""
+    prefix = next((p for p in INDUCTOR_KERNEL_PREFIXES if kernel.startswith(p)), None)
+    if prefix is None:
+        return []
+    words = kernel[len(prefix):].split("_")
+    if words and words[-1].isdigit():
+        words = words[:-1]
+    ops, i = [], 0
+    while i < len(words):
+        for j in range(len(words), i, -1):  # the longest run of words that names an op
+            name = "_".join(words[i:j])
+            if f"aten::{name}" in OP_CATEGORY or (name == "" and j == i + 1):
+                if name:
+                    ops.append(f"aten::{name}")
+                i = j
+                break
+        else:  # an op the table does not know: keep it, it will show as other
+            ops.append(f"aten::{words[i]}")
+            i += 1
+    return ops
+
+
+def fused_attribution(native_op: str, members: list[tuple[str, str]]) -> tuple[str, str] | None:
+    """(category, layer) of a fused kernel by the rule in the module docstring, from its member
+    ops [(native op, layer)] and, for Inductor kernels, the ops its name lists; None if it
+    fused nothing known."""
+    candidates = [(op, layer) for op, layer in members] + [(op, None) for op in inductor_kernel_ops(native_op)]
+    if not candidates:
+        return None
+    rank = {c: i for i, c in enumerate(FUSION_RANK)}
+    best = min((op_category(op) or "other" for op, _ in candidates), key=rank.__getitem__)
+    layers = [layer for op, layer in candidates if (op_category(op) or "other") == best and layer is not None]
+    if not layers:  # decided by the name alone: the layer most members ran in
+        member_layers = [layer for _, layer in members]
+        layers = [max(set(member_layers), key=member_layers.count)] if member_layers else [""]
+    return best, layers[0]
+
+
+def attribute(native_op: str, layer: str, members=()) -> tuple[str | None, str]:
+    """(the op's own category or None if unknown, its layer): a fused kernel whose own name is
+    not in the table (Inductor's kernels, OpenVINO's Subgraph) by ``fused_attribution``, its
+    layer filled in from its members where the profiler gave none."""
+    own = op_category(native_op)
+    if own is None:
+        fused = fused_attribution(native_op, list(members))
+        if fused:
+            own, layer = fused[0], layer or fused[1]
+    return own, layer
+
+
+def categorize(native_op: str, layer: str, layer_classes: dict[str, str], members=()) -> tuple[str, str]:
     """(op_category, category): the op's own, and the one refined by its layer. Unmapped ops are
-    ``other`` in both unless their layer decides."""
-    own = op_category(native_op) or "other"
+    ``other`` in both unless their layer decides. ``members``: [(native op, layer)] of a fused
+    kernel."""
+    own, layer = attribute(native_op, layer, members)
+    own = own or "other"
     return own, layer_category(layer, layer_classes) or own

@@ -348,7 +348,9 @@ class _Report:
         ops = self.t["ops"]
         traces = self._trace_links()
         out = [f"<p>Per model and backend, the {TOP_OPS} operators with the most self time per iteration at the "
-               "largest profiled batch size, with the model layer they ran in, and links to the raw profiler "
+               "largest profiled batch size, with the model layer they ran in, the ops a fused kernel combines "
+               "(it counts in the highest-ranked category among them: fc, embedding, recurrent, attention, "
+               "softmax, interaction, activation, elementwise, data movement), and links to the raw profiler "
                "traces (relative to this file: keep it beside the run folders to follow them).</p>"]
         if ops.empty and not traces:
             return note("No operator profiles in these runs (run with --profile, or rechar profile RUN_DIR).")
@@ -363,6 +365,7 @@ class _Report:
                     top = rows[rows["batch"] == batch].nlargest(TOP_OPS, "self_us_per_iter")
                     blocks.append(f"<div><h4>{text(series)}, batch {int(batch)}</h4>" + table(top, [
                         ("op", "native_op", None), ("layer", "layer", lambda v: text(v or "–")),
+                        ("fuses", "fused", lambda v: text(_short_fused(v))),
                         ("category", "category", lambda c: swatch(CATEGORY_COLORS[c]) + text(c)),
                         ("µs/iter", "self_us_per_iter", num(",.1f")), ("share", "share", pct),
                     ]) + "</div>")
@@ -441,3 +444,11 @@ def _flatten(options: dict, prefix: str = "") -> list[tuple[str, str]]:
         else:
             pairs.append((prefix + key, json.dumps(value) if isinstance(value, dict) else value))
     return pairs
+
+
+def _short_fused(fused) -> str | None:
+    """A fused kernel's member ops, each once, without namespaces (aten::relu -> relu)."""
+    if not isinstance(fused, str) or not fused:
+        return None
+    ops = dict.fromkeys(op.rpartition("::")[2] for op in fused.split("+"))
+    return "+".join(ops)

@@ -24,11 +24,13 @@ from rechar.analysis.taxonomy import CATEGORIES
 WIDTH = 960
 
 #: One colour per operator category, fixed across every chart and table of the report. "other"
-#: is grey, the nine others take Category10's remaining colours in the taxonomy's order.
-_GREY = "#7f7f7f"
+#: is grey, "runtime" (framework work outside operators) a light grey, the nine others take
+#: Category10's remaining colours in the taxonomy's order.
+_GREY, _LIGHT_GREY = "#7f7f7f", "#c7c7c7"
 CATEGORY_COLORS: dict[str, str] = {
-    **dict(zip([c for c in CATEGORIES if c != "other"], [c for c in Category10[10] if c != _GREY], strict=True)),
-    "other": _GREY,
+    **dict(zip([c for c in CATEGORIES if c not in ("other", "runtime")], [c for c in Category10[10] if c != _GREY],
+               strict=True)),
+    "runtime": _LIGHT_GREY, "other": _GREY,
 }
 
 SERIES_COLORS = Colorblind8

@@ -15,9 +15,13 @@ from rechar.runners.base import Backend, BackendOptions
 BACKENDS: dict[str, str] = {
     "torch": "rechar.runners.torch_backend:TorchBackend",
     "torch-cuda": "rechar.runners.torch_backend:TorchCudaBackend",
+    "torch-compile": "rechar.runners.torch_backend:TorchCompileBackend",
+    "torch-compile-cuda": "rechar.runners.torch_backend:TorchCompileCudaBackend",
     "ort-cpu": "rechar.runners.ort_backend:OrtCpuBackend",
     "ort-cuda": "rechar.runners.ort_backend:OrtCudaBackend",
     "tf": "rechar.runners.tf_backend:TFBackend",
+    "tf-xla": "rechar.runners.tf_backend:TFXlaBackend",
+    "openvino": "rechar.runners.openvino_backend:OpenVinoBackend",
 }
 
 # Backends from outside rechar, without editing it: RECHAR_EXTRA_BACKENDS="name=module:Class,..."
@@ -26,7 +30,13 @@ for _entry in filter(None, os.environ.get("RECHAR_EXTRA_BACKENDS", "").split(","
     _name, _, _target = _entry.partition("=")
     BACKENDS[_name.strip()] = _target.strip()
 
-__all__ = ["BACKENDS", "Backend", "BackendOptions", "backend_class", "select_backends"]
+#: What a run times when no backend is named: the study's stacks (eager PyTorch, ONNX Runtime,
+#: TensorFlow's executor) on every device present. The compiled and vendor stacks are opt-in (by
+#: name, or ``all``): torch.compile compiles every model for every batch size (2-40 s each, cold),
+#: which alone would double the time of the README's main command.
+DEFAULT_BACKENDS = ("torch", "torch-cuda", "ort-cpu", "ort-cuda", "tf")
+
+__all__ = ["BACKENDS", "DEFAULT_BACKENDS", "Backend", "BackendOptions", "backend_class", "select_backends"]
 
 
 def backend_class(name: str) -> type[Backend]:
@@ -37,17 +47,20 @@ def backend_class(name: str) -> type[Backend]:
 
 
 def select_backends(names: list[str]) -> tuple[list[str], dict[str, str]]:
-    """Resolve requested backend names. ``all`` (or nothing) means every backend available here,
-    with the others returned as {name: reason} to be reported as skipped; a backend asked for by
-    name that cannot run here is an error that says why."""
+    """Resolve requested backend names. Nothing means the default set (DEFAULT_BACKENDS) and
+    ``all`` every backend, each as far as it is available here; the others come back as
+    {name: reason} to be reported as skipped (opt-in backends too, saying so). A backend asked for
+    by name that cannot run here is an error that says why."""
     if not names or "all" in names:
         chosen, skipped = [], {}
         for name in BACKENDS:
             reason = backend_class(name).unavailable_reason()
             if reason:
                 skipped[name] = reason
-            else:
+            elif names or name in DEFAULT_BACKENDS:
                 chosen.append(name)
+            else:
+                skipped[name] = "not in the default set (compiled and vendor stacks are opt-in): name it, or --backend all"
         return chosen, skipped
     for name in names:
         reason = backend_class(name).unavailable_reason()

@@ -23,20 +23,21 @@ from rechar.models import RecModel
 
 
 #: Columns of the raw per-operator table a backend's profile() returns (totals over the trace).
-PROFILE_COLUMNS = ["native_op", "node", "layer", "calls", "self_us"]
+#: ``members``: for a kernel that fused several ops, a tuple of (native op, node, layer) per member
+#: (the taxonomy attributes it from them); () otherwise.
+PROFILE_COLUMNS = ["native_op", "node", "layer", "calls", "self_us", "members"]
 
 
 @dataclasses.dataclass
 class ProfileResult:
     trace_path: Path  # the framework's raw trace, kept in the run folder
-    ops: pd.DataFrame  # PROFILE_COLUMNS: one row per (native_op, node, layer), totals over the trace
+    ops: pd.DataFrame  # PROFILE_COLUMNS: one row per (native_op, node, layer, members), totals over the trace
     iterations: int  # profiled model calls the totals cover
 
 
 @dataclasses.dataclass(frozen=True)
 class BackendOptions:
     threads: int  # intra-op threads (inter-op parallelism is 1: these graphs are chains)
-    jit_compile: bool = False  # TensorFlow: compile with XLA
 
 
 class Backend(abc.ABC):
@@ -82,6 +83,11 @@ class Backend(abc.ABC):
         the framework's own profiler (a pass separate from timing: profilers slow runs 2-10x); keep the raw trace in ``trace_dir`` and return it
         parsed into one row per operator with the model layer (module path) it ran in."""
         raise NotImplementedError(f"backend {self.name} has no profiler support")
+
+    def compile_info(self, batch: int) -> dict[str, Any]:
+        """For stacks that compile per batch size: ``compile_seconds`` (never part of a latency)
+        and ``compile_cache_hit`` of that batch size's artefact, recorded with the point."""
+        return {}
 
     def settings(self) -> dict[str, Any]:
         """The settings this backend runs with, recorded with every point."""

@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 
 from rechar import hostinfo
-from rechar.analysis.traces import PROFILE_WARMUP, ort_ops
+from rechar.runners.traces import PROFILE_WARMUP, ort_ops
 from rechar.exporters import ExportResult, node_modules
 from rechar.models import RecModel
 from rechar.runners.base import Backend, ProfileResult

@@ -51,7 +51,6 @@ class RunOptions:
     seed: int = 0
     ids: str = "uniform"
     zipf_alpha: float = 1.05
-    jit_compile: bool = False
     malloc: str = "default"  # the workers' memory allocator: default (glibc), jemalloc, tcmalloc
     inputs: str = "fresh"  # fresh: every call on the next batch of a pool; replay: one batch (rechar.runners.inputs)
     pool_rule: PoolRule = PoolRule()
@@ -249,7 +248,7 @@ def _run_worker(run_dir: Path, run_id: str, name: str, backend: str, batches: li
         "overrides": options.overrides.get(name, {}),
         "seed": options.seed, "ids": options.ids, "zipf_alpha": options.zipf_alpha,
         "export_dir": str(export_dir.resolve()), "backend": backend, "batches": batches,
-        "threads": options.threads, "jit_compile": options.jit_compile, "malloc": options.malloc,
+        "threads": options.threads, "malloc": options.malloc,
         "inputs": options.inputs, "pool_rule": dataclasses.asdict(options.pool_rule), "cache_bytes": options.cache_bytes,
         "timing": dataclasses.asdict(options.timing), "atol": options.atol, "rtol": options.rtol,
         "run_dir": str(run_dir.resolve()), "profile_iters": options.profile_iters,

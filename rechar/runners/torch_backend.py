@@ -7,8 +7,13 @@ cycled by ``itertools.cycle``), and for CUDA a synchronisation inside the timed 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
+import json
+import os
+import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -17,7 +22,7 @@ import torch
 from torch.profiler import ProfilerActivity
 
 from rechar import hostinfo
-from rechar.analysis.traces import PROFILE_WARMUP, TORCH_MODULE_PREFIX, torch_ops
+from rechar.runners.traces import PROFILE_WARMUP, TORCH_MODULE_PREFIX, torch_ops
 from rechar.exporters import ExportResult
 from rechar.models import RecModel
 from rechar.runners.base import Backend, ProfileResult
@@ -39,13 +44,12 @@ class TorchBackend(Backend):
         self._mode.__enter__()
 
     def prepare(self, batches: Sequence[dict[str, np.ndarray]]) -> Callable[[], Any]:
-        feeds, model = self._feeds(batches), self.model
+        feeds, model = itertools.cycle(self._place(batches)), self.model
         return lambda: model(*next(feeds))
 
-    def _feeds(self, batches: Sequence[dict[str, np.ndarray]]):
-        """The batches as tensors on the device, one tuple per batch, cycled."""
-        return itertools.cycle([tuple(torch.from_numpy(inputs[n]).to(self.device) for n in self.input_names)
-                                for inputs in batches])
+    def _place(self, batches: Sequence[dict[str, np.ndarray]]) -> list[tuple]:
+        """The batches as tensors on the device, one tuple per batch."""
+        return [tuple(torch.from_numpy(inputs[n]).to(self.device) for n in self.input_names) for inputs in batches]
 
     def outputs(self, result: Any) -> np.ndarray:
         return result.cpu().numpy()
@@ -114,7 +118,7 @@ class TorchCudaBackend(TorchBackend):
         torch.cuda.reset_peak_memory_stats()
 
     def prepare(self, batches: Sequence[dict[str, np.ndarray]]) -> Callable[[], Any]:
-        feeds, model, sync = self._feeds(batches), self.model, torch.cuda.synchronize
+        feeds, model, sync = itertools.cycle(self._place(batches)), self.model, torch.cuda.synchronize
 
         def call():
             out = model(*next(feeds))
@@ -128,3 +132,192 @@ class TorchCudaBackend(TorchBackend):
 
     def peak_device_bytes(self) -> int | None:
         return torch.cuda.max_memory_allocated()
+
+
+class TorchCompileBackend(TorchBackend):
+    """The same model compiled by ``torch.compile`` with Inductor: one static-shape artefact per
+    batch size (what a server runs; a new batch size recompiles), compiled on the point's first
+    call before timing, its seconds recorded apart from the latency. Inductor's caches live with
+    the model's export (``<export>/inductor``), so a resumed or repeated run reuses the compiled
+    kernels (``compile_cache_hit``)."""
+
+    name = "torch-compile"
+    compile_mode: ClassVar[str | None] = None  # Inductor's default mode
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        compiler = os.environ.get("CXX", "g++")
+        if shutil.which(compiler) is None and shutil.which("c++") is None:
+            return f"no C++ compiler ({compiler} or c++) on PATH: Inductor generates C++ for the CPU"
+        return None
+
+    def load(self, model: RecModel, export: ExportResult) -> None:
+        super().load(model, export)
+        # Read by Inductor whenever it compiles: set before the first compile of this worker.
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str((export.path / "inductor").resolve())
+        torch._dynamo.config.recompile_limit = 64  # one artefact per batch size of the sweep
+        self.compiled = torch.compile(self.model, dynamic=False, mode=self.compile_mode)
+        self.compiles: dict[int, dict[str, Any]] = {}
+
+    def prepare(self, batches: Sequence[dict[str, np.ndarray]]) -> Callable[[], Any]:
+        placed, compiled = self._place(batches), self.compiled
+        self._compile(placed[0], batches)
+        feeds = itertools.cycle(placed)
+        return lambda: compiled(*next(feeds))
+
+    def _compile(self, example: tuple, batches) -> None:
+        """Compile for this batch size (the first call does), once per batch size."""
+        batch = _batch(batches)
+        if batch in self.compiles:
+            return
+        from torch._dynamo.utils import counters
+
+        hits, start = counters["inductor"]["fxgraph_cache_hit"], time.perf_counter()
+        self.compiled(*example)
+        self.compiles[batch] = {"compile_seconds": time.perf_counter() - start,
+                                "compile_cache_hit": counters["inductor"]["fxgraph_cache_hit"] > hits}
+
+    def compile_info(self, batch: int) -> dict[str, Any]:
+        return self.compiles.get(batch, {})
+
+    def profile(self, batches: Sequence[dict[str, np.ndarray]], iterations: int, trace_dir: Path) -> ProfileResult:
+        """A profile of kernels, not of one opaque compiled region: the profiled artefact is
+        compiled afresh (a cache hit records no provenance) with Inductor's kernel profiling,
+        which wraps each generated kernel in a profiler range, and provenance tracking, which
+        maps kernels to the FX nodes, and so modules, they fused."""
+        import torch._inductor.config as inductor_config
+
+        provenance = InductorProvenance()
+        torch.compiler.reset()
+        try:
+            with inductor_config.patch({"cpp.enable_kernel_profile": True, "trace.provenance_tracking_level": 1,
+                                        "fx_graph_cache": False,
+                                        "post_grad_custom_post_pass": provenance.record_graph}), provenance.capture():
+                compiled = torch.compile(self.model, dynamic=False, mode=self.compile_mode)
+                feeds = itertools.cycle(self._place(batches))
+                for _ in range(PROFILE_WARMUP):
+                    compiled(*next(feeds))
+            with torch.profiler.profile(activities=self.profiler_activities) as prof:
+                for _ in range(iterations):
+                    compiled(*next(feeds))
+        finally:  # the timed artefacts of later batch sizes compile as before (from the cache)
+            torch.compiler.reset()
+            self.compiled = torch.compile(self.model, dynamic=False, mode=self.compile_mode)
+            self.compiles.pop(_batch(batches), None)
+        path = Path(trace_dir) / "torch_trace.json"
+        prof.export_chrome_trace(str(path))
+        kernels = provenance.to_dict()
+        (Path(trace_dir) / "inductor_provenance.json").write_text(json.dumps(kernels))
+        return ProfileResult(path, torch_ops(path, kernels), iterations)
+
+    def settings(self) -> dict[str, Any]:
+        return {"threads": torch.get_num_threads(), "inference_mode": True, "compiler": "inductor",
+                "mode": self.compile_mode or "default", "dynamic": False}
+
+
+def _batch(batches: Sequence[dict[str, np.ndarray]]) -> int:
+    return len(next(iter(batches[0].values())))
+
+
+class InductorProvenance:
+    """What Inductor knows, during one compile, of the kernels it generates: the post-grad FX
+    nodes each kernel fused (its provenance tracking) and the module each node came from (the
+    node's ``nn_module_stack``). No public API hands out the kernel -> node mapping, so this uses
+    two of Inductor's hooks: a post-grad custom pass (records every node) and the provenance dump
+    at the end of a compile (``torch._inductor.debug``, wrapped to copy the mapping). Should a
+    torch release change them, the profile still parses: its kernels then have no members and
+    no layer, which the coverage and category shares show."""
+
+    def __init__(self):
+        self.nodes: dict[str, tuple[str, str]] = {}  # post-grad node -> (ATen op, module path)
+        self.kernel_nodes: dict[str, list[str]] = {}  # "<kernel>:<handle>" -> post-grad nodes
+
+    def record_graph(self, graph) -> None:
+        for node in graph.nodes:
+            if node.op == "call_function":
+                stack = node.meta.get("nn_module_stack")
+                module = _module_path(list(stack.values())[-1][0]) if stack else ""
+                self.nodes[node.name] = (_aten_name(node.target), module)
+
+    @contextlib.contextmanager
+    def capture(self):
+        import torch._inductor.debug as inductor_debug
+
+        original = inductor_debug.dump_inductor_provenance_info
+
+        def dump():
+            self.kernel_nodes.update(inductor_debug._inductor_triton_kernel_to_post_grad_node_info)
+            return original()
+
+        inductor_debug.dump_inductor_provenance_info = dump
+        try:
+            yield self
+        finally:
+            inductor_debug.dump_inductor_provenance_info = original
+
+    def to_dict(self) -> dict[str, Any]:
+        """{"kernels": {kernel name: [[op, node, module], ...]}, "externs": [[ATen op, module], ...]
+        in the order the graph calls them}."""
+        kernels, externs = {}, []
+        for key in sorted(self.kernel_nodes, key=lambda k: int(k.rpartition(":")[2] or 0)):
+            name = key.rpartition(":")[0]
+            members = [[*self.nodes[n][:1], n, self.nodes[n][1]] for n in self.kernel_nodes[key] if n in self.nodes]
+            extern = _extern_op(name)
+            if extern:
+                externs.append([extern, members[0][2] if members else ""])
+            else:
+                kernels[name] = members
+        return {"kernels": kernels, "externs": externs}
+
+
+def _module_path(qualified: str) -> str:
+    """Dynamo's name of a submodule (``L['self'].attention.mlp.0``) -> its module path."""
+    for root in ("L['self'].", "L['self']"):
+        if qualified.startswith(root):
+            return qualified[len(root):]
+    return qualified
+
+
+def _aten_name(target: Any) -> str:
+    schema = getattr(target, "_schema", None)
+    return schema.name if schema is not None else str(target)
+
+
+def _extern_op(kernel: str) -> str | None:
+    """The ATen op an extern kernel calls (``extern_kernels.addmm`` -> aten::addmm,
+    ``torch.ops.aten._embedding_bag.default`` -> aten::_embedding_bag); None for generated code."""
+    if kernel.startswith("extern_kernels."):
+        return "aten::" + kernel.removeprefix("extern_kernels.")
+    if kernel.startswith("torch.ops."):
+        namespace, op = kernel.split(".")[2:4]
+        return f"{namespace}::{op}"
+    return None
+
+
+class TorchCompileCudaBackend(TorchCompileBackend, TorchCudaBackend):
+    """``torch.compile`` on a CUDA device in the mode that captures CUDA graphs
+    (``reduce-overhead``: one graph launch per call instead of a launch per kernel)."""
+
+    name = "torch-compile-cuda"
+    device = "cuda"
+    compile_mode = "reduce-overhead"
+    profiler_activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        return TorchCudaBackend.unavailable_reason() or TorchCompileBackend.unavailable_reason()
+
+    def prepare(self, batches: Sequence[dict[str, np.ndarray]]) -> Callable[[], Any]:
+        placed, compiled, sync = self._place(batches), self.compiled, torch.cuda.synchronize
+        self._compile(placed[0], batches)
+        feeds = itertools.cycle(placed)
+
+        def call():
+            out = compiled(*next(feeds))
+            sync()
+            return out
+
+        return call
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "gpu": torch.cuda.get_device_name()}

@@ -46,7 +46,6 @@ class WorkerSpec:
     backend: str
     batches: list[int]
     threads: int
-    jit_compile: bool
     timing: dict[str, Any]
     atol: float
     rtol: float
@@ -100,7 +99,7 @@ def run(spec: WorkerSpec) -> None:
     expected = ({b: [model.predict(x) for x in pools.ends(shell, b)] for b in spec.batches}
                 if spec.mode == "run" else {})
 
-    backend = cls(BackendOptions(threads=spec.threads, jit_compile=spec.jit_compile))
+    backend = cls(BackendOptions(threads=spec.threads))
     if not cls.uses_torch_model:
         model = None  # the framework holds its own copy of the weights: free PyTorch's
         gc.collect()
@@ -155,7 +154,7 @@ def time_point(spec, backend, base, batch, pool: InputPool, expected, timing, lo
     except Exception as e:
         record.update(status="failed", error=_one_line(e))
     record.update(finished=time.time(), peak_rss_bytes=peak_rss_bytes(),
-                  peak_device_bytes=backend.peak_device_bytes())
+                  peak_device_bytes=backend.peak_device_bytes(), **backend.compile_info(batch))
     append_point(spec.run_dir, record)
     return record["status"] == "ok"
 

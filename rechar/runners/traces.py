@@ -6,9 +6,13 @@ microseconds, i.e. an op's time minus the time of the ops it called, so that row
 without double counting (``aten::linear`` keeps its own few µs, ``aten::addmm`` inside it the
 rest). Events a parser does not know are ignored; a trace without any op event is an error.
 
-- ``torch_ops``: the chrome trace of ``torch.profiler`` (``export_chrome_trace``).
+- ``torch_ops``: the chrome trace of ``torch.profiler`` (``export_chrome_trace``), of eager or
+  Inductor-compiled PyTorch.
 - ``ort_ops``: the JSON profile of an ONNX Runtime session (``enable_profiling``).
 - ``tf_ops``: the XSpace protobuf (``*.xplane.pb``) of ``tf.profiler.experimental``.
+
+They live with the backends, not in rechar.analysis: a backend hands over its profile already
+parsed into rows, so that imports run one way down the pipeline (analysis reads only the rows).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import dataclasses
 import functools
 import gzip
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -46,6 +51,7 @@ class _Span:
     is_op: bool = True
     self_us: float = 0.0  # set by _nest
     within: str = ""  # name of the innermost enclosing range, set by _nest
+    members: tuple = ()  # a fused kernel's (native op, node, layer) members
 
     @property
     def end(self) -> float:
@@ -69,13 +75,15 @@ def _nest(spans: list[_Span]) -> None:
         stack.append(span)
 
 
-def _table(rows: list[tuple[str, str, str, float]], trace: str | Path) -> pd.DataFrame:
-    """(native_op, node, layer, self_us) per call -> one row per (native_op, node, layer)."""
+def _table(rows: list[tuple], trace: str | Path) -> pd.DataFrame:
+    """(native_op, node, layer, self_us[, members]) per call -> one row per (native_op, node,
+    layer, members)."""
     if not rows:
         raise ValueError(f"{trace}: no operator events in the trace")
-    df = pd.DataFrame(rows, columns=["native_op", "node", "layer", "self_us"])
+    df = pd.DataFrame([(*r, ()) if len(r) == 4 else r for r in rows],
+                      columns=["native_op", "node", "layer", "self_us", "members"])
     df["self_us"] = df["self_us"].clip(lower=0.0)  # rounding can leave a parent a hair below 0
-    out = df.groupby(["native_op", "node", "layer"], as_index=False).agg(
+    out = df.groupby(["native_op", "node", "layer", "members"], as_index=False).agg(
         calls=("self_us", "size"), self_us=("self_us", "sum"))
     return out.sort_values("self_us", ascending=False, ignore_index=True)[PROFILE_COLUMNS]
 
@@ -90,7 +98,21 @@ def _read_json(path: str | Path) -> Any:
     return json.loads(_read_bytes(path))
 
 
-def torch_ops(trace: str | Path) -> pd.DataFrame:
+#: Inductor's kernels as its kernel profiling names them: ``graph_<id>_<kernel>``.
+_INDUCTOR_EVENT = re.compile(r"graph_\d+_((?:cpp|triton)_\w+)$")
+#: Ranges of the compiled-code runtime whose names carry ids or hashes: name prefix -> short name.
+_TORCH_RUNTIME = {"Torch-Compiled Region": "Torch-Compiled Region", "## Call CompiledFxGraph": "Call CompiledFxGraph"}
+_GRAPH_CALL = "Call CompiledFxGraph"
+
+
+def _torch_event_name(name: str) -> str:
+    for prefix, short in _TORCH_RUNTIME.items():
+        if name.startswith(prefix):
+            return short
+    return name
+
+
+def torch_ops(trace: str | Path, provenance: dict[str, Any] | None = None) -> pd.DataFrame:
     """Ops of a ``torch.profiler`` chrome trace.
 
     Every ``cpu_op`` event counts, with its self time from the nesting of op events per thread;
@@ -101,17 +123,31 @@ def torch_ops(trace: str | Path) -> pd.DataFrame:
     launched it), so an op's self_us is its host self time plus the device time it launched
     (which overlap in wall-clock time); device activity linked to no op event is dropped.
     ``node`` is always '' (no ONNX graph).
+
+    Compiled by Inductor (with its kernel profiling on), the trace holds the runtime's ranges
+    (shortened to ``Torch-Compiled Region``, ``Call CompiledFxGraph``: their self time is the
+    runtime's), Inductor's generated kernels (``graph_0_cpp_fused_relu_view_2``) and the ATen ops
+    the compiled graph calls (extern kernels such as ``aten::addmm``). ``provenance``
+    (``InductorProvenance.to_dict``) maps each kernel to the (op, node, module) it fused: a
+    kernel's native op is its name without the index, its members those. Extern calls are given
+    the modules of the graph's extern kernels of that op, in the order the graph calls them.
     """
     threads: dict[tuple, list[_Span]] = defaultdict(list)
     by_external_id: dict[Any, _Span] = {}
     device_us: dict[Any, float] = defaultdict(float)
+    kernels = (provenance or {}).get("kernels", {})
     for event in _read_json(trace).get("traceEvents", []):
         if event.get("ph") != "X" or "dur" not in event:
             continue
-        cat, name = event.get("cat"), event.get("name", "")
+        cat, name = event.get("cat"), _torch_event_name(event.get("name", ""))
         thread, external_id = (event.get("pid"), event.get("tid")), event.get("args", {}).get("External id")
         if cat == "cpu_op" and not name.startswith("profiler::"):
-            span = _Span(event["ts"], event["dur"], name)
+            kernel = _INDUCTOR_EVENT.match(name)
+            if kernel:
+                members = tuple(tuple(m) for m in kernels.get(kernel.group(1), ()))
+                span = _Span(event["ts"], event["dur"], re.sub(r"_\d+$", "", kernel.group(1)), members=members)
+            else:
+                span = _Span(event["ts"], event["dur"], name)
             threads[thread].append(span)
             if external_id is not None:
                 by_external_id[external_id] = span
@@ -122,11 +158,34 @@ def torch_ops(trace: str | Path) -> pd.DataFrame:
             device_us[external_id] += event["dur"]
     for spans in threads.values():
         _nest(spans)
+        if provenance:
+            _extern_layers(spans, provenance.get("externs", []))
     for external_id, us in device_us.items():
         if external_id in by_external_id:
             by_external_id[external_id].self_us += us
-    rows = [(s.name, "", s.within, s.self_us) for spans in threads.values() for s in spans if s.is_op]
+    rows = [(s.name, "", s.within, s.self_us, s.members) for spans in threads.values() for s in spans if s.is_op]
     return _table(rows, trace)
+
+
+def _extern_layers(spans: list[_Span], externs: list[list[str]]) -> None:
+    """Give the ATen ops that a compiled graph calls directly the modules of the graph's extern
+    kernels: the k-th call of an op inside one graph call is the graph's k-th extern of that op."""
+    by_op: dict[str, list[str]] = defaultdict(list)
+    for op, module in externs:
+        by_op[op].append(module)
+    seen: dict[str, int] = defaultdict(int)
+    stack: list[_Span] = []
+    for span in sorted(spans, key=lambda s: (s.start, -s.dur)):
+        while stack and stack[-1].end <= span.start:
+            stack.pop()
+        if span.name == _GRAPH_CALL:
+            seen.clear()  # a new call of the graph
+        elif stack and stack[-1].name == _GRAPH_CALL and span.name in by_op:
+            modules = by_op[span.name]
+            span.within = modules[seen[span.name] % len(modules)]
+            seen[span.name] += 1
+        if span.is_op:
+            stack.append(span)
 
 
 def ort_node(ort_name: str, onnx_nodes: dict[str, str]) -> str:
@@ -224,4 +283,50 @@ def tf_ops(trace: str | Path, scope_to_node: dict[str, str], node_modules: dict[
                                        tf_scope_node(op_name, scope_to_node)))
             _nest(spans)
             rows += [(s.name, s.node, node_modules.get(s.node, ""), s.self_us) for s in spans]
+    return _table(rows, trace)
+
+
+#: OpenVINO runtime node types that replace one ONNX op of another name (and keep no ONNX name).
+_OPENVINO_REPLACES = {"GRUSequence": "GRU", "LSTMSequence": "LSTM", "RNNSequence": "RNN"}
+
+
+def openvino_ops(trace: str | Path, node_modules: dict[str, str], node_types: dict[str, str]) -> pd.DataFrame:
+    """Ops of an OpenVINO profile: the JSON the openvino backend writes from the infer request's
+    ``get_profiling_info()`` after each profiled call (``nodes``: node_name, node_type,
+    exec_type, status, real_us, cpu_us per node and iteration) and the runtime model's
+    ``originalLayersNames`` per node (``original_layers``).
+
+    Only EXECUTED nodes count, with their wall time (``real_us``). The native op is the runtime
+    node type (``FullyConnected``, ``Subgraph``, ``Reorder`` ...). Runtime nodes keep the name of
+    an ONNX node or extend it (``/item_emb_1/Gather_abc_bac_GRUSequence_12722``, a reorder of
+    that Gather's output): the node is the longest ONNX node name that begins the runtime name.
+    A ``GRUSequence`` (DIEN's GRU) has no ONNX name: it maps to the graph's only ONNX ``GRU``.
+    Nodes OpenVINO created from nothing (``Convert_10254``) keep no node and no layer. A node
+    that fused several ONNX nodes lists them as members ((op type, node, layer) each).
+    """
+    data = _read_json(trace)
+    original = data.get("original_layers", {})
+    by_type: dict[str, list[str]] = defaultdict(list)
+    for node, op_type in node_types.items():
+        by_type[op_type].append(node)
+
+    @functools.cache
+    def resolve(name: str, node_type: str) -> str:
+        if name in node_modules:
+            return name
+        for cut in range(len(name) - 1, 0, -1):
+            if name[:cut] in node_modules:
+                return name[:cut]
+        replaced = by_type.get(_OPENVINO_REPLACES.get(node_type, ""), [])
+        return replaced[0] if len(replaced) == 1 else ""
+
+    rows = []
+    for rec in data["nodes"]:
+        if rec["status"] != "EXECUTED":
+            continue
+        name, node_type = rec["node_name"], rec["node_type"]
+        node = resolve(name, node_type)
+        fused = [m for m in original.get(name, "").split(",") if m in node_types]
+        members = tuple((node_types[m], m, node_modules.get(m, "")) for m in fused) if len(fused) > 1 else ()
+        rows.append((node_type, node, node_modules.get(node, ""), rec["real_us"], members))
     return _table(rows, trace)

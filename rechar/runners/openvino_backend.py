@@ -1,0 +1,123 @@
+"""OpenVINO runtime on the verified ONNX export, CPU plugin (``openvino``).
+
+Best practice for latency: the ONNX model read by OpenVINO's ONNX frontend and reshaped to the
+point's batch size (static shapes: one compiled model per batch size, compiled before timing,
+its seconds recorded apart from the latency), the ``LATENCY`` performance hint,
+``INFERENCE_NUM_THREADS`` from ``--threads``, and one infer request fed the pool's numpy arrays
+with ``share_inputs`` and ``share_outputs`` (no copies in the timed call).
+
+``INFERENCE_PRECISION_HINT`` is ``f32``: on CPUs with bf16 instructions (this one has them)
+OpenVINO's default is bf16 compute, which measured errors up to 8.8e-4 against ONNX Runtime here,
+i.e. a different precision rather than a different stack. Reduced precision is a dimension of
+its own, compared at equal precision on every stack.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import onnx
+
+from rechar.exporters import ExportResult, node_modules
+from rechar.models import RecModel
+from rechar.runners.base import Backend, ProfileResult
+from rechar.runners.traces import PROFILE_WARMUP, openvino_ops
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+    framework = "openvino"
+    device = "cpu"
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        if importlib.util.find_spec("openvino") is None:
+            return "OpenVINO is not installed (pip install 'rechar[openvino]')"
+        return None
+
+    def load(self, model: RecModel, export: ExportResult) -> None:
+        import openvino as ov
+
+        self.ov = ov
+        self.core = ov.Core()
+        self.onnx_path = export.onnx_path
+        self.model = self.core.read_model(str(export.onnx_path))
+        self.current: tuple[int, Any] | None = None  # (batch, compiled model): one held at a time
+        self.compiles: dict[int, dict[str, Any]] = {}
+
+    def properties(self, profiling: bool = False) -> dict[str, Any]:
+        props = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+                 "INFERENCE_NUM_THREADS": self.options.threads}
+        if profiling:
+            props["PERF_COUNT"] = True
+        return props
+
+    def _compile(self, batch: int, profiling: bool = False):
+        """The model compiled for ``batch``; the timed one is kept until another batch size is
+        asked for (a compiled model holds its own copy of the weights)."""
+        if not profiling and self.current and self.current[0] == batch:
+            return self.current[1]
+        self.current = None
+        ov = self.ov
+        self.model.reshape({inp.get_any_name(): ov.PartialShape([batch, *list(inp.get_partial_shape())[1:]])
+                            for inp in self.model.inputs})
+        start = time.perf_counter()
+        compiled = self.core.compile_model(self.model, "CPU", self.properties(profiling))
+        if not profiling:
+            self.compiles.setdefault(batch, {"compile_seconds": time.perf_counter() - start})
+            self.current = (batch, compiled)
+        return compiled
+
+    def prepare(self, batches: Sequence[dict[str, np.ndarray]]) -> Callable[[], Any]:
+        return self._bind(self._compile(_batch(batches)), batches)
+
+    @staticmethod
+    def _bind(compiled, batches: Sequence[dict[str, np.ndarray]]) -> Callable[[], Any]:
+        request = compiled.create_infer_request()
+        infer, feeds = request.infer, itertools.cycle(batches)
+        return lambda: infer(next(feeds), share_inputs=True, share_outputs=True)
+
+    def outputs(self, result: Any) -> np.ndarray:
+        return np.array(result[0])  # a copy: shared outputs are overwritten by the next call
+
+    def compile_info(self, batch: int) -> dict[str, Any]:
+        return self.compiles.get(batch, {})
+
+    def profile(self, batches: Sequence[dict[str, np.ndarray]], iterations: int, trace_dir: Path) -> ProfileResult:
+        # PERF_COUNT is a compile-time property: a second compiled model, as ORT's second session.
+        compiled = self._compile(_batch(batches), profiling=True)
+        request = compiled.create_infer_request()
+        feeds = itertools.cycle(batches)
+        for _ in range(PROFILE_WARMUP):
+            request.infer(next(feeds), share_inputs=True)
+        records = []
+        for i in range(iterations):
+            request.infer(next(feeds), share_inputs=True)
+            records += [{"iteration": i, "node_name": p.node_name, "node_type": p.node_type, "exec_type": p.exec_type,
+                         "status": str(p.status).rpartition(".")[2], "real_us": p.real_time.total_seconds() * 1e6,
+                         "cpu_us": p.cpu_time.total_seconds() * 1e6} for p in request.get_profiling_info()]
+        fused = {op.get_friendly_name(): op.get_rt_info()["originalLayersNames"].astype(str)
+                 for op in compiled.get_runtime_model().get_ops() if "originalLayersNames" in op.get_rt_info()}
+        path = Path(trace_dir) / "openvino_profile.json"
+        path.write_text(json.dumps({"nodes": records, "original_layers": fused}))
+        graph = onnx.load(str(self.onnx_path), load_external_data=False)
+        types = {node.name: node.op_type for node in graph.graph.node}
+        return ProfileResult(path, openvino_ops(path, node_modules(graph), types), iterations)
+
+    def settings(self) -> dict[str, Any]:
+        return {"threads": self.options.threads, "precision": "f32", "performance_hint": "LATENCY",
+                "shapes": "static per batch size", "openvino": self.ov.get_version()}
+
+    def close(self) -> None:
+        self.current = None
+        del self.model
+
+
+def _batch(batches: Sequence[dict[str, np.ndarray]]) -> int:
+    return len(next(iter(batches[0].values())))
