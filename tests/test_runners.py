@@ -274,3 +274,25 @@ def test_run_cli_end_to_end_and_errors(run_cli, tmp_path):
             continue  # a GPU is present: that backend is available
         code, _, err = run_cli(*args)
         assert code == 2 and err.count("\n") == 1 and message in err, (args, err)
+
+
+def test_prefault_makes_mapped_weights_resident(tmp_path):
+    """Weights a framework memory-maps from the export folder (ONNX Runtime's external data) are
+    made resident before timing; mappings of files elsewhere are left alone."""
+    import psutil
+
+    from rechar.memory import prefault_mappings
+
+    (tmp_path / "export").mkdir()
+    (tmp_path / "other").mkdir()
+    size = 64 << 20
+    for folder in ("export", "other"):
+        np.ones(size // 8).tofile(tmp_path / folder / "model.onnx.data")
+    weights = np.memmap(tmp_path / "export" / "model.onnx.data", dtype=np.float64, mode="r")
+    elsewhere = np.memmap(tmp_path / "other" / "model.onnx.data", dtype=np.float64, mode="r")
+    process = psutil.Process()
+    before = process.memory_info().rss
+    assert prefault_mappings(tmp_path / "export") == size
+    grown = process.memory_info().rss - before
+    assert 0.9 * size < grown < 1.5 * size  # the export's 64 MB came in, not the other file's
+    assert weights[-1] == 1 and elsewhere[0] == 1

@@ -25,6 +25,7 @@ import numpy as np
 import rechar.models as models
 from rechar.exporters import ExportResult, load_manifest
 from rechar.exporters.graph import check_external_data, check_inputs_match
+from rechar.memory import prefault_mappings
 from rechar.runners import BackendOptions, allocator, backend_class
 from rechar.runners.counters import count_call
 from rechar.runners.inputs import FALLBACK_CACHE_BYTES, InputPool, PoolRule, PoolSpec
@@ -116,8 +117,11 @@ def run(spec: WorkerSpec) -> None:
             append_point(spec.run_dir, {**base, "device": backend.device, "batch": batch, "status": "failed",
                                         "error": f"load failed: {_one_line(e)}"})
         return
+    # Weights that the framework memory-mapped from the export come in from disk page by page;
+    # make them resident now, as in a server that has been running (rechar.memory).
+    prefaulted = prefault_mappings(export.path)
     load_seconds = time.perf_counter() - load_start
-    settings = {**backend.settings(), "malloc": spec.malloc}
+    settings = {**backend.settings(), "malloc": spec.malloc, "weights_prefaulted_bytes": prefaulted}
 
     ok = False
     for batch in spec.batches:
