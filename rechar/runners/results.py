@@ -227,6 +227,8 @@ def summary(points: pd.DataFrame) -> str:
         "samples/s": points["throughput_sps"].round(0),
         "max err": points["max_abs_error"].map(lambda v: "" if pd.isna(v) else f"{v:.1e}"),
     })
+    if points["compile_seconds"].notna().any():  # compiled stacks: the compile, never in a latency
+        view["compile s"] = points["compile_seconds"].round(1)
     text = view.to_string(index=False, na_rep="")
     problems = points[points["status"] != "ok"]
     if not problems.empty:
