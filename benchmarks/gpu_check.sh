@@ -7,9 +7,11 @@
 #
 #     export PYTHONPATH=/tmp/site; bash benchmarks/gpu_check.sh
 #
-# It runs the CUDA parity tests, then a sweep of the DLRM models and DIN/DIEN on CPU and GPU
-# backends up to batch 16384 (compare with the reference timings in gpu-machine.md), profiles it
-# (and counts CPU events where perf is installed), and prints the analysis.
+# It runs the CUDA parity and profile tests (torch-cuda, torch-compile-cuda, ort-cuda), then a
+# sweep of the DLRM models and DIN/DIEN on CPU and GPU backends up to batch 16384 with fresh
+# inputs (compare with the reference timings in gpu-machine.md), profiles it (and counts CPU
+# events where perf is installed), then a short torch-compile-cuda sweep (CUDA graphs; its
+# compiles take seconds per model and batch size), and prints the analysis.
 #
 # The run folder stays in /tmp/gpu-check; what comes back through $OUT is kept to a few files
 # (the device tool returns at most 8, no more than 2 folders down): check.log, analysis.txt,
@@ -33,10 +35,15 @@ timeout 420 python3 -m rechar.cli run -m "${MODELS:-dlrm-rmc1,dlrm-rmc2,dlrm-rmc
     -b "${BACKENDS:-torch,torch-cuda,ort-cpu,ort-cuda}" --batch-sizes "${BATCHES:-1,64,1024,16384}" --scale small --threads "$(nproc)" --warmup-iters 5 --min-iters 20 --min-seconds 0.5 --timeout 120 \
     --profile --profile-iters 10 "${counters[@]}" --exports "$work/exports" --out "$work/run" --quiet
 echo "sweep exit status $?"
+# The compiled CUDA stack on two models, as a run of its own (analysed together with the sweep).
+timeout 150 python3 -m rechar.cli run -m dlrm-rmc1,din -b torch-compile-cuda --batch-sizes 64,1024 --scale small \
+    --threads "$(nproc)" --warmup-iters 5 --min-iters 20 --min-seconds 0.5 --timeout 100 --profile --profile-iters 10 \
+    --exports "$work/exports" --out "$work/compiled" --quiet
+echo "compiled sweep exit status $?"
 # Whatever the sweep finished (a timeout above leaves a resumable run), show and analyze it.
 python3 -m rechar.cli show "$work/run"
-python3 -m rechar.cli analyze "$work/run" --csv "$work/tables" > "$out/analysis.txt" 2>&1
+python3 -m rechar.cli analyze "$work/run" $( [ -d "$work/compiled" ] && echo "$work/compiled" ) --csv "$work/tables" > "$out/analysis.txt" 2>&1
 cat "$out/analysis.txt"
 tar czf "$out/tables.tgz" -C "$work" tables 2>/dev/null
-tar czf "$out/run.tgz" -C "$work" --exclude traces run
+tar czf "$out/run.tgz" -C "$work" --exclude traces run $( [ -d "$work/compiled" ] && echo compiled )
 ls -la "$out"

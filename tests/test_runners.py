@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -246,7 +247,7 @@ def test_unavailable_compiled_stacks_say_why(monkeypatch, run_cli):
     monkeypatch.setattr(shutil, "which", lambda name, *a, **kw: None if name in ("g++", "c++") else real_which(name, *a, **kw))
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "openvino" else real_find(n, *a))
     for backend, message in [("torch-compile", "no C++ compiler"), ("openvino", "OpenVINO is not installed")]:
-        with pytest.raises(UserError, match=f"backend {backend} is not available: {message}"):
+        with pytest.raises(UserError, match=re.escape(f"backend {backend} is not available: {message}")):
             select_backends([backend])
         code, out, err = run_cli("run", "-b", backend, "-m", "ncf", "--scale", "tiny")
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err

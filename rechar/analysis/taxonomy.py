@@ -108,6 +108,19 @@ OP_CATEGORY: dict[str, str] = {
     "aten::index_put": _MOV, "aten::constant_pad_nd": _MOV, "aten::repeat": _MOV,
     "Torch-Compiled Region": _RUN, "Call CompiledFxGraph": _RUN, "TorchDynamo Cache Lookup": _RUN,
     "Pregraph bytecode": _RUN, "AOTDispatcher Runtime Wrapper Prologue": _RUN,
+    # TensorFlow's runtime: the call of the lowered function (its self time)
+    "tf.function call": _RUN,
+    # XLA (HLO opcodes; fusions and other instructions are attributed by the TF ops they came from)
+    "xla::dot": _FC, "xla::gather": _EMB, "xla::concatenate": _INT, "xla::copy": _MOV, "xla::transpose": _MOV,
+    "xla::bitcast": _MOV, "xla::broadcast": _MOV, "xla::reshape": _MOV, "xla::slice": _MOV,
+    "xla::dynamic-slice": _MOV, "xla::tuple": _MOV, "xla::get-tuple-element": _MOV, "xla::parameter": _MOV,
+    "xla::constant": _MOV, "xla::reduce": _ELT, "xla::reduce-window": _ELT, "xla::add": _ELT,
+    "xla::multiply": _ELT, "xla::subtract": _ELT, "xla::divide": _ELT, "xla::maximum": _ELT,
+    "xla::exponential": _ELT, "xla::select": _ELT, "xla::compare": _ELT, "xla::tanh": _ACT,
+    "xla::logistic": _ACT, "xla::convert": _MOV, "xla::pad": _MOV, "xla::iota": _MOV,
+    "xla::dynamic-update-slice": _MOV, "xla::negate": _ELT, "xla::abs": _ELT, "xla::sqrt": _ELT, "xla::rsqrt": _ELT,
+    "xla::log": _ELT, "xla::power": _ELT, "xla::minimum": _ELT, "xla::and": _ELT, "xla::or": _ELT, "xla::not": _ELT,
+    "xla::clamp": _ELT, "xla::floor": _ELT, "xla::remainder": _ELT, "xla::sign": _ELT,
     # OpenVINO CPU plugin (node types of its runtime graph)
     "FullyConnected": _FC, "Reduce": _ELT, "Concatenation": _INT, "Eltwise": _ELT, "Multiply": _ELT,
     "Subtract": _ELT, "Divide": _ELT, "Power": _ELT, "Select": _ELT, "GRUSequence": _REC, "RNNSeq": _REC,

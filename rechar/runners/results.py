@@ -32,7 +32,7 @@ from rechar.errors import UserError
 from rechar.jsonfile import read_manifest_file
 
 #: 2: input pools (inputs, pool_batches, pool_gathered_bytes, pool_distinct_rows, cache_bytes);
-#: compile_seconds, compile_cache_hit (compiled stacks)
+#: compile_seconds, compile_cache_hit, compiled_graphs (compiled stacks)
 SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 POINTS_LOG = "points.jsonl"
@@ -49,7 +49,7 @@ POINT_COLUMNS = [
     "max_abs_error", "iterations", "p50_us", "p90_us", "p99_us", "mean_us", "std_us", "min_us", "max_us",
     "throughput_sps", "timed_seconds", "load_seconds", "peak_rss_bytes", "peak_device_bytes",
     "inputs", "pool_batches", "pool_gathered_bytes", "pool_distinct_rows", "cache_bytes",
-    "compile_seconds", "compile_cache_hit", "input_hash", "settings", "started", "finished",
+    "compile_seconds", "compile_cache_hit", "compiled_graphs", "input_hash", "settings", "started", "finished",
 ]
 #: Numeric columns: float64 even when no point of a run was timed (all null), so that readers
 #: can do arithmetic on them without checking.
@@ -57,7 +57,7 @@ NUMERIC_COLUMNS = [
     "max_abs_error", "iterations", "p50_us", "p90_us", "p99_us", "mean_us", "std_us", "min_us", "max_us",
     "throughput_sps", "timed_seconds", "load_seconds", "peak_rss_bytes", "peak_device_bytes",
     "pool_batches", "pool_gathered_bytes", "pool_distinct_rows", "cache_bytes", "compile_seconds",
-    "started", "finished",
+    "compiled_graphs", "started", "finished",
 ]
 #: status values: ok (timed), invalid (outputs outside tolerance: not timed), failed (an error or
 #: a crashed worker), timeout (the worker was killed after --timeout seconds).

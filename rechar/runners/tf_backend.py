@@ -21,7 +21,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 import onnx
 
-from rechar.runners.traces import PROFILE_WARMUP, tf_ops
+from rechar.runners.traces import PROFILE_WARMUP, tf_ops, xla_instructions
 from rechar.exporters import ExportResult, node_modules
 from rechar.models import RecModel
 from rechar.runners.base import Backend, ProfileResult
@@ -98,8 +98,14 @@ class TFBackend(Backend):
             [xplane] = Path(logdir).glob("plugins/profile/*/*.xplane.pb")
             path = Path(trace_dir) / "tf.xplane.pb"
             shutil.copyfile(xplane, path)
+        hlo = None
+        if self.jit_compile:  # the HLO module that ran, to map XLA's instructions back to TF ops
+            example = [self.tf.constant(batches[0][n]) for n in self.input_names]
+            text = self.lowered.function.experimental_get_compiler_ir(*example)(stage="optimized_hlo")
+            (Path(trace_dir) / "xla_hlo.txt").write_text(text)
+            hlo = xla_instructions(text)
         modules = node_modules(onnx.load(str(self.onnx_path), load_external_data=False))
-        return ProfileResult(path, tf_ops(path, self.lowered.scope_to_node, modules), iterations)
+        return ProfileResult(path, tf_ops(path, self.lowered.scope_to_node, modules, hlo), iterations)
 
     def peak_device_bytes(self) -> int | None:
         if self.device != "gpu":

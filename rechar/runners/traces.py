@@ -52,6 +52,7 @@ class _Span:
     self_us: float = 0.0  # set by _nest
     within: str = ""  # name of the innermost enclosing range, set by _nest
     members: tuple = ()  # a fused kernel's (native op, node, layer) members
+    graph: str | None = None  # the compiled graph an Inductor kernel belongs to
 
     @property
     def end(self) -> float:
@@ -99,7 +100,9 @@ def _read_json(path: str | Path) -> Any:
 
 
 #: Inductor's kernels as its kernel profiling names them: ``graph_<id>_<kernel>``.
-_INDUCTOR_EVENT = re.compile(r"graph_\d+_((?:cpp|triton)_\w+)$")
+_INDUCTOR_EVENT = re.compile(r"graph_(\d+)_((?:cpp|triton)_\w+)$")
+#: Triton kernels on a CUDA device, as the device trace names them.
+_TRITON_KERNEL = re.compile(r"triton_(?:poi|red|per|tem)_fused_\w+$")
 #: Ranges of the compiled-code runtime whose names carry ids or hashes: name prefix -> short name.
 _TORCH_RUNTIME = {"Torch-Compiled Region": "Torch-Compiled Region", "## Call CompiledFxGraph": "Call CompiledFxGraph"}
 _GRAPH_CALL = "Call CompiledFxGraph"
@@ -126,16 +129,20 @@ def torch_ops(trace: str | Path, provenance: dict[str, Any] | None = None) -> pd
 
     Compiled by Inductor (with its kernel profiling on), the trace holds the runtime's ranges
     (shortened to ``Torch-Compiled Region``, ``Call CompiledFxGraph``: their self time is the
-    runtime's), Inductor's generated kernels (``graph_0_cpp_fused_relu_view_2``) and the ATen ops
-    the compiled graph calls (extern kernels such as ``aten::addmm``). ``provenance``
-    (``InductorProvenance.to_dict``) maps each kernel to the (op, node, module) it fused: a
-    kernel's native op is its name without the index, its members those. Extern calls are given
-    the modules of the graph's extern kernels of that op, in the order the graph calls them.
+    runtime's), Inductor's generated kernels (``graph_<id>_cpp_fused_relu_view_2``) and the ATen
+    ops the compiled graph calls (extern kernels such as ``aten::addmm``). ``provenance``
+    (``InductorProvenance.to_dict``) maps each graph's kernels to the (op, node, module) they
+    fused: a kernel's native op is its name without the index, its members those. Extern calls
+    get the modules of their graph's extern kernels of that op, in the order the graph calls them
+    (a graph call's graph is the one its kernels name). On CUDA, Triton kernels are device events
+    of their own, matched to the provenance by name.
     """
     threads: dict[tuple, list[_Span]] = defaultdict(list)
     by_external_id: dict[Any, _Span] = {}
     device_us: dict[Any, float] = defaultdict(float)
-    kernels = (provenance or {}).get("kernels", {})
+    device_spans: list[tuple] = []
+    graphs = (provenance or {}).get("graphs", {})
+    triton = {name: members for graph in graphs.values() for name, members in graph["kernels"].items()}
     for event in _read_json(trace).get("traceEvents", []):
         if event.get("ph") != "X" or "dur" not in event:
             continue
@@ -144,8 +151,9 @@ def torch_ops(trace: str | Path, provenance: dict[str, Any] | None = None) -> pd
         if cat == "cpu_op" and not name.startswith("profiler::"):
             kernel = _INDUCTOR_EVENT.match(name)
             if kernel:
-                members = tuple(tuple(m) for m in kernels.get(kernel.group(1), ()))
-                span = _Span(event["ts"], event["dur"], re.sub(r"_\d+$", "", kernel.group(1)), members=members)
+                graph, kernel_name = kernel.groups()
+                members = tuple(tuple(m) for m in graphs.get(graph, {}).get("kernels", {}).get(kernel_name, ()))
+                span = _Span(event["ts"], event["dur"], re.sub(r"_\d+$", "", kernel_name), members=members, graph=graph)
             else:
                 span = _Span(event["ts"], event["dur"], name)
             threads[thread].append(span)
@@ -154,38 +162,49 @@ def torch_ops(trace: str | Path, provenance: dict[str, Any] | None = None) -> pd
         elif cat == "user_annotation" and name.startswith(TORCH_MODULE_PREFIX):
             layer = name.removeprefix(TORCH_MODULE_PREFIX)
             threads[thread].append(_Span(event["ts"], event["dur"], layer, is_op=False))
+        elif cat == "kernel" and provenance and _TRITON_KERNEL.match(name):
+            members = tuple(tuple(m) for m in triton.get(name, ()))
+            device_spans.append((re.sub(r"_\d+$", "", name), event["dur"], members))
         elif cat in TORCH_DEVICE_CATEGORIES and external_id is not None:
             device_us[external_id] += event["dur"]
     for spans in threads.values():
         _nest(spans)
-        if provenance:
-            _extern_layers(spans, provenance.get("externs", []))
+        if graphs:
+            _extern_layers(spans, graphs)
     for external_id, us in device_us.items():
         if external_id in by_external_id:
             by_external_id[external_id].self_us += us
     rows = [(s.name, "", s.within, s.self_us, s.members) for spans in threads.values() for s in spans if s.is_op]
+    rows += [(name, "", "", us, members) for name, us, members in device_spans]
     return _table(rows, trace)
 
 
-def _extern_layers(spans: list[_Span], externs: list[list[str]]) -> None:
+def _extern_layers(spans: list[_Span], graphs: dict[str, dict[str, Any]]) -> None:
     """Give the ATen ops that a compiled graph calls directly the modules of the graph's extern
-    kernels: the k-th call of an op inside one graph call is the graph's k-th extern of that op."""
-    by_op: dict[str, list[str]] = defaultdict(list)
-    for op, module in externs:
-        by_op[op].append(module)
-    seen: dict[str, int] = defaultdict(int)
+    kernels: the k-th call of an op inside one call of a graph is that graph's k-th extern of
+    that op. A call's graph is the one its generated kernels name."""
+    calls: list[tuple[_Span, list[_Span]]] = []  # each graph call with its direct children
     stack: list[_Span] = []
     for span in sorted(spans, key=lambda s: (s.start, -s.dur)):
         while stack and stack[-1].end <= span.start:
             stack.pop()
+        if stack and stack[-1].name == _GRAPH_CALL:
+            calls[-1][1].append(span)
         if span.name == _GRAPH_CALL:
-            seen.clear()  # a new call of the graph
-        elif stack and stack[-1].name == _GRAPH_CALL and span.name in by_op:
-            modules = by_op[span.name]
-            span.within = modules[seen[span.name] % len(modules)]
-            seen[span.name] += 1
+            calls.append((span, []))
         if span.is_op:
             stack.append(span)
+    for _, children in calls:
+        graph = next((c.graph for c in children if c.graph is not None), None)
+        by_op: dict[str, list[str]] = defaultdict(list)
+        for op, module in graphs.get(graph, {}).get("externs", []):
+            by_op[op].append(module)
+        seen: dict[str, int] = defaultdict(int)
+        for child in children:
+            if child.name in by_op:
+                modules = by_op[child.name]
+                child.within = modules[seen[child.name] % len(modules)]
+                seen[child.name] += 1
 
 
 def ort_node(ort_name: str, onnx_nodes: dict[str, str]) -> str:
@@ -255,7 +274,49 @@ def tf_scope_node(op_name: str, scope_to_node: dict[str, str]) -> str:
     return ""
 
 
-def tf_ops(trace: str | Path, scope_to_node: dict[str, str], node_modules: dict[str, str]) -> pd.DataFrame:
+#: HLO instructions that compute nothing of their own.
+_HLO_PLUMBING = {"parameter", "constant", "bitcast", "tuple", "get-tuple-element"}
+_HLO_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?(?P<name>[\w.\-]+)\s.*\{\s*$")
+_HLO_INSTRUCTION = re.compile(r"^\s+(?:ROOT\s+)?%?(?P<name>[\w.\-]+)\s*=\s*.*?\s(?P<opcode>[a-z][\w\-]*)\((?P<rest>.*)$")
+
+
+def xla_instructions(hlo_text: str) -> dict[str, dict[str, Any]]:
+    """The instructions of an XLA HLO module (its text form), by name: ``opcode``, the TF op
+    (``op_type``, ``op_name``) of its metadata, and for a fusion (or any instruction that calls
+    a computation) the TF ops of the instructions it fused, ``members`` [(op_type, op_name)].
+    An instruction without metadata (XLA made it, e.g. a ``reduce-window`` that splits a sum)
+    stands for its opcode, ``xla::<opcode>``, with no op name."""
+    computations: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    instructions: dict[str, dict[str, Any]] = {}
+    current = None
+    for line in hlo_text.splitlines():
+        header = None if line[:1].isspace() else _HLO_COMPUTATION.match(line)
+        if header:
+            current = header["name"]
+            continue
+        match = _HLO_INSTRUCTION.match(line)
+        if not match or current is None:
+            continue
+        rest = match["rest"]
+        op_type, op_name, calls = (re.search(pattern, rest) for pattern in
+                                   (r'op_type="([^"]*)"', r'op_name="([^"]*)"', r"calls=%?([\w.\-]+)"))
+        opcode = match["opcode"]
+        own = op_type[1] if op_type else ("" if opcode in _HLO_PLUMBING else f"xla::{opcode}")
+        entry = {"opcode": opcode, "op_type": own, "op_name": op_name[1] if op_name else "",
+                 "calls": calls[1] if calls else None}
+        computations[current].append(entry)
+        instructions[match["name"]] = entry
+    for entry in instructions.values():
+        entry["members"] = [(e["op_type"], e["op_name"]) for e in computations.get(entry["calls"], []) if e["op_type"]]
+    return instructions
+
+
+#: TensorFlow's event for a call of the lowered function: the runtime around the ops it runs.
+TF_FUNCTION_CALL = "tf.function call"
+
+
+def tf_ops(trace: str | Path, scope_to_node: dict[str, str], node_modules: dict[str, str],
+           hlo: dict[str, dict[str, Any]] | None = None) -> pd.DataFrame:
     """Ops of a TensorFlow profile (an XSpace, ``*.xplane.pb``).
 
     On plane ``/host:CPU`` op events are named ``<tf op name>:<op type>`` with ``duration_ps``;
@@ -264,7 +325,14 @@ def tf_ops(trace: str | Path, scope_to_node: dict[str, str], node_modules: dict[
     node's module path the layer. oneDNN fuses MatMul+BiasAdd+Relu into one
     ``_MklNativeFusedMatMul`` that runs under the Relu's scope: it counts as that node's (the
     category follows the fused op type). Op events nesting on a thread (function calls) count
-    by self time. On a GPU, these are host-side times.
+    by self time; the function call itself (``__inference_run_…``) is the ``tf.function call``,
+    whose self time is TensorFlow's runtime. On a GPU, these are host-side times.
+
+    Compiled by XLA, the function runs as HLO instructions, which the profiler records by
+    instruction name (``dot.3``, ``gather_bitcast_fusion.2``). ``hlo`` (``xla_instructions`` of
+    the module that ran) maps each to its opcode (native op ``xla::<opcode>``) and the TF ops it
+    came from (their scopes give the ONNX node): an instruction lists them as members, the ops of
+    its fused computation for a fusion, its own op otherwise.
     """
     from tensorflow.tsl.profiler.protobuf import xplane_pb2  # ships with TensorFlow
 
@@ -277,13 +345,29 @@ def tf_ops(trace: str | Path, scope_to_node: dict[str, str], node_modules: dict[
             spans = []
             for event in line.events:
                 name = plane.event_metadata[event.metadata_id].name
-                if ":" in name and "::" not in name and " " not in name:
+                start, dur = event.offset_ps / 1e6, event.duration_ps / 1e6
+                if hlo and name in hlo:
+                    spans.append(_xla_span(start, dur, hlo[name], scope_to_node, node_modules))
+                elif ":" in name and "::" not in name and " " not in name:
                     op_name, _, op_type = name.rpartition(":")
-                    spans.append(_Span(event.offset_ps / 1e6, event.duration_ps / 1e6, op_type,
-                                       tf_scope_node(op_name, scope_to_node)))
+                    if op_type.startswith("__inference_"):
+                        op_type = TF_FUNCTION_CALL
+                    spans.append(_Span(start, dur, op_type, tf_scope_node(op_name, scope_to_node)))
             _nest(spans)
-            rows += [(s.name, s.node, node_modules.get(s.node, ""), s.self_us) for s in spans]
+            rows += [(s.name, s.node, node_modules.get(s.node, ""), s.self_us, s.members) for s in spans]
     return _table(rows, trace)
+
+
+def _xla_span(start: float, dur: float, instruction: dict[str, Any], scope_to_node: dict[str, str],
+              node_modules: dict[str, str]) -> _Span:
+    def member(op_type: str, op_name: str) -> tuple[str, str, str]:
+        node = tf_scope_node(op_name, scope_to_node)
+        return op_type, node, node_modules.get(node, "")
+
+    own = [(instruction["op_type"], instruction["op_name"])] if instruction["op_type"] else []
+    members = tuple(member(*m) for m in (instruction["members"] or own))
+    return _Span(start, dur, f"xla::{instruction['opcode']}", tf_scope_node(instruction["op_name"], scope_to_node),
+                 members=members)
 
 
 #: OpenVINO runtime node types that replace one ONNX op of another name (and keep no ONNX name).
@@ -302,7 +386,8 @@ def openvino_ops(trace: str | Path, node_modules: dict[str, str], node_types: di
     that Gather's output): the node is the longest ONNX node name that begins the runtime name.
     A ``GRUSequence`` (DIEN's GRU) has no ONNX name: it maps to the graph's only ONNX ``GRU``.
     Nodes OpenVINO created from nothing (``Convert_10254``) keep no node and no layer. A node
-    that fused several ONNX nodes lists them as members ((op type, node, layer) each).
+    that fused several ONNX nodes, or runs one under another type, lists them as members ((op
+    type, node, layer) each).
     """
     data = _read_json(trace)
     original = data.get("original_layers", {})
@@ -327,6 +412,9 @@ def openvino_ops(trace: str | Path, node_modules: dict[str, str], node_types: di
         name, node_type = rec["node_name"], rec["node_type"]
         node = resolve(name, node_type)
         fused = [m for m in original.get(name, "").split(",") if m in node_types]
-        members = tuple((node_types[m], m, node_modules.get(m, "")) for m in fused) if len(fused) > 1 else ()
+        # members where the node fused several ONNX nodes, or runs one under another type (a
+        # Subgraph of one Relu): they say what it computes
+        listed = len(fused) > 1 or (len(fused) == 1 and node_types[fused[0]] != node_type)
+        members = tuple((node_types[m], m, node_modules.get(m, "")) for m in fused) if listed else ()
         rows.append((node_type, node, node_modules.get(node, ""), rec["real_us"], members))
     return _table(rows, trace)
