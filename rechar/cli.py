@@ -17,6 +17,7 @@ from rechar.analysis.counters import load_counters
 from rechar.analysis.ops import OPS, build_ops_table
 from rechar.exporters import DEFAULT_EXPORTER, EXPORTERS, ExportCheckError, ExportOptions, export
 from rechar.runners import BACKENDS, DEFAULT_BACKENDS, allocator
+from rechar.runners.contention import NoiseThresholds
 from rechar.runners.measure import TimingOptions
 from rechar.runners.results import COUNTERS_LOG, load_points, read_manifest, summary
 from rechar.runners.sweep import DEFAULT_BATCH_SIZES, RunOptions, SweepInterrupted, resume_sweep, run_sweep
@@ -174,6 +175,15 @@ class ProgressBar:
 @click.option("--inputs", type=click.Choice(["fresh", "replay"]), default="fresh", show_default=True,
               help="fresh: each call runs the next batch of a pool sized to overflow the last-level cache; "
                    "replay: every call runs one batch (the cache-warm best case).")
+@click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Measure every point this many times, each in a fresh worker, rounds interleaved; the "
+                   "point's p50 and its 95% interval come from the rounds.")
+@click.option("--remeasure-noisy", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Measure a round again, up to this many times, when the machine was busy while it was timed.")
+@click.option("--noisy-others", type=click.FloatRange(min=0, max=1, min_open=True), default=0.10, show_default=True,
+              help="A point is noisy when other processes used more than this share of the machine's CPUs.")
+@click.option("--noisy-steal", type=click.FloatRange(min=0, max=1, min_open=True), default=0.05, show_default=True,
+              help="A point is noisy when the hypervisor stole more than this share of the CPU time.")
 @click.option("--warmup-iters", type=click.IntRange(min=0), default=10, show_default=True)
 @click.option("--warmup-seconds", type=click.FloatRange(min=0), default=0.2, show_default=True)
 @click.option("--min-iters", type=click.IntRange(min=1), default=50, show_default=True,
@@ -197,7 +207,7 @@ class ProgressBar:
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
               help="Continue an interrupted run folder with its own options, skipping finished points.")
 def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_path, threads, out, exports_dir,
-            seed, ids, zipf_alpha, inputs, warmup_iters, warmup_seconds, min_iters, min_seconds, timeout, malloc, quiet,
+            seed, ids, zipf_alpha, inputs, rounds, remeasure_noisy, noisy_others, noisy_steal, warmup_iters, warmup_seconds, min_iters, min_seconds, timeout, malloc, quiet,
             profile, profile_iters, count, counter_seconds, write_html, resume_dir) -> None:
     """Time models x backends x batch sizes; every point checked against eager PyTorch first."""
     echo = (lambda msg: None) if quiet else click.echo
@@ -212,7 +222,8 @@ def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_p
         models=chosen, backends=_split_names(backend_names), batch_sizes=batch_sizes, scale=scale,
         overrides=load_overrides(config_path, chosen), seed=seed, ids=ids, zipf_alpha=zipf_alpha, inputs=inputs,
         malloc=malloc, exports_dir=exports_dir, timeout=timeout, profile_iters=profile_iters if profile else 0,
-        counter_seconds=counter_seconds if count else 0.0,
+        counter_seconds=counter_seconds if count else 0.0, rounds=rounds, remeasure_noisy=remeasure_noisy,
+        noise=NoiseThresholds(others_share=noisy_others, steal_share=noisy_steal),
         timing=TimingOptions(warmup_iters=warmup_iters, warmup_seconds=warmup_seconds, min_iters=min_iters,
                              min_seconds=min_seconds),
     )

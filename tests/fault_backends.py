@@ -1,5 +1,5 @@
-"""Backends that misbehave on purpose, for testing how a sweep survives them, and one that
-records which input batch every call ran on.
+"""Backends that misbehave on purpose, for testing how a sweep survives them, one that records
+which input batch every call ran on, and one that times some points beside a competing load.
 
 Loaded into worker processes through RECHAR_EXTRA_BACKENDS (see rechar.runners)."""
 
@@ -9,10 +9,12 @@ import itertools
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from rechar.runners.inputs import pool_hash
-
 from rechar.runners.ort_backend import OrtCpuBackend
 from rechar.runners.torch_backend import TorchCompileBackend
 
@@ -85,3 +87,36 @@ class PerturbedCompileBackend(TorchCompileBackend):
     def load(self, model, export):
         super().load(model, export)
         self.model.predict_layer.bias.add_(0.5)
+
+
+class BurningBackend(OrtCpuBackend):
+    """ONNX Runtime whose timed calls at the batch sizes in $RECHAR_TEST_BURN_BATCHES run beside a
+    competing load: one busy loop per CPU in processes of their own, from the placement of the
+    point's pool until the backend's next placement or close (and never longer than 20 s). Each
+    batch size burns once (a marker in $RECHAR_TEST_BURN_DIR), so that a re-measurement is quiet."""
+
+    name = "burning"
+    burners: list = []
+
+    def prepare(self, batches):
+        self._stop_burning()
+        call = super().prepare(batches)
+        batch = len(next(iter(batches[0].values())))
+        burn = {int(b) for b in os.environ["RECHAR_TEST_BURN_BATCHES"].split(",")}
+        marker = Path(os.environ["RECHAR_TEST_BURN_DIR"]) / f"b{batch}"
+        if batch in burn and len(batches) > 2 and not marker.exists():  # the timed pool, not the gate's two
+            marker.touch()
+            loop = "import time\nend = time.time() + 20\nwhile time.time() < end: pass"
+            self.burners = [subprocess.Popen([sys.executable, "-c", loop]) for _ in range(os.cpu_count())]
+            time.sleep(0.3)  # the loops are running before the timing starts
+        return call
+
+    def _stop_burning(self):
+        for proc in self.burners:
+            proc.kill()
+            proc.wait()
+        self.burners = []
+
+    def close(self):
+        self._stop_burning()
+        super().close()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from rechar.analysis.comparison import noisy_points, runner_up, speedup_intervals, stack_comparison
 from rechar.analysis.breakdown import bottleneck_shift, breakdown_wide, category_breakdown, dominant_table
 from rechar.analysis.counters import counted_metrics, counter_support, counter_table, load_counters
 from rechar.analysis.deployment import best_deployment, crossover, gpu_speedup
@@ -67,7 +68,8 @@ def analyze(run_dirs: list[str | Path], p99_bound_ms: float = 10.0, reference: s
     points, ops, counters = runs.points, runs.ops, runs.counters
     breakdown = category_breakdown(ops)
     shift = bottleneck_shift(breakdown, reference)
-    speedup = gpu_speedup(points)
+    speedup = speedup_intervals(gpu_speedup(points), points)
+    best = best_deployment(points, p99_bound_ms)
     return {
         "points": points,
         "ops": ops,
@@ -80,7 +82,10 @@ def analyze(run_dirs: list[str | Path], p99_bound_ms: float = 10.0, reference: s
         "dominant": dominant_table(shift) if not shift.empty else pd.DataFrame(),
         "speedup": speedup,
         "crossover": crossover(speedup),
-        "best": best_deployment(points, p99_bound_ms),
+        "best": best,
+        "runner_up": runner_up(best, points, p99_bound_ms),
+        "comparison": stack_comparison(points, reference),
+        "noisy": noisy_points(points),
         "counters": counters,
         "counter_support": counter_support(runs.manifests),
         "correlation": feature_correlation(model_features(runs.configs),
@@ -113,7 +118,22 @@ def format_tables(tables: dict[str, pd.DataFrame]) -> str:
             moved[["host", "model", "device", "batch", "backend", "category", "delta"]], "(none)")
     add("3. GPU/CPU speedup (p50) and crossover batch", tables["crossover"],
         "(no GPU points: run on a GPU machine and pass both runs)")
+    speedup = tables["speedup"]
+    if not speedup.empty:
+        add("3b. GPU/CPU speedup per batch, 95% interval",
+            speedup[["model", "framework", "cpu_host", "gpu_host", "batch", "speedup", "speedup_low", "speedup_high",
+                     "verdict"]], "")
     add("4. best deployment under the p99 bound", tables["best"], "(no points)")
+    add("4b. best deployment against the runner-up (throughput ratio, 95% interval)", tables["runner_up"],
+        "(fewer than two points meet the bound)")
+    comparison = tables["comparison"]
+    add("stack against stack: p50 over the reference backend's at the same point (95% interval)",
+        comparison.drop(columns=["reference"]) if not comparison.empty else comparison,
+        "(no point of the reference backend to compare with)")
+    noisy = tables["noisy"]
+    if not noisy.empty:
+        add("noisy points: the machine was busy while they were timed (compare with care; --remeasure-noisy)",
+            noisy, "")
     add("5. model features vs measured behaviour (Spearman)", tables["correlation"], "(no points)")
     counters = tables["counters"]
     ok = counters[counters["status"] == "ok"] if not counters.empty else counters

@@ -12,11 +12,25 @@ POINT = ["host", "model", "backend", "device", "batch"]
 
 
 def category_breakdown(ops: pd.DataFrame) -> pd.DataFrame:
-    """Tidy: host, model, backend, device, batch, category, self_us_per_iter, share (of the point)."""
+    """Tidy: host, model, backend, device, batch, category, self_us_per_iter, share (of the
+    point), share_sd. With several profiled rounds per point, each round's shares are computed
+    apart: ``share`` is their mean and ``share_sd`` their standard deviation (NaN for one round)."""
     if ops.empty:
-        return pd.DataFrame(columns=POINT + ["category", "self_us_per_iter", "share"])
-    df = ops.groupby(POINT + ["category"], as_index=False)["self_us_per_iter"].sum()
-    df["share"] = df["self_us_per_iter"] / df.groupby(POINT)["self_us_per_iter"].transform("sum")
+        return pd.DataFrame(columns=POINT + ["category", "self_us_per_iter", "share", "share_sd"])
+    ops = ops if "round" in ops else ops.assign(round=0)
+    per_round = ops.groupby(POINT + ["round", "category"], as_index=False)["self_us_per_iter"].sum()
+    per_round["share"] = per_round["self_us_per_iter"] / per_round.groupby(POINT + ["round"])[
+        "self_us_per_iter"].transform("sum")
+    # a category absent from a round of its point counts as 0 there
+    rounds = per_round.groupby(POINT)["round"].transform("nunique")
+    df = per_round.groupby(POINT + ["category"], as_index=False).agg(
+        self_us_per_iter=("self_us_per_iter", "sum"), share=("share", "sum"), share_sq=("share", lambda s: (s ** 2).sum()))
+    n = df.merge(per_round.assign(n=rounds)[POINT + ["n"]].drop_duplicates(POINT), on=POINT)["n"].to_numpy()
+    df["self_us_per_iter"] = df["self_us_per_iter"] / n
+    df["share"] = df["share"] / n
+    df["share_sd"] = ((df["share_sq"] - n * df["share"] ** 2) / (n - 1)).clip(lower=0) ** 0.5
+    df.loc[n < 2, "share_sd"] = float("nan")
+    df = df.drop(columns="share_sq")
     order = {c: i for i, c in enumerate(CATEGORIES)}
     return df.sort_values(POINT + ["category"], key=lambda s: s.map(order) if s.name == "category" else s,
                           ignore_index=True)

@@ -4,10 +4,11 @@ category and model layer, per iteration.
 Workers append raw profiles to ``profiles.jsonl`` (native op, ONNX node, layer, totals over the
 trace); this module turns them into ``ops.parquet``:
 
-    run_id, model, backend, device, batch, native_op, op_category, category, layer, node, fused,
-    calls_per_iter, self_us_per_iter, share
+    run_id, model, backend, device, batch, round, native_op, op_category, category, layer, node,
+    fused, calls_per_iter, self_us_per_iter, share
 
-``share`` is the op's part of the point's profiled time; ``fused`` lists the member ops of a
+``share`` is the op's part of the point's profiled time in that round (with ``--rounds``, each
+round of a point is profiled); ``fused`` lists the member ops of a
 kernel that fused several ('+'-joined; '' otherwise), attributed by the taxonomy's rule.
 Normalising at read time means a taxonomy change needs no new profiling.
 """
@@ -28,8 +29,8 @@ from rechar.runners.results import PROFILES_LOG, read_log, read_manifest, write_
 
 OPS = "ops.parquet"
 OPS_COLUMNS = [
-    "run_id", "model", "backend", "device", "batch", "native_op", "op_category", "category", "layer", "node",
-    "fused", "calls_per_iter", "self_us_per_iter", "share",
+    "run_id", "model", "backend", "device", "batch", "round", "native_op", "op_category", "category", "layer",
+    "node", "fused", "calls_per_iter", "self_us_per_iter", "share",
 ]
 POINT_KEYS = ["run_id", "model", "backend", "device", "batch"]
 
@@ -65,6 +66,7 @@ def normalize(raw: pd.DataFrame, iterations: int, point: dict, classes: dict[str
     df["share"] = df["self_us_per_iter"] / total if total > 0 else 0.0
     for key in POINT_KEYS:
         df[key] = point[key]
+    df["round"] = int(point.get("round", 0))
     return df[OPS_COLUMNS]
 
 
@@ -108,7 +110,8 @@ def unmapped_ops(ops: pd.DataFrame) -> pd.DataFrame:
 def coverage(ops: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
     """How much of each point's measured latency the profile explains: profiled self time per
     iteration / p50 of the timing pass (profilers add overhead, so this can pass 1)."""
-    profiled = ops.groupby(POINT_KEYS, as_index=False)["self_us_per_iter"].sum().rename(
+    per_round = ops.groupby([*POINT_KEYS, "round"], as_index=False)["self_us_per_iter"].sum()
+    profiled = per_round.groupby(POINT_KEYS, as_index=False)["self_us_per_iter"].mean().rename(
         columns={"self_us_per_iter": "profiled_us"})
     merged = profiled.merge(points[POINT_KEYS + ["p50_us"]], on=POINT_KEYS, how="left")
     merged["coverage"] = merged["profiled_us"] / merged["p50_us"]

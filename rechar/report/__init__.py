@@ -145,6 +145,7 @@ class _Report:
             ("runs", "Runs", self.runs()),
             ("not-timed", "Points not timed", self.not_timed()),
             ("latency", "Latency and throughput", self.latency()),
+            ("noise", "Noisy points and comparisons", self.comparisons()),
             ("breakdown", "Operator-category breakdown", self.breakdown()),
             ("shift", "Bottleneck shift across stacks", self.shift()),
             ("speedup", "GPU/CPU speedup", self.speedup()),
@@ -221,7 +222,10 @@ class _Report:
                "its line. Points that were not timed are left out of the charts. Inputs: <i>fresh</i> points "
                "ran each call on the next batch of a pool sized to overflow the last-level cache (the pool "
                "column: its batches); <i>replay</i> points ran every call on one batch, which keeps its "
-               "embedding rows in cache (the best case).</p>"]
+               "embedding rows in cache (the best case). The 95% interval of the p50 is over the point's "
+               "rounds (<i>rounds</i>) or, for a point measured once, over its iterations (<i>iterations</i>, "
+               "optimistic). <b>noisy</b>: the machine was busy while the point was timed (see the next "
+               "section).</p>"]
         for model in self.models:
             pts = self.points[self.points["model"] == model].sort_values(["series", "batch"])
             ok = pts[pts["status"] == "ok"]
@@ -229,9 +233,41 @@ class _Report:
                 f"No timed point of {model}.")
             out.append(f'<div class="model-block"><h3>{text(model)}</h3>{chart}</div>' + table(pts, [
                 ("series", "series", self._series_cell), ("batch", "batch", None), ("status", "status", None),
-                ("p50 ms", "p50_us", ms), ("p99 ms", "p99_us", ms), ("samples/s", "throughput_sps", num(",.0f")),
+                ("p50 ms", "p50_us", ms), ("95% interval, ms", "p50_ci_low_us", None), ("over", "ci_method", None),
+                ("p99 ms", "p99_us", ms), ("samples/s", "throughput_sps", num(",.0f")),
                 ("inputs", "inputs", None), ("pool", "pool_batches", num(",.0f")),
-            ]))
+                ("noisy", "noisy", lambda v: "<b>noisy</b>" if v is True else ""),
+            ], rows=_with_interval(pts)))
+        return "".join(out)
+
+    def comparisons(self) -> str:
+        noisy, comparison, runner = self.t["noisy"], self.t["comparison"], self.t["runner_up"]
+        out = []
+        if noisy.empty:
+            out.append(note("No point was timed while the machine was busy (others' CPU use and steal time under "
+                            "the run's thresholds, or not measurable)."))
+        else:
+            out.append(f"<p>{len(noisy)} point(s) were timed while the machine was busy: other processes took "
+                       "CPU time, or the hypervisor stole it. Their figures are unreliable; re-measure them with "
+                       "<code>--remeasure-noisy</code>.</p>" + table(noisy, [
+                           ("host", "host", None), ("model", "model", None), ("backend", "backend", None),
+                           ("batch", "batch", None), ("others' CPU", "others_cpu_share", pct),
+                           ("steal", "steal_share", pct), ("why", "noise", None)]))
+        if not comparison.empty:
+            ref = text(comparison["reference"].iloc[0])
+            out.append(f"<h3>Stack against stack</h3><p>p50 of each backend over {ref}'s at the same point, with "
+                       "the 95% interval of the ratio; where it contains 1 the two are not significantly "
+                       "different.</p>" + table(comparison, [
+                           ("host", "host", None), ("model", "model", None), ("batch", "batch", None),
+                           ("backend", "backend", None), ("p50 ms", "p50_us", ms), (f"{ref} p50 ms", "reference_p50_us", ms),
+                           ("ratio", "ratio", num(".2f")), ("95% interval", "ratio_low", None),
+                           ("verdict", "verdict", None)], rows=_with_ratio_interval(comparison)))
+        if not runner.empty:
+            out.append("<h3>Best deployment against the runner-up</h3><p>Throughput (batch / p50) of the best "
+                       "deployment under the bound over the next best's.</p>" + table(runner, [
+                           ("model", "model", None), ("best", "best", None), ("runner-up", "runner_up", None),
+                           ("ratio", "ratio", num(".2f")), ("95% interval", "ratio_low", None),
+                           ("verdict", "verdict", None)], rows=_with_ratio_interval(runner)))
         return "".join(out)
 
     def breakdown(self) -> str:
@@ -292,9 +328,13 @@ class _Report:
             ("crossover batch", "crossover_batch", lambda v: "never" if pd.isna(v) else str(int(v))),
             ("max speedup", "max_speedup", num(".2f")), ("at batch", "at_batch", None),
         ])
+        per_batch = table(sp, [
+            ("model", "model", None), ("framework", "framework", None), ("batch", "batch", None),
+            ("speedup", "speedup", num(".2f")), ("95% interval", "speedup_low", None), ("verdict", "verdict", None),
+        ], rows=_with_ratio_interval(sp, "speedup"))
         return ("<p>CPU p50 / GPU p50 of the same framework (torch with torch-cuda, ort-cpu with ort-cuda, tf on "
                 "CPU with tf on GPU), also across machines. The crossover is the smallest batch from which the "
-                "GPU wins at every larger measured batch.</p>" + chart + crossover_table)
+                "GPU wins at every larger measured batch.</p>" + chart + crossover_table + per_batch)
 
     def best(self) -> str:
         best = self.t["best"]
@@ -452,3 +492,21 @@ def _short_fused(fused) -> str | None:
         return None
     ops = dict.fromkeys(op.rpartition("::")[2] for op in fused.split("+"))
     return "+".join(ops)
+
+
+def _with_interval(points: pd.DataFrame) -> list[dict]:
+    """Rows whose p50_ci_low_us cell shows the p50's interval in ms."""
+    rows = points.to_dict("records")
+    for r in rows:
+        low, high = r.get("p50_ci_low_us"), r.get("p50_ci_high_us")
+        r["p50_ci_low_us"] = None if pd.isna(low) or pd.isna(high) else f"{low / 1e3:.3f} – {high / 1e3:.3f}"
+    return rows
+
+
+def _with_ratio_interval(df: pd.DataFrame, column: str = "ratio") -> list[dict]:
+    """Rows whose <column>_low cell shows the ratio's interval."""
+    rows = df.to_dict("records")
+    for r in rows:
+        low, high = r.get(f"{column}_low"), r.get(f"{column}_high")
+        r[f"{column}_low"] = None if pd.isna(low) or pd.isna(high) else f"{low:.2f} – {high:.2f}"
+    return rows

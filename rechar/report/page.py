@@ -40,13 +40,15 @@ def swatch(color: str) -> str:
     return f'<span class="swatch" style="background:{escape(color)}"></span>'
 
 
-def table(df: pd.DataFrame, columns: list[tuple[str, str, Cell | None]], mono: tuple[str, ...] = ()) -> str:
-    """An HTML table of ``df``: (header, column, formatter) per column; a formatter returns
-    markup from the cell's value (``None``: the value as escaped text). Numbers are right-aligned;
-    columns named in ``mono`` (error messages) keep their line breaks in a monospace font."""
+def table(df: pd.DataFrame, columns: list[tuple[str, str, Cell | None]], mono: tuple[str, ...] = (),
+          rows: list[dict] | None = None) -> str:
+    """An HTML table of ``df`` (or of ``rows``, its records already prepared): (header, column,
+    formatter) per column; a formatter returns markup from the cell's value (``None``: the value
+    as escaped text). Numbers are right-aligned; columns named in ``mono`` (error messages) keep
+    their line breaks in a monospace font."""
     head = "".join(f"<th>{escape(h)}</th>" for h, _, _ in columns)
     body = []
-    for rec in df.to_dict("records"):
+    for rec in df.to_dict("records") if rows is None else rows:
         cells = []
         for _, col, fmt in columns:
             v = rec.get(col)

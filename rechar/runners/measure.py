@@ -25,13 +25,23 @@ class TimingOptions:
 
 
 def time_call(call: Callable[[], Any], options: TimingOptions) -> np.ndarray:
-    """Latency of every timed iteration of ``call``, in nanoseconds."""
+    """Latency of every timed iteration of ``call``, in nanoseconds, after its warm-up."""
+    warm_up(call, options)
+    return timed_loop(call, options)
+
+
+def warm_up(call: Callable[[], Any], options: TimingOptions) -> None:
     clock = time.perf_counter_ns
     deadline = clock() + int(options.warmup_seconds * 1e9)
     done = 0
     while done < options.warmup_iters or clock() < deadline:
         call()
         done += 1
+
+
+def timed_loop(call: Callable[[], Any], options: TimingOptions) -> np.ndarray:
+    """The timed iterations alone (no warm-up), in nanoseconds."""
+    clock = time.perf_counter_ns
     latencies = []
     append = latencies.append
     end = clock() + int(options.min_seconds * 1e9)

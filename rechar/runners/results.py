@@ -7,9 +7,12 @@
       counters.jsonl     append-only log of CPU event counts, perf stat (with --counters)
       ops.parquet        the normalised operator table (rechar.analysis.ops)
       traces/            raw profiler traces, one per profiled point
-      points.parquet     one row per point (POINT_COLUMNS), rebuilt from points.jsonl
+      rounds.parquet     one row per measurement (ROUND_COLUMNS): every round and attempt of
+                         every point, rebuilt from points.jsonl
+      points.parquet     one row per point (POINT_COLUMNS), its figures over its rounds
+                         (rechar.runners.rounds)
       latencies.parquet  one row per timed iteration: run_id, model, backend, device, batch,
-                         iteration, latency_us
+                         round, attempt, iteration, latency_us
       logs/              each worker's stderr
       specs/             each worker's input (the exports it ran are named in the manifest)
 
@@ -30,9 +33,11 @@ import pyarrow.parquet as pq
 
 from rechar.errors import UserError
 from rechar.jsonfile import read_manifest_file
+from rechar.runners import rounds as rounds_module
 
 #: 2: input pools (inputs, pool_batches, pool_gathered_bytes, pool_distinct_rows, cache_bytes);
-#: compile_seconds, compile_cache_hit, compiled_graphs (compiled stacks)
+#: compile_seconds, compile_cache_hit, compiled_graphs (compiled stacks); rounds and attempts,
+#: contention (others_cpu_share, steal_share, involuntary_switches, noisy, noise), p50 intervals
 SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 POINTS_LOG = "points.jsonl"
@@ -41,23 +46,31 @@ COUNTERS_LOG = "counters.jsonl"
 #: the passes after timing: worker mode -> the log it writes
 PASS_LOGS = {"profile": PROFILES_LOG, "counters": COUNTERS_LOG}
 POINTS = "points.parquet"
+ROUNDS = "rounds.parquet"
 LATENCIES = "latencies.parquet"
 
-#: Columns of points.parquet, in order. Times in microseconds; throughput in samples/s.
-POINT_COLUMNS = [
+_RECORD = [
     "run_id", "model", "scale", "backend", "framework", "device", "batch", "status", "error",
     "max_abs_error", "iterations", "p50_us", "p90_us", "p99_us", "mean_us", "std_us", "min_us", "max_us",
-    "throughput_sps", "timed_seconds", "load_seconds", "peak_rss_bytes", "peak_device_bytes",
-    "inputs", "pool_batches", "pool_gathered_bytes", "pool_distinct_rows", "cache_bytes",
-    "compile_seconds", "compile_cache_hit", "compiled_graphs", "input_hash", "settings", "started", "finished",
+    "p50_ci_low_us", "p50_ci_high_us", "throughput_sps", "timed_seconds", "load_seconds", "peak_rss_bytes",
+    "peak_device_bytes", "inputs", "pool_batches", "pool_gathered_bytes", "pool_distinct_rows", "cache_bytes",
+    "compile_seconds", "compile_cache_hit", "compiled_graphs", "others_cpu_share", "steal_share",
+    "involuntary_switches", "noisy", "noise", "input_hash", "settings", "started", "finished",
 ]
+#: Columns of rounds.parquet: one measurement (a round's attempt) each. Times in microseconds;
+#: throughput in samples/s; p50_ci_*: the 95% interval of the round's p50 from its iterations.
+ROUND_COLUMNS = [*_RECORD[:7], "round", "attempt", "used", *_RECORD[7:]]
+#: Columns of points.parquet: one point each, its figures over its used rounds
+#: (rechar.runners.rounds); ``ci_method``: "rounds" or "iterations".
+POINT_COLUMNS = [*_RECORD[:7], "rounds", "timed_rounds", "ci_method", *_RECORD[7:]]
 #: Numeric columns: float64 even when no point of a run was timed (all null), so that readers
 #: can do arithmetic on them without checking.
 NUMERIC_COLUMNS = [
     "max_abs_error", "iterations", "p50_us", "p90_us", "p99_us", "mean_us", "std_us", "min_us", "max_us",
-    "throughput_sps", "timed_seconds", "load_seconds", "peak_rss_bytes", "peak_device_bytes",
-    "pool_batches", "pool_gathered_bytes", "pool_distinct_rows", "cache_bytes", "compile_seconds",
-    "compiled_graphs", "started", "finished",
+    "p50_ci_low_us", "p50_ci_high_us", "throughput_sps", "timed_seconds", "load_seconds", "peak_rss_bytes",
+    "peak_device_bytes", "pool_batches", "pool_gathered_bytes", "pool_distinct_rows", "cache_bytes",
+    "compile_seconds", "compiled_graphs", "others_cpu_share", "steal_share", "involuntary_switches", "started",
+    "finished",
 ]
 #: status values: ok (timed), invalid (outputs outside tolerance: not timed), failed (an error or
 #: a crashed worker), timeout (the worker was killed after --timeout seconds).
@@ -152,15 +165,25 @@ def read_point_log(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def point_key(rec: dict[str, Any]) -> tuple:
-    return rec["model"], rec["backend"], int(rec["batch"])
+    """A measurement's identity in every log: the point, its round and its attempt."""
+    return rec["model"], rec["backend"], int(rec["batch"]), int(rec.get("round", 0)), int(rec.get("attempt", 0))
 
 
 def write_tables(run_dir: Path) -> pd.DataFrame:
-    """Rebuild points.parquet and latencies.parquet from the log (atomically); return points."""
+    """Rebuild rounds.parquet, points.parquet and latencies.parquet from the log (atomically);
+    return points."""
     run_dir = Path(run_dir)
     records = read_point_log(run_dir)
-    rows = [{c: (json.dumps(r.get(c)) if c == "settings" else r.get(c)) for c in POINT_COLUMNS} for r in records]
-    points = _typed(pd.DataFrame(rows, columns=POINT_COLUMNS))
+    rows = []
+    for r in records:
+        row = {c: (json.dumps(r.get(c)) if c == "settings" else r.get(c)) for c in ROUND_COLUMNS}
+        row.update(round=int(r.get("round", 0)), attempt=int(r.get("attempt", 0)))
+        row["p50_ci_low_us"], row["p50_ci_high_us"] = rounds_module.iteration_interval(r.get("latencies_ns"))
+        rows.append(row)
+    table = _typed(pd.DataFrame(rows, columns=ROUND_COLUMNS), ROUND_COLUMNS)
+    table["used"] = rounds_module.used_attempts(table) if len(table) else pd.Series(dtype=bool)
+    table = table.sort_values(["model", "backend", "batch", "round", "attempt"], kind="stable").reset_index(drop=True)
+    points = _typed(rounds_module.point_table(table, POINT_COLUMNS), POINT_COLUMNS)
     points = points.sort_values(["model", "backend", "batch"], kind="stable").reset_index(drop=True)
     lat_parts = []
     for r in records:
@@ -168,17 +191,20 @@ def write_tables(run_dir: Path) -> pd.DataFrame:
             n = len(r["latencies_ns"])
             lat_parts.append(pd.DataFrame({
                 "run_id": r["run_id"], "model": r["model"], "backend": r["backend"], "device": r["device"],
-                "batch": r["batch"], "iteration": range(n), "latency_us": [v / 1e3 for v in r["latencies_ns"]],
+                "batch": r["batch"], "round": int(r.get("round", 0)), "attempt": int(r.get("attempt", 0)),
+                "iteration": range(n), "latency_us": [v / 1e3 for v in r["latencies_ns"]],
             }))
     latencies = pd.concat(lat_parts, ignore_index=True) if lat_parts else pd.DataFrame(
-        {"run_id": [], "model": [], "backend": [], "device": [], "batch": [], "iteration": [], "latency_us": []})
+        {c: [] for c in ("run_id", "model", "backend", "device", "batch", "round", "attempt", "iteration",
+                         "latency_us")})
+    write_parquet(table, run_dir / ROUNDS)
     write_parquet(points, run_dir / POINTS)
     write_parquet(latencies, run_dir / LATENCIES)
     return points
 
 
-def _typed(points: pd.DataFrame) -> pd.DataFrame:
-    points = points.reindex(columns=[*POINT_COLUMNS, *points.columns.difference(POINT_COLUMNS)])
+def _typed(points: pd.DataFrame, columns: list[str] = POINT_COLUMNS) -> pd.DataFrame:
+    points = points.reindex(columns=[*columns, *points.columns.difference(columns)])
     # Schema 1 timed every point on one replayed batch.
     replayed = points["inputs"].isna() & (points["status"] == "ok")
     points.loc[replayed, ["inputs", "pool_batches"]] = ["replay", 1]
@@ -195,17 +221,29 @@ def write_parquet(df: pd.DataFrame, path: Path) -> None:
 
 
 def load_points(run_dir: Path) -> pd.DataFrame:
-    """points.parquet of a run (schema checked), with the run's host name added."""
-    run_dir = Path(run_dir)
+    """points.parquet of a run (schema checked): one row per point, its figures over its
+    rounds, with the run's host name added."""
+    return _load(Path(run_dir), POINTS, POINT_COLUMNS)
+
+
+def load_rounds(run_dir: Path) -> pd.DataFrame:
+    """rounds.parquet of a run: every measurement (round and attempt) of every point."""
+    return _load(Path(run_dir), ROUNDS, ROUND_COLUMNS)
+
+
+def _load(run_dir: Path, name: str, columns: list[str]) -> pd.DataFrame:
     manifest = read_manifest(run_dir)
-    path = run_dir / POINTS
+    if not (run_dir / ROUNDS).exists() and (run_dir / POINTS_LOG).exists():
+        write_tables(run_dir)  # a run from before rounds.parquet: its tables gain rounds and intervals
+    path = run_dir / name
     if not path.exists():
-        df = write_tables(run_dir) if (run_dir / POINTS_LOG).exists() else pd.DataFrame(columns=POINT_COLUMNS)
+        df = pd.DataFrame(columns=columns)
     else:
         version = int(pq.read_schema(path).metadata.get(b"rechar.schema_version", b"0"))
         if version > SCHEMA_VERSION:
             raise UserError(f"{path} was written by a newer rechar (schema {version}); upgrade rechar")
-        df = _typed(pd.read_parquet(path))  # runs written before the types were fixed, or by schema 1
+        df = pd.read_parquet(path)
+    df = _typed(df, columns)
     df["host"] = manifest.get("host", {}).get("hostname")
     return df
 
@@ -223,10 +261,14 @@ def summary(points: pd.DataFrame) -> str:
         "model": points["model"], "backend": points["backend"], "device": points["device"],
         "batch": points["batch"], "status": points["status"],
         "pool": points["pool_batches"].map(lambda v: "" if pd.isna(v) else f"{int(v)}"),
-        "p50 ms": (points["p50_us"] / 1e3).round(3), "p99 ms": (points["p99_us"] / 1e3).round(3),
-        "samples/s": points["throughput_sps"].round(0),
+        "p50 ms": (points["p50_us"] / 1e3).round(3),
+        "95% CI": [_interval(lo, hi) for lo, hi in zip(points["p50_ci_low_us"], points["p50_ci_high_us"])],
+        "p99 ms": (points["p99_us"] / 1e3).round(3), "samples/s": points["throughput_sps"].round(0),
         "max err": points["max_abs_error"].map(lambda v: "" if pd.isna(v) else f"{v:.1e}"),
+        "noisy": points["noisy"].map(lambda v: "NOISY" if v is True else ""),
     })
+    if points["rounds"].max() > 1:
+        view.insert(5, "rounds", points["rounds"].astype("Int64"))
     if points["compile_seconds"].notna().any():  # compiled stacks: the compile, never in a latency
         view["compile s"] = points["compile_seconds"].round(1)
     text = view.to_string(index=False, na_rep="")
@@ -234,4 +276,15 @@ def summary(points: pd.DataFrame) -> str:
     if not problems.empty:
         text += "\n\nnot timed:\n" + "\n".join(
             f"  {r.model} {r.backend} batch {r.batch}: {r.status}: {r.error}" for r in problems.itertuples())
+    noisy = points[points["noisy"] == True]  # noqa: E712
+    if not noisy.empty:
+        text += ("\n\nnoisy (the machine was busy while they were timed; compare them with care, or re-measure "
+                 "with --remeasure-noisy):\n" + "\n".join(
+                     f"  {r.model} {r.backend} batch {r.batch}: {r.noise}" for r in noisy.itertuples()))
     return text
+
+
+def _interval(low: float, high: float) -> str:
+    if pd.isna(low) or pd.isna(high):
+        return ""
+    return f"{low / 1e3:.3f}-{high / 1e3:.3f}"

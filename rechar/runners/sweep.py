@@ -26,6 +26,7 @@ from rechar.errors import UserError
 from rechar.jsonfile import write_json_atomic
 from rechar.exporters import ExportOptions, export
 from rechar.runners import allocator, backend_class, counters, select_backends
+from rechar.runners.contention import NoiseThresholds
 from rechar.runners.inputs import INPUT_MODES, PoolRule
 from rechar.runners.measure import TimingOptions
 from rechar.runners.results import (
@@ -62,6 +63,9 @@ class RunOptions:
     rtol: float = GATE_RTOL
     profile_iters: int = 0  # >0: a profiling pass per point with each framework's profiler
     counter_seconds: float = 0.0  # >0: a pass per point counting CPU events with perf stat
+    rounds: int = 1  # times each point is measured, each time in a fresh worker, interleaved
+    remeasure_noisy: int = 0  # re-measure a round measured on a busy machine up to this many times
+    noise: NoiseThresholds = NoiseThresholds()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunOptions":
@@ -70,6 +74,7 @@ class RunOptions:
         values = {k: v for k, v in data.items() if k in known}
         values["timing"] = TimingOptions(**values.get("timing", {}))
         values["pool_rule"] = PoolRule(**values.get("pool_rule", {}))
+        values["noise"] = NoiseThresholds(**values.get("noise", {}))
         values.setdefault("inputs", "replay")  # runs from before input pools replayed one batch
         return cls(**values)
 
@@ -87,6 +92,11 @@ class RunOptions:
         if self.timeout <= 0:
             raise UserError(f"timeout must be positive, got {self.timeout}")
         allocator.preload(self.malloc)  # a one-line error if the library is not installed
+        if self.rounds < 1:
+            raise UserError(f"rounds must be at least 1, got {self.rounds}")
+        if self.remeasure_noisy < 0:
+            raise UserError(f"re-measurements must not be negative, got {self.remeasure_noisy}")
+        self.noise.validate()
         if self.profile_iters < 0 or self.counter_seconds < 0:
             raise UserError("profile iterations and counter seconds cannot be negative")
 
@@ -190,29 +200,29 @@ def _sweep(run_dir: Path, manifest: dict, options: RunOptions, log, progress) ->
 
     repair_point_log(run_dir)
     pairs = [(m, b) for m in options.models for b in options.backends]
-    total = len(pairs) * len(options.batch_sizes)
+    total = len(pairs) * len(options.batch_sizes) * options.rounds
     done = {point_key(r) for r in read_point_log(run_dir)}
     progress(len(done), total, "")
     tail = PointLogTail(run_dir)
     tail.new_keys()  # skip what is already there
     try:
-        for name, backend in pairs:
-            todo = [b for b in options.batch_sizes if (name, backend, b) not in done]
-            if todo:
-                _run_worker(run_dir, manifest["run_id"], name, backend, todo, exports[name].path, options, done,
+        # Rounds interleave: every (model, backend) worker of round r runs before any of round
+        # r + 1, so that a drift of the machine hits every stack alike; each in a fresh process.
+        for round_ in range(options.rounds):
+            for name, backend in pairs:
+                todo = [b for b in options.batch_sizes if (name, backend, b, round_, 0) not in done]
+                if todo:
+                    _run_worker(run_dir, manifest["run_id"], name, backend, todo, exports[name].path, options, done,
+                                total, progress, tail, round_=round_)
+                    write_tables(run_dir)
+                _run_passes(run_dir, manifest["run_id"], name, backend, round_, exports[name].path, options, done,
                             total, progress, tail)
-                write_tables(run_dir)
-            for mode, log_name in PASS_LOGS.items():  # profiles, counters: for timed points without one
-                if not options.pass_wanted(mode):
-                    continue
-                have = {point_key(r) for r in read_log(run_dir, log_name)}
-                timed_ok = {point_key(r) for r in read_point_log(run_dir) if r["status"] == "ok"}
-                missing = [b for b in options.batch_sizes
-                           if (name, backend, b) in timed_ok and (name, backend, b) not in have]
-                if missing:
-                    progress(len(done), total, f"{name} on {backend}: {mode} pass")
-                    _run_worker(run_dir, manifest["run_id"], name, backend, missing, exports[name].path, options,
-                                done, total, progress, tail, mode=mode)
+        for attempt in range(1, options.remeasure_noisy + 1):
+            for (name, backend, round_), batches in _noisy_rounds(run_dir, attempt).items():
+                progress(len(done), total, f"{name} on {backend}: re-measuring noisy round {round_}")
+                _run_worker(run_dir, manifest["run_id"], name, backend, batches, exports[name].path, options, done,
+                            total, progress, tail, round_=round_, attempt=attempt)
+            write_tables(run_dir)
     except KeyboardInterrupt:
         write_tables(run_dir)
         manifest.update(status="interrupted")
@@ -225,6 +235,38 @@ def _sweep(run_dir: Path, manifest: dict, options: RunOptions, log, progress) ->
     manifest.update(status="complete", finished=_now())
     write_json_atomic(run_dir / MANIFEST, manifest)
     return run_dir
+
+
+def _run_passes(run_dir: Path, run_id: str, name: str, backend: str, round_: int, export_dir: Path,
+                options: RunOptions, done: set, total: int, progress, tail: PointLogTail) -> None:
+    """The passes after timing for this round's timed points that lack them: profiles in every
+    round (the spread of a point's category shares is over its rounds), counters in the first."""
+    for mode, log_name in PASS_LOGS.items():
+        if not options.pass_wanted(mode) or (mode == "counters" and round_ > 0):
+            continue
+        have = {point_key(r) for r in read_log(run_dir, log_name)}
+        timed_ok = {point_key(r) for r in read_point_log(run_dir) if r["status"] == "ok"}
+        missing = [b for b in options.batch_sizes
+                   if (name, backend, b, round_, 0) in timed_ok and (name, backend, b, round_, 0) not in have]
+        if missing:
+            progress(len(done), total, f"{name} on {backend}: {mode} pass")
+            _run_worker(run_dir, run_id, name, backend, missing, export_dir, options, done, total, progress, tail,
+                        mode=mode, round_=round_)
+
+
+def _noisy_rounds(run_dir: Path, attempt: int) -> dict[tuple[str, str, int], list[int]]:
+    """(model, backend, round) -> batches whose round has only noisy attempts so far, fewer than
+    ``attempt`` of them: the ones to measure again as that attempt."""
+    tries: dict[tuple, list[dict]] = {}
+    for rec in read_point_log(run_dir):
+        tries.setdefault((rec["model"], rec["backend"], int(rec["batch"]), int(rec.get("round", 0))), []).append(rec)
+    again: dict[tuple[str, str, int], list[int]] = {}
+    for (name, backend, batch, round_), recs in tries.items():
+        timed = [r for r in recs if r["status"] == "ok"]
+        latest = max(int(r.get("attempt", 0)) for r in recs)
+        if latest == attempt - 1 and timed and all(r.get("noisy") is True for r in timed):
+            again.setdefault((name, backend, round_), []).append(batch)
+    return again
 
 
 def _now() -> str:
@@ -241,7 +283,8 @@ def _make_run_dir(run_dir: Path) -> None:
 
 
 def _run_worker(run_dir: Path, run_id: str, name: str, backend: str, batches: list[int], export_dir: Path,
-                options: RunOptions, done: set, total: int, progress, tail: PointLogTail, mode: str = "run") -> None:
+                options: RunOptions, done: set, total: int, progress, tail: PointLogTail, mode: str = "run",
+                round_: int = 0, attempt: int = 0) -> None:
     repair_point_log(run_dir)
     spec = {
         "run_id": run_id, "parent_pid": os.getpid(), "model": name, "scale": options.scale,
@@ -252,9 +295,13 @@ def _run_worker(run_dir: Path, run_id: str, name: str, backend: str, batches: li
         "inputs": options.inputs, "pool_rule": dataclasses.asdict(options.pool_rule), "cache_bytes": options.cache_bytes,
         "timing": dataclasses.asdict(options.timing), "atol": options.atol, "rtol": options.rtol,
         "run_dir": str(run_dir.resolve()), "profile_iters": options.profile_iters,
-        "counter_seconds": options.counter_seconds, "mode": mode,
+        "counter_seconds": options.counter_seconds, "mode": mode, "round": round_, "attempt": attempt,
+        "noise": dataclasses.asdict(options.noise),
     }
-    stem = f"{name}__{backend}" + ("" if mode == "run" else f"__{mode}")
+    if attempt:  # a re-measurement times again, nothing more
+        spec.update(profile_iters=0, counter_seconds=0.0)
+    stem = (f"{name}__{backend}" + (f"__r{round_}" if options.rounds > 1 else "") + (f"__a{attempt}" if attempt else "")
+            + ("" if mode == "run" else f"__{mode}"))
     spec_path = run_dir / "specs" / f"{stem}.json"
     write_json_atomic(spec_path, spec)
     log_path = run_dir / "logs" / f"{stem}.log"
@@ -291,11 +338,12 @@ def _run_worker(run_dir: Path, run_id: str, name: str, backend: str, batches: li
             have = {point_key(r) for r in read_log(run_dir, log_name)}
             error = "timeout" if status == "timeout" else f"worker exited with {_describe_exit(proc.returncode)}: {_tail(log_path)}"
             for batch in batches:
-                if (name, backend, batch) not in have:
+                if (name, backend, batch, round_, attempt) not in have:
                     append_point(run_dir, {"run_id": run_id, "model": name, "backend": backend, "device": None,
-                                           "batch": batch, "status": "failed", "error": error}, log=log_name)
+                                           "batch": batch, "round": round_, "attempt": attempt, "status": "failed",
+                                           "error": error}, log=log_name)
         return
-    missing = [b for b in batches if (name, backend, b) not in done]
+    missing = [b for b in batches if (name, backend, b, round_, attempt) not in done]
     if not missing:
         return
     if status == "timeout":
@@ -304,8 +352,9 @@ def _run_worker(run_dir: Path, run_id: str, name: str, backend: str, batches: li
         error = f"worker exited with {_describe_exit(proc.returncode)}: {_tail(log_path)}"
     for batch in missing:
         append_point(run_dir, {"run_id": run_id, "model": name, "scale": options.scale, "backend": backend,
-                               "device": None, "batch": batch, "status": status or "failed", "error": error})
-        done.add((name, backend, batch))
+                               "device": None, "batch": batch, "round": round_, "attempt": attempt,
+                               "status": status or "failed", "error": error})
+        done.add((name, backend, batch, round_, attempt))
     progress(len(done), total, label)
 
 

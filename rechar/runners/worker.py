@@ -26,11 +26,12 @@ import rechar.models as models
 from rechar.exporters import ExportResult, load_manifest
 from rechar.exporters.graph import check_external_data, check_inputs_match
 from rechar.memory import prefault_mappings
-from rechar.runners import BackendOptions, allocator, backend_class
+from rechar.runners import BackendOptions, allocator, backend_class, contention
 from rechar.runners.counters import count_call
 from rechar.runners.inputs import FALLBACK_CACHE_BYTES, InputPool, PoolRule, PoolSpec
 from rechar.runners.lifetime import die_with_parent
-from rechar.runners.measure import TimingOptions, summarize, time_call
+from rechar.runners.contention import NoiseThresholds
+from rechar.runners.measure import TimingOptions, summarize, timed_loop, warm_up
 from rechar.runners.results import COUNTERS_LOG, PROFILES_LOG, append_point
 
 
@@ -59,6 +60,9 @@ class WorkerSpec:
     inputs: str = "fresh"  # fresh: cycle an input pool; replay: one batch (rechar.runners.inputs)
     pool_rule: dict[str, Any] = dataclasses.field(default_factory=dict)  # PoolRule fields
     cache_bytes: int | None = None  # size pools against this cache instead of the device's
+    round: int = 0  # which round of the sweep this worker measures (--rounds)
+    attempt: int = 0  # 0, or the re-measurement of a noisy round (--remeasure-noisy)
+    noise: dict[str, Any] = dataclasses.field(default_factory=dict)  # NoiseThresholds fields
 
     @classmethod
     def read(cls, path: str | Path) -> "WorkerSpec":
@@ -106,7 +110,7 @@ def run(spec: WorkerSpec) -> None:
         gc.collect()
     timing = TimingOptions(**spec.timing)
     base = {"run_id": spec.run_id, "model": spec.model, "scale": spec.scale, "backend": spec.backend,
-            "framework": cls.framework}
+            "framework": cls.framework, "round": spec.round, "attempt": spec.attempt}
     load_start = time.perf_counter()
     try:
         backend.load(model, export)
@@ -152,8 +156,11 @@ def time_point(spec, backend, base, batch, pool: InputPool, expected, timing, lo
                                                   f"(atol {spec.atol}, rtol {spec.rtol})")
         else:
             call = backend.prepare(pool.batches)
-            latencies = time_call(call, timing)
-            record.update(status="ok", **summarize(latencies, batch), latencies_ns=latencies.tolist())
+            warm_up(call, timing)
+            before = contention.read()  # what else the machine does while the point is timed
+            latencies = timed_loop(call, timing)
+            window = contention.between(before, contention.read(), NoiseThresholds(**spec.noise))
+            record.update(status="ok", **summarize(latencies, batch), **window, latencies_ns=latencies.tolist())
             del call
     except Exception as e:
         record.update(status="failed", error=_one_line(e))

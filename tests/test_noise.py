@@ -1,0 +1,110 @@
+"""Comparisons a user can trust: contention measured per point, noisy points flagged and
+re-measured, repeated interleaved rounds with intervals."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from rechar.runners import BACKENDS
+from rechar.runners.measure import TimingOptions
+from rechar.runners.results import POINTS_LOG, load_points, load_rounds, read_point_log
+from rechar.runners.sweep import RunOptions, resume_sweep, run_sweep
+
+TESTS_DIR = Path(__file__).parent
+# Windows of at least 0.5 s: /proc/stat counts in 10 ms ticks (rechar.runners.contention).
+TIMED = TimingOptions(warmup_iters=2, warmup_seconds=0.0, min_iters=5, min_seconds=0.5)
+
+
+def _options(tmp_path, **kw):
+    values = dict(models=["ncf"], backends=["ort-cpu"], batch_sizes=[1, 4], scale="tiny", threads=1,
+                  exports_dir=str(tmp_path / "exports"), timing=TIMED)
+    values.update(kw)
+    return RunOptions(**values)
+
+
+@pytest.fixture
+def burning(monkeypatch, tmp_path):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("RECHAR_EXTRA_BACKENDS", "burning=fault_backends:BurningBackend")
+    monkeypatch.setenv("RECHAR_TEST_BURN_BATCHES", "2,4")
+    (tmp_path / "burn").mkdir()
+    monkeypatch.setenv("RECHAR_TEST_BURN_DIR", str(tmp_path / "burn"))
+    monkeypatch.syspath_prepend(str(TESTS_DIR))
+    monkeypatch.setitem(BACKENDS, "burning", "fault_backends:BurningBackend")
+
+
+def test_points_timed_beside_a_competing_load_are_flagged_and_only_they(tmp_path, burning, run_cli):
+    run_dir = run_sweep(_options(tmp_path, backends=["burning"], batch_sizes=[1, 2, 4, 8]), tmp_path / "run")
+    points = load_points(run_dir).set_index("batch")
+    assert points.loc[[2, 4], "noisy"].tolist() == [True, True], points[["noisy", "others_cpu_share"]]
+    assert points.loc[[1, 8], "noisy"].tolist() == [False, False], points[["noisy", "others_cpu_share"]]
+    assert (points.loc[[2, 4], "others_cpu_share"] > 0.3).all()
+    assert points.loc[2, "noise"].startswith("round 0: other processes used")
+    # show, analyze and the report say so
+    code, out, _ = run_cli("show", str(run_dir))
+    assert code == 0 and "NOISY" in out and "noisy (the machine was busy" in out
+    code, out, _ = run_cli("analyze", str(run_dir))
+    assert code == 0 and "noisy points" in out
+    code, _, err = run_cli("report", str(run_dir), "-o", str(tmp_path / "r.html"))
+    assert code == 0, err
+    html = (tmp_path / "r.html").read_text()
+    assert "timed while the machine was busy" in html and "<b>noisy</b>" in html
+
+
+def test_noisy_points_are_measured_again_and_the_quiet_attempt_is_used(tmp_path, burning):
+    run_dir = run_sweep(_options(tmp_path, backends=["burning"], batch_sizes=[1, 2, 4], remeasure_noisy=2),
+                        tmp_path / "run")
+    rounds = load_rounds(run_dir)
+    attempts = rounds.groupby("batch")["attempt"].apply(sorted).to_dict()
+    assert attempts == {1: [0], 2: [0, 1], 4: [0, 1]}  # the second try was quiet: no third
+    first = rounds[rounds["attempt"] == 0].set_index("batch")
+    assert first.loc[[2, 4], "noisy"].tolist() == [True, True]
+    used = rounds[rounds["used"]].set_index("batch")
+    assert used["attempt"].to_dict() == {1: 0, 2: 1, 4: 1} and not used["noisy"].any()
+    points = load_points(run_dir)
+    assert not points["noisy"].any() and len(points) == 3
+
+
+def test_rounds_interleave_and_give_intervals(tmp_path):
+    options = _options(tmp_path, backends=["torch", "ort-cpu"], rounds=3,
+                       timing=TimingOptions(warmup_iters=2, warmup_seconds=0, min_iters=20, min_seconds=0))
+    run_dir = run_sweep(options, tmp_path / "run")
+    records = read_point_log(run_dir)
+    assert len(records) == 2 * 2 * 3
+    order = [(r["round"], r["backend"]) for r in sorted(records, key=lambda r: r["started"])]
+    assert [o[0] for o in order] == sorted(o[0] for o in order)  # every round before the next
+    assert order[:4] == [(0, "torch"), (0, "torch"), (0, "ort-cpu"), (0, "ort-cpu")]
+    points = load_points(run_dir)
+    assert len(points) == 4 and (points["rounds"] == 3).all() and (points["ci_method"] == "rounds").all()
+    assert (points["p50_ci_low_us"] <= points["p50_us"]).all() and (points["p50_us"] <= points["p50_ci_high_us"]).all()
+    rounds = load_rounds(run_dir)
+    for point in points.itertuples():
+        mine = rounds[(rounds.backend == point.backend) & (rounds.batch == point.batch)]
+        assert sorted(mine["round"]) == [0, 1, 2]
+        assert point.p50_us == pytest.approx(float(mine["p50_us"].prod() ** (1 / 3)))
+
+
+def test_resume_mid_round_measures_each_round_once(tmp_path):
+    options = _options(tmp_path, backends=["torch", "ort-cpu"], rounds=3,
+                       timing=TimingOptions(warmup_iters=2, warmup_seconds=0, min_iters=5, min_seconds=0))
+    run_dir = run_sweep(options, tmp_path / "run")
+    lines = (run_dir / POINTS_LOG).read_text().splitlines()
+    kept = [line for line in lines if not (json.loads(line)["round"] == 2 or
+                                           (json.loads(line)["round"] == 1 and json.loads(line)["backend"] == "ort-cpu"))]
+    assert len(kept) == 6
+    (run_dir / POINTS_LOG).write_text("".join(line + "\n" for line in kept))
+    resume_sweep(run_dir)
+    keys = [(r["backend"], r["batch"], r["round"], r["attempt"])
+            for r in map(json.loads, (run_dir / POINTS_LOG).read_text().splitlines())]
+    assert len(keys) == len(set(keys)) == 12
+
+
+def test_bad_round_and_noise_options_are_one_line_errors(run_cli):
+    for args, message in [(["--rounds", "0"], "--rounds"), (["--remeasure-noisy", "-1"], "--remeasure-noisy"),
+                          (["--noisy-others", "0"], "--noisy-others"), (["--noisy-steal", "1.5"], "--noisy-steal")]:
+        code, _, err = run_cli("run", "-m", "ncf", "--scale", "tiny", *args)
+        assert code == 2 and message in err and "Traceback" not in err
