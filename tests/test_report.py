@@ -63,7 +63,7 @@ def gpu_run(cpu_run, tmp_path_factory) -> Path:
     p["run_id"], p["device"] = "gpu-run", "cuda"
     p["backend"] = p["backend"].map({"torch": "torch-cuda", "ort-cpu": "ort-cuda"})
     factor = p["batch"].map({1: 2.0, 16: 0.25})
-    for col in ["p50_us", "p90_us", "p99_us", "mean_us", "min_us", "max_us"]:
+    for col in ["p50_us", "p90_us", "p99_us", "mean_us", "min_us", "max_us", "p50_ci_low_us", "p50_ci_high_us"]:
         p[col] = p[col] * factor
     p["throughput_sps"] = p["throughput_sps"] / factor
     failed = (p["backend"] == "ort-cuda") & (p["batch"] == 16)

@@ -172,7 +172,8 @@ def time_point(spec, backend, base, batch, pool: InputPool, expected, timing, lo
 
 def profile_point(spec, backend, base, batch, pool: InputPool) -> None:
     """The profiling pass of one point: raw per-op totals to profiles.jsonl, trace kept."""
-    trace_dir = Path(spec.run_dir) / "traces" / f"{spec.model}__{spec.backend}__b{batch}"
+    trace_dir = Path(spec.run_dir) / "traces" / (f"{spec.model}__{spec.backend}__b{batch}"
+                                                 + (f"__r{spec.round}" if spec.round else ""))
     trace_dir.mkdir(parents=True, exist_ok=True)
     record = {**base, "device": backend.device, "batch": batch, "iterations": spec.profile_iters,
               "input_hash": pool.hash}
