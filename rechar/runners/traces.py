@@ -337,7 +337,7 @@ def tf_ops(trace: str | Path, scope_to_node: dict[str, str], node_modules: dict[
     from tensorflow.tsl.profiler.protobuf import xplane_pb2  # ships with TensorFlow
 
     space = xplane_pb2.XSpace.FromString(_read_bytes(trace))
-    rows = []
+    rows, ops, calls = [], [], []
     for plane in space.planes:
         if plane.name != "/host:CPU":
             continue
@@ -351,11 +351,30 @@ def tf_ops(trace: str | Path, scope_to_node: dict[str, str], node_modules: dict[
                 elif ":" in name and "::" not in name and " " not in name:
                     op_name, _, op_type = name.rpartition(":")
                     if op_type.startswith("__inference_"):
-                        op_type = TF_FUNCTION_CALL
+                        calls.append(_Span(start, dur, TF_FUNCTION_CALL))
+                        continue
                     spans.append(_Span(start, dur, op_type, tf_scope_node(op_name, scope_to_node)))
             _nest(spans)
+            ops += spans
             rows += [(s.name, s.node, node_modules.get(s.node, ""), s.self_us, s.members) for s in spans]
+    # The call waits while its ops run, on its own thread or (XLA's thunks, the executor's pools)
+    # on others: its own time is the part of it during which no op ran anywhere.
+    intervals = sorted((s.start, s.end) for s in ops)
+    rows += [(TF_FUNCTION_CALL, "", "", call.dur - _covered(intervals, call.start, call.end), ()) for call in calls]
     return _table(rows, trace)
+
+
+def _covered(intervals: list[tuple[float, float]], start: float, end: float) -> float:
+    """Length of the union of ``intervals`` (sorted by start) within [start, end]."""
+    covered, reach = 0.0, start
+    for lo, hi in intervals:
+        if lo >= end:
+            break
+        lo, hi = max(lo, reach), min(hi, end)
+        if hi > lo:
+            covered += hi - lo
+            reach = hi
+    return covered
 
 
 def _xla_span(start: float, dur: float, instruction: dict[str, Any], scope_to_node: dict[str, str],
