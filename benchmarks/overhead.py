@@ -48,8 +48,8 @@ def bare_loop(backend_name: str, backend, batches: list[dict[str, np.ndarray]], 
     elif backend_name == "tf":
         import tensorflow as tf
 
-        fn = backend.lowered.function
         feeds = [[tf.identity(tf.constant(x[name])) for name in backend.input_names] for x in batches]
+        fn = backend.lowered.function.get_concrete_function(*feeds[0])  # as the backend calls it
         for i in range(iters):
             tensors = feeds[i % n]
             t = clock(); fn(*tensors); out[i] = clock() - t

@@ -281,3 +281,66 @@ def test_torch_profile_leaves_no_hooks(tiny_exports, tmp_path):
         assert not any(m._forward_hooks or m._forward_pre_hooks for m in backend.model.modules())
     finally:
         backend.close()
+
+
+# --- compiled stacks: XLA's HLO, Inductor's kernel names, the fusion rule ---------------------------
+
+HLO = """HloModule a_inference_run_87__.5, is_scheduled=true
+
+%fused_computation.2 (param_0: f32[8,32], param_1: s32[8,3]) -> f32[8,3,32] {
+  %param_0 = f32[8,32]{1,0} parameter(0)
+  %gather.1 = f32[8,3,32]{2,1,0} gather(%param_0, %param_1), offset_dims={2}, metadata={op_type="GatherV2" op_name="emb/tables.0/Gather/GatherV2"}
+  ROOT %bitcast = f32[8,3,32]{2,1,0} bitcast(%gather.1)
+}
+
+%wrapped_reduce_computation (param_0.31: f32[8,3,32], param_1.96: f32[]) -> f32[8,32] {
+  %param_0.31 = f32[8,3,32]{2,1,0} parameter(0)
+  ROOT %reduce-window.8 = f32[8,32]{1,0} reduce-window(%param_0.31, %param_1.96), window={size=1x3x1}
+}
+
+ENTRY %a_inference_run_87__.5 (arg0.1: s64[8,3]) -> f32[8,2] {
+  %arg0.1 = s64[8,3]{1,0} parameter(0), metadata={op_name="XLA_Args"}
+  %gather_bitcast_fusion.2 = f32[8,3,32]{2,1,0} fusion(%w, %arg0.1), kind=kLoop, calls=%fused_computation.2, metadata={op_type="GatherV2" op_name="emb/tables.0/Gather/GatherV2"}
+  %wrapped_reduce = f32[8,32]{1,0} fusion(%gather_bitcast_fusion.2), kind=kLoop, calls=%wrapped_reduce_computation
+  ROOT %dot.3 = (f32[8,2]{1,0}, f32[]) dot(%a, %b), lhs_contracting_dims={1}, metadata={op_type="MatMul" op_name="top_mlp/top_mlp.0/Gemm/MatMul"}
+}
+"""
+
+
+def test_xla_instructions_map_hlo_back_to_tf_ops():
+    from rechar.runners.traces import xla_instructions
+
+    ins = xla_instructions(HLO)
+    assert ins["dot.3"]["opcode"] == "dot" and ins["dot.3"]["op_name"] == "top_mlp/top_mlp.0/Gemm/MatMul"
+    assert ins["gather_bitcast_fusion.2"]["members"] == [("GatherV2", "emb/tables.0/Gather/GatherV2")]
+    # an instruction without metadata stands for its opcode (bitcasts and parameters compute nothing)
+    assert ins["wrapped_reduce"]["members"] == [("xla::reduce-window", "")]
+    assert "arg0.1" in ins and ins["arg0.1"]["op_type"] == ""
+
+
+def test_tf_function_call_time_is_the_time_no_op_ran_anywhere():
+    from rechar.runners.traces import _covered
+
+    ops = sorted([(0.0, 4.0), (2.0, 5.0), (7.0, 8.0), (9.5, 12.0)])  # on several threads, overlapping
+    assert _covered(ops, 0.0, 10.0) == pytest.approx(5.0 + 1.0 + 0.5)
+    assert _covered(ops, 3.0, 7.5) == pytest.approx(2.0 + 0.5)
+    assert _covered(ops, 12.0, 20.0) == 0.0 and _covered([], 0.0, 1.0) == 0.0
+
+
+def test_inductor_kernel_names_and_the_fusion_rule():
+    from rechar.analysis.taxonomy import categorize, fused_attribution, inductor_kernel_ops
+
+    assert inductor_kernel_ops("cpp_fused__embedding_bag__unsafe_view_arange_clone_select_0") == [
+        "aten::_embedding_bag", "aten::_unsafe_view", "aten::arange", "aten::clone", "aten::select"]
+    assert inductor_kernel_ops("cpp_fused__softmax_7") == ["aten::_softmax"]
+    assert inductor_kernel_ops("aten::addmm") == []
+    # the highest-ranked member category decides, in the layer of its first member
+    members = [("aten::cat", "attention"), ("aten::embedding", "item_emb"), ("aten::mul", "attention")]
+    assert fused_attribution("cpp_fused_cat_embedding_mul", members) == ("embedding", "item_emb")
+    assert fused_attribution("Subgraph", [("Gemm", "top_mlp.2"), ("Relu", "top_mlp.3")]) == ("fc", "top_mlp.2")
+    # decided by the kernel's name alone (the decomposed softmax): the layer most members ran in
+    assert fused_attribution("cpp_fused__softmax_7", [("aten::exp", ""), ("aten::div", "")]) == ("softmax", "")
+    # and the layer refines the category as for any op
+    classes = {"attention": "ActivationUnit"}
+    assert categorize("cpp_fused_relu_view", "", classes, [("aten::relu", "attention.mlp.1")]) == (
+        "activation", "attention")
