@@ -135,9 +135,13 @@ def test_failed_points_are_listed_with_their_reason(html):
 def test_speedup_section_gives_the_crossover(html):
     """torch's GPU wins from batch 16 on; onnxruntime's GPU point at 16 failed, so it never does."""
     section = html[html.index('id="speedup"'):html.index('id="best"')]
+    crossover_table = section[:section.index("</table>")]
     rows = {re.findall(r"<td[^>]*>(.*?)</td>", r)[1]: re.findall(r"<td[^>]*>(.*?)</td>", r)[4]
-            for r in section.split("<tr>")[2:]}
+            for r in crossover_table.split("<tr>")[2:]}
     assert rows == {"torch": "16", "onnxruntime": "never"}
+    # the per-batch table gives each speedup its interval and verdict
+    per_batch = section[section.index("</table>"):]
+    assert "95% interval" in per_batch and ("GPU faster" in per_batch or "no significant difference" in per_batch)
 
 
 def test_header_names_machines_versions_options_and_skipped_backends(html, cpu_run):

@@ -110,6 +110,7 @@ def unmapped_ops(ops: pd.DataFrame) -> pd.DataFrame:
 def coverage(ops: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
     """How much of each point's measured latency the profile explains: profiled self time per
     iteration / p50 of the timing pass (profilers add overhead, so this can pass 1)."""
+    ops = ops if "round" in ops else ops.assign(round=0)
     per_round = ops.groupby([*POINT_KEYS, "round"], as_index=False)["self_us_per_iter"].sum()
     profiled = per_round.groupby(POINT_KEYS, as_index=False)["self_us_per_iter"].mean().rename(
         columns={"self_us_per_iter": "profiled_us"})
