@@ -108,3 +108,20 @@ def test_bad_round_and_noise_options_are_one_line_errors(run_cli):
                           (["--noisy-others", "0"], "--noisy-others"), (["--noisy-steal", "1.5"], "--noisy-steal")]:
         code, _, err = run_cli("run", "-m", "ncf", "--scale", "tiny", *args)
         assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_contention_arithmetic():
+    from rechar.runners.contention import TICKS_PER_SECOND, NoiseThresholds, Reading, between
+
+    start = Reading(wall=10.0, busy_ticks=0, steal_ticks=0, cpus=2, own_cpu=5.0, own_involuntary=3)
+    end = Reading(wall=11.0, busy_ticks=int(1.5 * TICKS_PER_SECOND), steal_ticks=int(0.2 * TICKS_PER_SECOND),
+                  cpus=2, own_cpu=6.0, own_involuntary=10)
+    w = between(start, end, NoiseThresholds())
+    # 2 CPU-seconds of capacity: others took 1.5 - 1.0 = 0.5 (25%), steal 0.2 (10%)
+    assert w["others_cpu_share"] == pytest.approx(0.25) and w["steal_share"] == pytest.approx(0.10)
+    assert w["involuntary_switches"] == 7 and w["noisy"] is True
+    assert "other processes used 25%" in w["noise"] and "stole 10%" in w["noise"]
+    quiet = between(start, end, NoiseThresholds(others_share=0.3, steal_share=0.2))
+    assert quiet["noisy"] is False and quiet["noise"] is None
+    short = Reading(10.1, 10, 0, 2, 5.05, 3)  # a 0.1 s window: too short to tell
+    assert between(start, short, NoiseThresholds())["noisy"] is None
