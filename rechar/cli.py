@@ -21,6 +21,9 @@ from rechar.runners.contention import NoiseThresholds
 from rechar.runners.measure import TimingOptions
 from rechar.runners.results import COUNTERS_LOG, load_points, read_manifest, summary
 from rechar.runners.sweep import DEFAULT_BATCH_SIZES, RunOptions, SweepInterrupted, resume_sweep, run_sweep
+from rechar.serving import ServeInterrupted, ServeOptions, resume_serve, run_serve
+from rechar.serving.queries import parse_batches
+from rechar.serving.trials import is_serve_run
 
 
 def _split_names(values: tuple[str, ...]) -> list[str]:
@@ -133,8 +136,9 @@ def _parse_batch_sizes(ctx, param, value: str) -> list[int]:
 class ProgressBar:
     """One line on stderr, redrawn in place on a terminal; a line per change otherwise."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, unit: str = "points"):
         self.enabled = enabled
+        self.unit = unit
         self.tty = sys.stderr.isatty()
         self.last = None
 
@@ -144,7 +148,7 @@ class ProgressBar:
         self.last = (done, label)
         width = 30
         filled = int(width * done / total) if total else width
-        line = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} points  {label}"
+        line = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {self.unit}  {label}"
         if self.tty:
             click.echo(f"\r\033[K{line}", err=True, nl=done == total)
         else:
@@ -311,6 +315,72 @@ def report_cmd(run_dirs, out_path, p99_bound_ms) -> None:
     click.echo(f"report: {path}")
 
 
+@cli.command("serve")
+@model_option
+@click.option("--all", "all_models", is_flag=True, help="All eight models.")
+@click.option("--backend", "-b", "backend_names", multiple=True,
+              help=f"Backend, repeatable or comma-separated (default: {', '.join(DEFAULT_BACKENDS)}, those available).")
+@click.option("--batch", "batches", default="16,64,256,query", show_default=True,
+              help="Batching policies: split each query into sub-batches of at most this many items; 'query': "
+                   "no split. Comma-separated: each is searched and the best named.")
+@click.option("--workers", default="1", show_default=True,
+              help="Parallel executors sharing the threads (comma-separated to compare several).")
+@click.option("--p99-ms", type=float, default=10.0, show_default=True, help="Bound on the p99 query latency.")
+@click.option("--query-sizes", default="lognormal:5.1,0.2", show_default=True,
+              help="Items per query: fixed:N, lognormal:MU,SIGMA, normal:MEAN,STD or file:PATH.")
+@click.option("--max-query", type=int, default=1024, show_default=True, help="Query sizes are clipped to this.")
+@click.option("--min-duration", type=float, default=2.0, show_default=True, help="Seconds per LoadGen test, at least.")
+@click.option("--min-queries", type=int, default=512, show_default=True,
+              help="Queries per LoadGen test, at least (its early-stopping rule may ask for more).")
+@click.option("--offload-backend", default=None, help="Backend that serves the large queries (e.g. ort-cuda).")
+@click.option("--offload-threshold", type=int, default=None, help="Queries of this many items or more are offloaded.")
+@scale_option
+@config_option
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads in all, divided among the executors (default: physical cores).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights, queries and arrivals.")
+@click.option("--ids", type=click.Choice(["uniform", "zipf"]), default="uniform", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (default: runs/<timestamp>-<id>).")
+@click.option("--exports", "exports_dir", default="exports", show_default=True, type=click.Path(file_okay=False))
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600, show_default=True,
+              help="Seconds without a finished test before the worker is killed.")
+@click.option("--keep-trace", is_flag=True, help="Keep LoadGen's trace of every test (large).")
+@quiet_option
+@click.option("--report", "write_html", is_flag=True, help="Write the HTML report of the run at the end.")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
+              help="Continue an interrupted serving run: finished tests are kept, searches go on.")
+def serve_cmd(model_names, all_models, backend_names, batches, workers, p99_ms, query_sizes, max_query, min_duration,
+              min_queries, offload_backend, offload_threshold, scale, config_path, threads, seed, ids, out, exports_dir,
+              timeout, keep_trace, quiet, write_html, resume_dir) -> None:
+    """Serve models under load with MLPerf LoadGen: the highest query rate per stack and batching
+    policy whose p99 latency meets the bound (default model: dlrm-rmc1; --all for all eight)."""
+    echo = (lambda msg: None) if quiet else click.echo
+    progress = ProgressBar(not quiet, unit="configurations")
+    if resume_dir:
+        run_dir = resume_serve(resume_dir, log=echo, progress=progress)
+    else:
+        chosen = select_models(model_names, all_models) if (model_names or all_models) else ["dlrm-rmc1"]
+        try:
+            worker_counts = [int(w) for w in workers.split(",") if w.strip()]
+        except ValueError:
+            raise UserError(f"bad --workers {workers!r}: give positive integers") from None
+        options = ServeOptions(
+            models=chosen, backends=_split_names(backend_names), batches=parse_batches(batches), workers=worker_counts,
+            scale=scale, overrides=load_overrides(config_path, chosen), seed=seed, ids=ids, query_sizes=query_sizes,
+            max_query=max_query, p99_ms=p99_ms, min_duration_s=min_duration, min_queries=min_queries,
+            offload_backend=offload_backend, offload_threshold=offload_threshold, exports_dir=exports_dir,
+            timeout=timeout, keep_trace=keep_trace)
+        if threads:
+            options.threads = threads
+        run_dir = run_serve(options, out, log=echo, progress=progress)
+    click.echo(format_tables(analyze([run_dir], p99_bound_ms=p99_ms)))
+    click.echo(f"results: {run_dir}")
+    if write_html:
+        from rechar.report import default_report_path, write_report
+
+        click.echo(f"report: {write_report([run_dir], default_report_path([run_dir]))}")
+
+
 @cli.command("show")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 def show_cmd(run_dir) -> None:
@@ -321,6 +391,9 @@ def show_cmd(run_dir) -> None:
                f"{host.get('hostname')}: {host.get('cpu')}, {host.get('logical_cores')} cores")
     for name, reason in manifest.get("skipped_backends", {}).items():
         click.echo(f"skipped backend {name}: {reason}")
+    if is_serve_run(manifest):
+        click.echo(format_tables(analyze([run_dir])))
+        return
     click.echo(summary(load_points(Path(run_dir))))
 
 
@@ -328,7 +401,7 @@ def main() -> None:
     """Entry point: user errors are one line on stderr and exit status 2, never a traceback."""
     try:
         cli.main(standalone_mode=False)
-    except SweepInterrupted as e:
+    except (SweepInterrupted, ServeInterrupted) as e:
         click.echo(f"\n{e}", err=True)
         sys.exit(130)
     except (click.exceptions.Abort, KeyboardInterrupt):

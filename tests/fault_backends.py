@@ -120,3 +120,47 @@ class BurningBackend(OrtCpuBackend):
     def close(self):
         self._stop_burning()
         super().close()
+
+
+class FixedServiceBackend(OrtCpuBackend):
+    """ONNX Runtime whose every call takes a fixed $RECHAR_TEST_SERVICE_MS milliseconds whatever
+    the batch (the model's own time, then a sleep that releases the GIL): a server whose capacity
+    queueing theory knows."""
+
+    name = "fixed-service"
+
+    def prepare(self, batches):
+        inner, service = super().prepare(batches), float(os.environ["RECHAR_TEST_SERVICE_MS"]) / 1e3
+
+        def call():
+            start = time.perf_counter()
+            out = inner()
+            left = service - (time.perf_counter() - start)
+            if left > 0:
+                time.sleep(left)
+            return out
+
+        return call
+
+
+def _die_at_trial():
+    """With $RECHAR_TEST_DIE_AT_TRIAL set, the serving worker that imports this module (to find a
+    backend above) dies of SIGKILL as its Server trial of that number starts, once (a marker file
+    $RECHAR_TEST_DIE_MARKER): a crash in the middle of a search."""
+    from rechar.serving import loadgen
+
+    original = loadgen.run_test
+
+    def run_test(executors, settings, log_dir):
+        marker = Path(os.environ["RECHAR_TEST_DIE_MARKER"])
+        if (settings.scenario == "server" and log_dir.name.startswith(os.environ["RECHAR_TEST_DIE_AT_TRIAL"] + "-")
+                and not marker.exists()):
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(executors, settings, log_dir)
+
+    loadgen.run_test = run_test
+
+
+if os.environ.get("RECHAR_TEST_DIE_AT_TRIAL"):
+    _die_at_trial()

@@ -21,9 +21,11 @@ from rechar.analysis.counters import counted_metrics, counter_support, counter_t
 from rechar.analysis.deployment import best_deployment, crossover, gpu_speedup
 from rechar.analysis.features import feature_correlation, model_features, model_metrics
 from rechar.analysis.ops import OPS_COLUMNS, coverage, load_ops, unmapped_ops
+from rechar.analysis.serving import best_policy, load_curve, serving_capacity
 from rechar.errors import UserError
 from rechar.runners.counters import HARDWARE
 from rechar.runners.results import load_points, read_manifest
+from rechar.serving.trials import TRIAL_COLUMNS, is_serve_run, load_trials
 
 __all__ = ["analyze", "load_runs", "format_tables", "Runs"]
 
@@ -37,16 +39,19 @@ class Runs:
     counters: pd.DataFrame  # rechar.analysis.counters.COUNTER_COLUMNS
     configs: dict[str, dict]  # model -> resolved config (the runs must agree)
     manifests: dict[str, dict]  # host -> manifest of its (last) run
+    trials: pd.DataFrame  # rechar.serving.trials.TRIAL_COLUMNS + host: LoadGen tests of serving runs
 
 
 def load_runs(run_dirs: list[str | Path]) -> Runs:
     if not run_dirs:
         raise UserError("give at least one run folder")
-    points, ops, counters, configs, manifests = [], [], [], {}, {}
+    points, ops, counters, trials, configs, manifests = [], [], [], [], {}, {}
     for run_dir in map(Path, run_dirs):
         manifest = read_manifest(run_dir)
         host = manifest.get("host", {}).get("hostname")
         manifests[host] = manifest
+        if is_serve_run(manifest):
+            trials.append(load_trials(run_dir))
         points.append(load_points(run_dir))
         run_ops = load_ops(run_dir)
         if not run_ops.empty:  # an empty, untyped frame would turn every concatenated column to object
@@ -59,7 +64,8 @@ def load_runs(run_dirs: list[str | Path]) -> Runs:
                 raise UserError(f"runs disagree on the config of {name}; compare runs of the same models")
     all_ops = pd.concat(ops, ignore_index=True) if ops else pd.DataFrame(columns=[*OPS_COLUMNS, "host"])
     all_counters = pd.concat(counters, ignore_index=True) if counters else counter_table([])
-    return Runs(pd.concat(points, ignore_index=True), all_ops, all_counters, configs, manifests)
+    all_trials = pd.concat(trials, ignore_index=True) if trials else pd.DataFrame(columns=[*TRIAL_COLUMNS, "host"])
+    return Runs(pd.concat(points, ignore_index=True), all_ops, all_counters, configs, manifests, all_trials)
 
 
 def analyze(run_dirs: list[str | Path], p99_bound_ms: float = 10.0, reference: str = "torch") -> dict[str, pd.DataFrame]:
@@ -70,6 +76,7 @@ def analyze(run_dirs: list[str | Path], p99_bound_ms: float = 10.0, reference: s
     shift = bottleneck_shift(breakdown, reference)
     speedup = speedup_intervals(gpu_speedup(points), points)
     best = best_deployment(points, p99_bound_ms)
+    capacity = serving_capacity(runs.trials)
     return {
         "points": points,
         "ops": ops,
@@ -88,6 +95,9 @@ def analyze(run_dirs: list[str | Path], p99_bound_ms: float = 10.0, reference: s
         "noisy": noisy_points(points),
         "counters": counters,
         "counter_support": counter_support(runs.manifests),
+        "serving": capacity,
+        "serving_best": best_policy(capacity),
+        "serving_curve": load_curve(runs.trials) if not runs.trials.empty else pd.DataFrame(),
         "correlation": feature_correlation(model_features(runs.configs),
                                            model_metrics(points, breakdown, speedup, counters)),
     }
@@ -100,6 +110,15 @@ def format_tables(tables: dict[str, pd.DataFrame]) -> str:
 
     def add(title: str, df: pd.DataFrame, empty: str) -> None:
         sections.append(f"== {title}\n" + (df.to_string(index=False, float_format=lambda v: f"{v:.3g}") if not df.empty else empty))
+
+    if not tables["serving"].empty:
+        add("serving under load: highest rate (queries/s) within the p99 bound per policy (LoadGen Server)",
+            tables["serving"][["host", "model", "backend", "offload", "policy", "capacity_qps", "result", "p99_ms",
+                               "first_failing_qps", "offline_qps", "predicted_qps", "prediction_ratio", "note"]], "")
+        add("serving: best policy per model and stack, its gain over whole queries, and the offline view's choice",
+            tables["serving_best"], "")
+        if tables["points"].empty:
+            return "\n\n".join(sections)
 
     wide = tables["breakdown_wide"]
     if not wide.empty:

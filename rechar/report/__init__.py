@@ -27,11 +27,12 @@ from rechar.analysis.counters import counted_metrics
 from rechar.analysis.ops import read_profiles
 from rechar.analysis.taxonomy import CATEGORIES
 from rechar.errors import UserError
-from rechar.report import charts
+from rechar.report import charts, serving
 from rechar.report.charts import CATEGORY_COLORS
 from rechar.report.page import definitions, ms, note, num, page, pct, section, swatch, table, text
 from rechar.runners.counters import HARDWARE
 from rechar.runners.results import POINTS, POINTS_LOG, read_manifest
+from rechar.serving.trials import TRIALS_LOG
 
 __all__ = ["write_report", "default_report_path"]
 
@@ -68,7 +69,7 @@ def write_report(run_dirs: list[str | Path], out_path: str | Path, p99_bound_ms:
     run_dirs = [Path(d) for d in run_dirs]
     out_path = Path(out_path)
     manifests = [read_manifest(d) for d in run_dirs]
-    if not any((d / POINTS_LOG).exists() or (d / POINTS).exists() for d in run_dirs):
+    if not any((d / POINTS_LOG).exists() or (d / POINTS).exists() or (d / TRIALS_LOG).exists() for d in run_dirs):
         raise UserError(f"no finished point in {', '.join(map(str, run_dirs))}: nothing to report")
     tables = analyze(run_dirs, p99_bound_ms=p99_bound_ms, reference=REFERENCE)
     report = _Report(tables, run_dirs, manifests, out_path.parent, p99_bound_ms)
@@ -150,6 +151,8 @@ class _Report:
             ("shift", "Bottleneck shift across stacks", self.shift()),
             ("speedup", "GPU/CPU speedup", self.speedup()),
             ("best", "Best deployment under the latency bound", self.best()),
+            *([("serving", "Serving under load", serving.section(self.t, self._chart))]
+              if not self.t["serving"].empty else []),
             ("counters", "CPU event counts", self.counters()),
             ("correlation", "Model features vs measured behaviour", self.correlation()),
             ("operators", "Top operators per model", self.operators()),

@@ -47,6 +47,12 @@ class Backend(abc.ABC):
     #: False: load() gets model=None, so that the worker can free the PyTorch weights first
     #: (the framework holds its own copy; at paper scale that is gigabytes).
     uses_torch_model: ClassVar[bool] = False
+    #: True: one compiled artefact per batch size, so a server pads batches to fixed sizes
+    #: (rechar.serving pads sub-batches to buckets instead of compiling every size it meets).
+    static_shapes: ClassVar[bool] = False
+    #: True: the intra-op thread pool is one per process (TensorFlow), so parallel executors
+    #: share one instance and its pool instead of each loading its own.
+    threads_per_process: ClassVar[bool] = False
 
     def __init__(self, options: BackendOptions):
         self.options = options
@@ -88,6 +94,11 @@ class Backend(abc.ABC):
         """For stacks that compile per batch size: ``compile_seconds`` (never part of a latency)
         and ``compile_cache_hit`` of that batch size's artefact, recorded with the point."""
         return {}
+
+    def enter_thread(self) -> None:
+        """Called once in every further thread that will make prepared calls (rechar.serving's
+        executors): per-thread framework state, such as PyTorch's inference mode and OpenMP
+        thread count, is set up here."""
 
     def settings(self) -> dict[str, Any]:
         """The settings this backend runs with, recorded with every point."""

@@ -34,6 +34,7 @@ class OpenVinoBackend(Backend):
     name = "openvino"
     framework = "openvino"
     device = "cpu"
+    static_shapes = True
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

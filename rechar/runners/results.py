@@ -139,9 +139,11 @@ def _repair(path: Path) -> None:
             os.fsync(f.fileno())
 
 
-def read_log(run_dir: Path, log: str = POINTS_LOG) -> list[dict[str, Any]]:
-    """Records of an append-only log (points.jsonl, profiles.jsonl, counters.jsonl), one per point: the first,
-    should a point appear twice. A torn last line (a writer killed mid-write) is ignored."""
+def read_log(run_dir: Path, log: str = POINTS_LOG, key=None) -> list[dict[str, Any]]:
+    """Records of an append-only log (points.jsonl, profiles.jsonl, counters.jsonl, trials.jsonl),
+    one per ``key`` (point_key by default): the first, should a key appear twice. A torn last line
+    (a writer killed mid-write) is ignored."""
+    key = key or point_key
     path = Path(run_dir) / log
     if not path.exists():
         return []
@@ -156,7 +158,7 @@ def read_log(run_dir: Path, log: str = POINTS_LOG) -> list[dict[str, Any]]:
             if i >= len(lines) - 2:  # the last record, cut short
                 continue
             raise UserError(f"{path}: line {i + 1} is corrupt") from None
-        records.setdefault(point_key(rec), rec)
+        records.setdefault(key(rec), rec)
     return list(records.values())
 
 

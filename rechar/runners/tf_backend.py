@@ -31,6 +31,7 @@ class TFBackend(Backend):
     name = "tf"
     framework = "tensorflow"
     jit_compile: ClassVar[bool] = False
+    threads_per_process = True
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -121,6 +122,7 @@ class TFXlaBackend(TFBackend):
 
     name = "tf-xla"
     jit_compile = True
+    static_shapes = True
 
 
 class _Int:

@@ -42,6 +42,14 @@ class TorchBackend(Backend):
         # Entered once for the worker's life: a context per call would be timed with the model.
         self._mode = torch.inference_mode()
         self._mode.__enter__()
+        self._thread_modes: list = []  # kept alive: a dropped guard would reset its thread's mode
+
+    def enter_thread(self) -> None:
+        # Grad mode and the OpenMP team size are per thread in PyTorch.
+        torch.set_num_threads(self.options.threads)
+        mode = torch.inference_mode()
+        mode.__enter__()
+        self._thread_modes.append(mode)
 
     def prepare(self, batches: Sequence[dict[str, np.ndarray]]) -> Callable[[], Any]:
         feeds, model = itertools.cycle(self._place(batches)), self.model
@@ -142,6 +150,7 @@ class TorchCompileBackend(TorchBackend):
     kernels (``compile_cache_hit``)."""
 
     name = "torch-compile"
+    static_shapes = True
     compile_mode: ClassVar[str | None] = None  # Inductor's default mode
 
     @classmethod

@@ -1,0 +1,262 @@
+"""Serving under load: the highest query rate a model serves on a stack within a p99 bound, per
+batching policy, measured with MLPerf LoadGen.
+
+    >>> from rechar.serving import ServeOptions, run_serve
+    >>> run_dir = run_serve(ServeOptions(models=["dlrm-rmc1"], backends=["ort-cpu"], p99_ms=10))
+
+One worker process per (model, backend), as in a sweep (rechar.serving.worker); queries and
+their sizes in rechar.serving.queries, the system under test in rechar.serving.loadgen, the
+search in rechar.serving.search, the run folder in rechar.serving.trials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+
+from rechar import hostinfo
+from rechar.errors import UserError
+from rechar.exporters import ExportOptions, export
+from rechar.jsonfile import write_json_atomic
+from rechar.models import DEFAULT_SCALE, names as model_names, resolve_config
+from rechar.runners import allocator, backend_class, select_backends
+from rechar.runners.contention import NoiseThresholds
+from rechar.runners.results import MANIFEST, SCHEMA_VERSION, append_point, read_manifest
+from rechar.runners.sweep import GATE_ATOL, GATE_RTOL, _describe_exit, _make_run_dir, _now, _tail, _worker_env, new_run_dir
+from rechar.serving import loadgen
+from rechar.serving.queries import Policy, QuerySizes
+from rechar.serving.search import SearchRule, policy_finished
+from rechar.serving.trials import TRIALS_LOG, config_key, read_trials, write_trials
+
+__all__ = ["ServeOptions", "run_serve", "resume_serve", "ServeInterrupted"]
+
+
+@dataclasses.dataclass
+class ServeOptions:
+    models: list[str] = dataclasses.field(default_factory=lambda: ["dlrm-rmc1"])
+    backends: list[str] = dataclasses.field(default_factory=list)  # empty: the default set, as far as available
+    batches: list[int | None] = dataclasses.field(default_factory=lambda: [16, 64, 256, None])  # None: whole queries
+    workers: list[int] = dataclasses.field(default_factory=lambda: [1])
+    scale: str = DEFAULT_SCALE
+    overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    threads: int = dataclasses.field(default_factory=lambda: psutil.cpu_count(logical=False) or 1)
+    seed: int = 0
+    ids: str = "uniform"
+    zipf_alpha: float = 1.05
+    malloc: str = "default"
+    query_sizes: str = "lognormal:5.1,0.2"
+    max_query: int = 1024
+    p99_ms: float = 10.0
+    min_duration_s: float = 2.0
+    min_queries: int = 512
+    offload_backend: str | None = None
+    offload_threshold: int | None = None
+    search: SearchRule = SearchRule()
+    noise: NoiseThresholds = NoiseThresholds()
+    exports_dir: str = "exports"
+    timeout: float = 600.0  # seconds without a finished trial before the worker is killed
+    atol: float = GATE_ATOL
+    rtol: float = GATE_RTOL
+    keep_trace: bool = False
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ServeOptions":
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["search"] = SearchRule(**values.get("search", {}))
+        values["noise"] = NoiseThresholds(**values.get("noise", {}))
+        return cls(**values)
+
+    @property
+    def policies(self) -> list[Policy]:
+        return [Policy(b, w) for w in self.workers for b in self.batches]
+
+    def validate(self) -> None:
+        reason = loadgen.available()
+        if reason:
+            raise UserError(reason)
+        for name in self.models:
+            resolve_config(name, self.scale, self.overrides.get(name))
+        if not self.p99_ms > 0:
+            raise UserError(f"the p99 bound must be positive, got {self.p99_ms} ms")
+        QuerySizes(self.query_sizes, self.max_query)  # a one-line error if the spec is bad
+        if not self.batches or any(b is not None and b < 1 for b in self.batches):
+            raise UserError(f"batch sizes must be positive integers or 'query', got {self.batches}")
+        if not self.workers or min(self.workers) < 1:
+            raise UserError(f"workers must be at least 1, got {self.workers}")
+        if self.threads < 1:
+            raise UserError(f"threads must be at least 1, got {self.threads}")
+        if self.min_duration_s <= 0 or self.min_queries < 1:
+            raise UserError("the minimum duration and query count must be positive")
+        if self.timeout <= 0:
+            raise UserError(f"timeout must be positive, got {self.timeout}")
+        if (self.offload_backend is None) != (self.offload_threshold is None):
+            raise UserError("--offload-backend and --offload-threshold go together")
+        if self.offload_backend is not None:
+            cls = backend_class(self.offload_backend)  # unknown: a one-line error naming the choices
+            why = cls.unavailable_reason()
+            if why:
+                raise UserError(f"offload backend {self.offload_backend} is not available: {why}")
+            if self.offload_threshold < 1:
+                raise UserError(f"the offload threshold must be at least 1 item, got {self.offload_threshold}")
+        allocator.preload(self.malloc)
+        self.noise.validate()
+
+
+class ServeInterrupted(Exception):
+    def __init__(self, run_dir: Path, done: int, total: int):
+        super().__init__(f"interrupted: {done} of {total} configurations finished, every finished trial kept; "
+                         f"resume with: rechar serve --resume {run_dir}")
+        self.run_dir = run_dir
+
+
+def run_serve(options: ServeOptions, run_dir: str | Path | None = None, log: Callable[[str], None] = lambda m: None,
+              progress: Callable[[int, int, str], None] = lambda d, t, label: None) -> Path:
+    """Serve every (model, backend) under load into ``run_dir`` (a new folder under runs/)."""
+    options.validate()
+    backends, skipped = select_backends(options.backends)
+    for name, reason in skipped.items():
+        log(f"skipping backend {name}: {reason}")
+    if not backends:
+        raise UserError("no backend is available")
+    run_dir = Path(run_dir) if run_dir else new_run_dir()
+    if (run_dir / MANIFEST).exists():
+        raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose another --out")
+    _make_run_dir(run_dir)
+    manifest = {
+        "schema_version": SCHEMA_VERSION, "kind": "serve", "run_id": run_dir.name, "status": "running",
+        "started": _now(), "finished": None, "resumed": [], "host": hostinfo.host(), "software": hostinfo.software(),
+        "options": {**dataclasses.asdict(options), "backends": backends}, "skipped_backends": skipped,
+        "configs": {}, "exports": {},
+    }
+    write_json_atomic(run_dir / MANIFEST, manifest)
+    return _serve(run_dir, manifest, dataclasses.replace(options, backends=backends), log, progress)
+
+
+def resume_serve(run_dir: str | Path, log: Callable[[str], None] = lambda m: None,
+                 progress: Callable[[int, int, str], None] = lambda d, t, label: None) -> Path:
+    """Continue an interrupted serving run: finished trials are kept, searches go on from them."""
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    if manifest.get("kind") != "serve":
+        raise UserError(f"{run_dir} is a sweep, not a serving run; resume it with rechar run --resume")
+    options = ServeOptions.from_dict(manifest["options"])
+    for name in options.backends:
+        reason = backend_class(name).unavailable_reason()
+        if reason:
+            raise UserError(f"cannot resume {run_dir}: backend {name} is not available here: {reason}")
+    manifest["resumed"] = [*manifest.get("resumed", []), _now()]
+    manifest.update(status="running", finished=None)
+    write_json_atomic(run_dir / MANIFEST, manifest)
+    return _serve(run_dir, manifest, options, log, progress)
+
+
+def _serve(run_dir: Path, manifest: dict, options: ServeOptions, log, progress) -> Path:
+    exports = {}
+    for name in options.models:
+        result = export(name, options.scale, options.overrides.get(name), options.exports_dir,
+                        ExportOptions(seed=options.seed), log=log, verify_files=True)
+        exports[name] = result
+        manifest["configs"][name] = result.manifest["config"]
+        manifest["exports"][name] = {"path": str(result.path.resolve()), "cache_key": result.manifest["cache_key"]}
+    write_json_atomic(run_dir / MANIFEST, manifest)
+    pairs = [(m, b) for m in options.models for b in options.backends]
+    total = len(pairs) * len(options.policies)
+    try:
+        for name, backend in pairs:
+            if _unfinished(run_dir, options, name, backend):
+                progress(_finished_count(run_dir, options, pairs), total, f"{name} on {backend}")
+                _run_worker(run_dir, manifest["run_id"], name, backend, exports[name].path, options)
+                write_trials(run_dir)
+        progress(_finished_count(run_dir, options, pairs), total, "")
+    except KeyboardInterrupt:
+        write_trials(run_dir)
+        manifest.update(status="interrupted")
+        write_json_atomic(run_dir / MANIFEST, manifest)
+        raise ServeInterrupted(run_dir, _finished_count(run_dir, options, pairs), total) from None
+    write_trials(run_dir)
+    manifest.update(status="complete", finished=_now())
+    write_json_atomic(run_dir / MANIFEST, manifest)
+    return run_dir
+
+
+def _offload_label(options: ServeOptions) -> str:
+    return f"{options.offload_backend}>={options.offload_threshold}" if options.offload_backend else ""
+
+
+def _trials_of(run_dir: Path, options: ServeOptions, name: str, backend: str) -> dict[str, list[dict]]:
+    offload = _offload_label(options)
+    mine: dict[str, list[dict]] = {p.label: [] for p in options.policies}
+    for t in read_trials(run_dir):
+        if config_key(t)[:3] == (name, backend, offload) and t["policy"] in mine:
+            mine[t["policy"]].append(t)
+    return {label: sorted(ts, key=lambda t: int(t["trial"])) for label, ts in mine.items()}
+
+
+def _unfinished(run_dir: Path, options: ServeOptions, name: str, backend: str) -> list[str]:
+    return [label for label, ts in _trials_of(run_dir, options, name, backend).items()
+            if not policy_finished(ts, options.p99_ms, options.min_queries, options.search)]
+
+
+def _finished_count(run_dir: Path, options: ServeOptions, pairs) -> int:
+    return sum(len(options.policies) - len(_unfinished(run_dir, options, m, b)) for m, b in pairs)
+
+
+def _run_worker(run_dir: Path, run_id: str, name: str, backend: str, export_dir: Path, options: ServeOptions) -> None:
+    spec = {
+        "run_id": run_id, "parent_pid": os.getpid(), "model": name, "scale": options.scale,
+        "overrides": options.overrides.get(name, {}), "seed": options.seed, "ids": options.ids,
+        "zipf_alpha": options.zipf_alpha, "export_dir": str(export_dir.resolve()), "backend": backend,
+        "policies": [dataclasses.asdict(p) for p in options.policies], "threads": options.threads,
+        "query_sizes": options.query_sizes, "max_query": options.max_query, "p99_ms": options.p99_ms,
+        "min_duration_s": options.min_duration_s, "min_queries": options.min_queries, "atol": options.atol,
+        "rtol": options.rtol, "run_dir": str(run_dir.resolve()), "offload_backend": options.offload_backend,
+        "offload_threshold": options.offload_threshold, "search": dataclasses.asdict(options.search),
+        "noise": dataclasses.asdict(options.noise), "keep_trace": options.keep_trace,
+    }
+    stem = f"{name}__{backend}"
+    spec_path = run_dir / "specs" / f"{stem}.json"
+    write_json_atomic(spec_path, spec)
+    log_path = run_dir / "logs" / f"{stem}.log"
+    trials_log = run_dir / TRIALS_LOG
+    size = lambda: trials_log.stat().st_size if trials_log.exists() else 0  # noqa: E731
+    status = None
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "rechar.serving.worker", str(spec_path)],
+                                stdout=log_file, stderr=subprocess.STDOUT, env=_worker_env(options))
+        marker, deadline = size(), time.monotonic() + options.timeout
+        try:
+            while proc.poll() is None:
+                if size() != marker:  # a trial finished: the clock restarts
+                    marker, deadline = size(), time.monotonic() + options.timeout
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    proc.wait()
+                    status = "timeout"
+                    break
+                time.sleep(0.25)
+        except KeyboardInterrupt:
+            proc.kill()  # the trial it was running is abandoned; finished ones are on disk
+            proc.wait()
+            raise
+    unfinished = _unfinished(run_dir, options, name, backend)
+    if not unfinished:
+        return
+    error = (f"killed: no trial finished within the {options.timeout:g} s timeout" if status == "timeout"
+             else f"worker exited with {_describe_exit(proc.returncode)}: {_tail(log_path)}")
+    trials = _trials_of(run_dir, options, name, backend)
+    for policy in options.policies:
+        if policy.label in unfinished:
+            append_point(run_dir, {
+                "run_id": run_id, "model": name, "scale": options.scale, "backend": backend,
+                "offload": _offload_label(options),
+                "policy": policy.label, "batch": policy.batch, "workers": policy.workers,
+                "trial": 1 + max((int(t["trial"]) for t in trials[policy.label]), default=-1),
+                "status": status or "failed", "error": error, "p99_bound_ms": options.p99_ms}, log=TRIALS_LOG)

@@ -1,0 +1,325 @@
+"""One model on one backend under load, every batching policy in turn, in a process of its own.
+
+    python -m rechar.serving.worker SPEC.json
+
+The same isolation as a sweep's worker (rechar.runners.worker): a fresh process, the parity gate
+before anything is timed, every finished trial appended to ``trials.jsonl`` and fsynced. For each
+policy: the gate on its first sub-batches, the offline prediction (the query pool's sub-batches
+run one after another on an idle executor, as an isolated-batch sweep times them), one Offline
+test (the saturation throughput), then the Server search (rechar.serving.search). Trials already
+in the log are not run again: the search resumes from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import rechar.models as models
+from rechar.exporters import ExportResult, load_manifest
+from rechar.runners import BackendOptions, backend_class, contention
+from rechar.runners.contention import NoiseThresholds
+from rechar.runners.inputs import FALLBACK_CACHE_BYTES
+from rechar.runners.lifetime import die_with_parent
+from rechar.runners.results import append_point, read_log
+from rechar.runners.worker import _compare, _one_line
+from rechar.memory import prefault_mappings
+from rechar.serving import loadgen
+from rechar.serving.queries import Policy, QueryPool, QuerySizes, make_pool, sub_batches
+from rechar.serving.search import SearchRule, anchor, hopeless, next_trial, policy_finished
+from rechar.serving.trials import TRIALS_LOG, trial_key
+
+#: queries of the pool that the offline prediction runs (two passes: the first warms)
+PREDICTION_QUERIES = 256
+
+
+@dataclasses.dataclass
+class ServeSpec:
+    run_id: str
+    model: str
+    scale: str
+    overrides: dict[str, Any]
+    seed: int
+    ids: str
+    zipf_alpha: float
+    export_dir: str
+    backend: str
+    policies: list[dict[str, Any]]  # Policy fields
+    threads: int  # divided among a policy's executors
+    query_sizes: str
+    max_query: int
+    p99_ms: float
+    min_duration_s: float
+    min_queries: int
+    atol: float
+    rtol: float
+    run_dir: str
+    offload_backend: str | None = None
+    offload_threshold: int | None = None
+    search: dict[str, Any] = dataclasses.field(default_factory=dict)  # SearchRule fields
+    noise: dict[str, Any] = dataclasses.field(default_factory=dict)  # NoiseThresholds fields
+    keep_trace: bool = False
+    parent_pid: int = 0
+
+    @classmethod
+    def read(cls, path: str | Path) -> "ServeSpec":
+        return cls(**json.loads(Path(path).read_text()))
+
+    @property
+    def offload(self) -> str:
+        return f"{self.offload_backend}>={self.offload_threshold}" if self.offload_backend else ""
+
+
+class _Loaded:
+    """The backend instances of one executor count: one per executor (each with its share of
+    the threads), or one shared where the framework's thread pool is per process."""
+
+    def __init__(self, spec: ServeSpec, model, export: ExportResult, workers: int):
+        cls = backend_class(spec.backend)
+        threads = spec.threads if cls.threads_per_process else max(1, spec.threads // workers)
+        count = 1 if cls.threads_per_process else workers
+        self.instances = [cls(BackendOptions(threads=threads)) for _ in range(count)]
+        for backend in self.instances:
+            backend.load(model, export)
+        self.threads = threads
+        self.offload = None
+        if spec.offload_backend:
+            self.offload = backend_class(spec.offload_backend)(BackendOptions(threads=threads))
+            self.offload.load(model, export)
+        prefault_mappings(export.path)
+
+    def executor(self, w: int):
+        return self.instances[w % len(self.instances)]
+
+    def close(self) -> None:
+        for backend in [*self.instances, *([self.offload] if self.offload else [])]:
+            backend.close()
+
+
+def run(spec: ServeSpec) -> None:
+    config = models.resolve_config(spec.model, spec.scale, spec.overrides)
+    model = models.get(spec.model, config=config, seed=spec.seed)
+    manifest = load_manifest(spec.export_dir)
+    export = ExportResult(spec.model, Path(spec.export_dir), manifest, cached=True)
+    cls = backend_class(spec.backend)
+    shell = models.shell(spec.model, config)
+    sizes = QuerySizes(spec.query_sizes, spec.max_query)
+    pool = make_pool(shell, sizes, spec.seed, spec.ids, spec.zipf_alpha, cls.cache_bytes() or FALLBACK_CACHE_BYTES)
+    policies = [Policy(**p) for p in spec.policies]
+    threshold = spec.offload_threshold if spec.offload_backend else None
+    offloaded = [threshold is not None and int(n) >= threshold for n in pool.sizes]
+    # The gate's reference outputs, while PyTorch's weights are loaded: each policy's first two
+    # sub-batches (the first non-offloaded queries') and the first offloaded query.
+    expected = {p: [(sub, model.predict(sub)) for sub, _ in _gate_subs(pool, p, offloaded)] for p in policies}
+    first_offloaded = next((i for i, o in enumerate(offloaded) if o), None)
+    expected_offload = model.predict(pool.queries[first_offloaded]) if first_offloaded is not None else None
+    uses_torch = cls.uses_torch_model or (spec.offload_backend and backend_class(spec.offload_backend).uses_torch_model)
+    if not uses_torch:
+        model = None
+        gc.collect()
+
+    history = [t for t in read_log(Path(spec.run_dir), TRIALS_LOG, key=trial_key)
+               if (t["model"], t["backend"], t.get("offload") or "") == (spec.model, spec.backend, spec.offload)]
+    for workers in sorted({p.workers for p in policies}):
+        todo = [p for p in policies if p.workers == workers and not policy_finished([t for t in history if t['policy'] == p.label], spec.p99_ms, spec.min_queries, SearchRule(**spec.search))]
+        if not todo:
+            continue
+        try:
+            loaded = _Loaded(spec, model, export, workers)
+        except Exception as e:  # the framework cannot load the model: every policy fails, clearly
+            for policy in todo:
+                _append(spec, policy, 0, {"status": "failed", "error": f"load failed: {_one_line(e)}"})
+            continue
+        for policy in todo:
+            serve_policy(spec, loaded, pool, policy, offloaded, expected[policy], expected_offload,
+                         [t for t in history if t["policy"] == policy.label])
+        loaded.close()
+        del loaded
+        gc.collect()
+
+
+def serve_policy(spec: ServeSpec, loaded: _Loaded, pool: QueryPool, policy: Policy, offloaded: list[bool],
+                 expected, expected_offload, history: list[dict[str, Any]]) -> None:
+    base = {"threads_per_executor": loaded.threads, **pool.record()}
+    try:
+        executors = _executors(loaded, pool, policy, offloaded)
+        error = _gate(loaded, executors, expected, expected_offload, offloaded, spec)
+    except Exception as e:
+        _append(spec, policy, 0, {**base, "status": "failed", "error": _one_line(e)})
+        return
+    if error:
+        _append(spec, policy, 0, {**base, "status": "invalid", "error": error})
+        return
+    prediction = predict(loaded, executors, pool, policy, offloaded, spec.p99_ms)
+    base.update(prediction)
+    offline = next((t for t in history if t.get("scenario") == "offline"), None)
+    if offline is None:
+        settings = loadgen.TrialSettings("offline", max(prediction["predicted_saturation_qps"], 1.0), spec.p99_ms,
+                                         spec.min_duration_s, 1, spec.seed, keep_trace=spec.keep_trace)
+        offline = _trial(spec, policy, 0, executors, settings, base)
+        history.append(offline)
+    if offline.get("status") != "ok":
+        return
+    rule = SearchRule(**spec.search)
+    if hopeless(offline, spec.p99_ms):
+        return  # an idle query already misses the bound: no arrival rate meets it (analysis says so)
+    while True:
+        server = [t for t in history if t.get("scenario") == "server"]
+        plan = next_trial(server, anchor(offline), spec.min_queries, rule)
+        if plan is None:
+            return
+        settings = loadgen.TrialSettings("server", plan.qps, spec.p99_ms, spec.min_duration_s, plan.min_queries,
+                                         spec.seed + len(server), shed_after_s=max(20 * spec.p99_ms / 1e3, 0.5),
+                                         keep_trace=spec.keep_trace)
+        history.append(_trial(spec, policy, len(server) + 1, executors, settings, base))
+
+
+def _gate_subs(pool: QueryPool, policy: Policy, offloaded: list[bool]) -> list[tuple[dict, int]]:
+    subs = []
+    for q, query in enumerate(pool.queries):
+        if not offloaded[q]:
+            subs += sub_batches(query, policy, pad=False)
+        if len(subs) >= 2:
+            break
+    return subs[:2]
+
+
+def _executors(loaded: _Loaded, pool: QueryPool, policy: Policy, offloaded: list[bool]) -> loadgen.Executors:
+    """Every sub-batch of every query placed on every executor's backend, before the test."""
+    backend = loaded.executor(0)
+    pad = type(backend).static_shapes
+    count = len(loaded.instances)
+    calls = []
+    for q, query in enumerate(pool.queries):
+        subs = [] if offloaded[q] else [sub for sub, _ in sub_batches(query, policy, pad)]
+        placed = [[loaded.instances[i].prepare([sub]) for i in range(count)] for sub in subs]
+        calls.append([[per[w % count] for w in range(policy.workers)] for per in placed])
+    offload = None
+    if loaded.offload is not None:
+        offload = [loaded.offload.prepare([query]) if offloaded[q] else None for q, query in enumerate(pool.queries)]
+    return loadgen.Executors(calls, policy.workers, offload,
+                             thread_setup=[loaded.executor(w).enter_thread for w in range(policy.workers)],
+                             offload_setup=loaded.offload.enter_thread if loaded.offload else None)
+
+
+def _gate(loaded: _Loaded, executors: loadgen.Executors, expected, expected_offload, offloaded, spec) -> str | None:
+    """None if the policy's first sub-batches (and first offloaded query) match eager PyTorch on
+    every backend instance, else why not."""
+    subs = [(q, j) for q in range(len(executors.calls)) for j in range(len(executors.calls[q]))][:len(expected)]
+    for (q, j), (sub, want) in zip(subs, expected):
+        for w in range(len(loaded.instances)):
+            got = loaded.executor(w).outputs(executors.calls[q][j][w]())[:len(want)]
+            ok, err = _compare(got, want, spec.atol, spec.rtol)
+            if not ok:
+                return f"outputs differ from eager PyTorch by {err:.3g} (atol {spec.atol}, rtol {spec.rtol})"
+    if expected_offload is not None:
+        q = offloaded.index(True)
+        ok, err = _compare(loaded.offload.outputs(executors.offload[q]()), expected_offload, spec.atol, spec.rtol)
+        if not ok:
+            return f"offload backend's outputs differ from eager PyTorch by {err:.3g}"
+    return None
+
+
+def predict(loaded: _Loaded, executors: loadgen.Executors, pool: QueryPool, policy: Policy, offloaded: list[bool],
+            p99_ms: float) -> dict[str, float]:
+    """The offline view: what an isolated-batch sweep predicts for this policy. The pool's
+    sub-batches run one after another on an idle executor (each call timed; the first pass warms);
+    a query's work is the sum of its sub-batches', its idle latency the longest executor's share
+    when its sub-batches are spread over the executors. Saturation rate = executors / mean work;
+    the prediction is that rate where the p99 idle latency meets the bound, else 0 (the sweep's
+    "best deployment" rule)."""
+    clock = time.perf_counter_ns
+    n = min(PREDICTION_QUERIES, len(executors.calls))
+    times: list[list[float]] = [[] for _ in range(n)]
+    for measured in (False, True):
+        for q in range(n):
+            call = executors.offload[q] if executors.offload and executors.offload[q] else None
+            parts = [call] if call else [per[0] for per in executors.calls[q]]
+            for part in parts:
+                start = clock()
+                part()
+                if measured:
+                    times[q].append((clock() - start) / 1e9)
+    cpu = [(q, t) for q, t in enumerate(times) if not offloaded[q]]
+    off = [sum(t) for q, t in enumerate(times) if offloaded[q]]
+    rates = []
+    if cpu:
+        rates.append(policy.workers * len(times) / sum(sum(t) for _, t in cpu))
+    if off:
+        rates.append(len(times) / sum(off))
+    saturation = min(rates)
+    idle = [_spread(t, policy.workers) for q, t in enumerate(times) if not offloaded[q]] + off
+    p99 = float(np.percentile(idle, 99)) * 1e3
+    return {"predicted_saturation_qps": saturation, "predicted_p99_ms": p99,
+            "predicted_qps": saturation if p99 <= p99_ms else 0.0}
+
+
+def _spread(durations: list[float], workers: int) -> float:
+    """The finish time of a query's sub-batches taken from a queue by ``workers`` idle executors."""
+    free = [0.0] * workers
+    for d in durations:
+        i = free.index(min(free))
+        free[i] += d
+    return max(free)
+
+
+def _trial(spec: ServeSpec, policy: Policy, index: int, executors: loadgen.Executors, settings: loadgen.TrialSettings,
+           base: dict[str, Any]) -> dict[str, Any]:
+    log_dir = (Path(spec.run_dir) / "loadgen" / "__".join(filter(None, [spec.model, spec.backend, spec.offload.replace(">=", "-ge"), policy.label]))
+               / f"{index:02d}-{settings.scenario}-{settings.qps:g}")
+    record = {**base, "scenario": settings.scenario, "target_qps": settings.qps if settings.scenario == "server" else None,
+              "min_queries": settings.min_queries, "log_dir": str(log_dir.relative_to(spec.run_dir)),
+              "started": time.time()}
+    before = contention.read()
+    try:
+        figures = loadgen.run_test(executors, settings, log_dir)
+    except Exception as e:
+        record.update(status="failed", error=_one_line(e))
+    else:
+        errors = figures.pop("sut_errors")
+        window = contention.between(before, contention.read(), NoiseThresholds(**spec.noise))
+        record.update(status="failed" if errors else "ok", error=errors[0] if errors else None, **figures, **window)
+        meets = figures["p99_ms"] is not None and figures["p99_ms"] <= spec.p99_ms
+        record["meets_bound"] = meets
+        record["passed"] = settings.scenario == "server" and figures["result"] == "VALID" and meets and not figures["shed"]
+        record["inconclusive"] = (settings.scenario == "server" and figures["result"] != "VALID" and meets
+                                  and figures["early_stopping_only"] and not figures["shed"])
+        if figures["shed"]:
+            record["reason"] = "; ".join(filter(None, [record.get("reason"), f"overloaded: {figures['shed']} sub-batches shed"]))
+    record["finished"] = time.time()
+    return _append(spec, policy, index, record)
+
+
+def _append(spec: ServeSpec, policy: Policy, index: int, record: dict[str, Any]) -> dict[str, Any]:
+    record = {"run_id": spec.run_id, "model": spec.model, "scale": spec.scale, "backend": spec.backend,
+              "offload": spec.offload, "policy": policy.label, "batch": policy.batch, "workers": policy.workers,
+              "trial": index, "p99_bound_ms": spec.p99_ms, "query_sizes": spec.query_sizes, **record}
+    append_point(Path(spec.run_dir), record, log=TRIALS_LOG)
+    return record
+
+
+def main(argv: list[str]) -> int:
+    die_with_parent()
+    spec = ServeSpec.read(argv[1])
+    if spec.parent_pid and os.getppid() != spec.parent_pid:
+        return 1
+    try:
+        run(spec)
+    except Exception as e:
+        traceback.print_exc()
+        print(f"error: {_one_line(e)}", flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
