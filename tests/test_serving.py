@@ -138,7 +138,7 @@ def test_loadgen_detail_log_is_read(tmp_path):
     figures = parse_detail(path)
     assert figures["result"] == "INVALID" and figures["early_stopping_only"] and figures["queries_wanted"] == 459
     assert figures["p99_ms"] == pytest.approx(3.593023) and figures["achieved_qps"] == 194.5
-    assert figures["reason"].startswith("early stopping: * Run unsuccessful.")
+    assert figures["reason"] == "early stopping: 67 more queries wanted"
 
 
 @pytest.fixture
@@ -254,10 +254,10 @@ def test_bad_serve_options_are_one_line_errors(run_cli, args, message):
 def test_interrupted_serve_resumes_without_repeating_trials(tmp_path, tiny_exports):
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
-           "RECHAR_EXTRA_BACKENDS": "fixed-service=fault_backends:FixedServiceBackend", "RECHAR_TEST_SERVICE_MS": "3"}
+           "RECHAR_EXTRA_BACKENDS": "fixed-service=fault_backends:FixedServiceBackend", "RECHAR_TEST_SERVICE_MS": "1"}
     cmd = [sys.executable, "-m", "rechar.cli", "serve", "-m", "ncf", "-b", "fixed-service", "--scale", "tiny",
-           "--batch", "query", "--query-sizes", "fixed:2", "--min-duration", "0.5", "--exports", _exports(tiny_exports),
-           "-q"]
+           "--batch", "query", "--query-sizes", "fixed:2", "--min-duration", "0.5", "--threads", "1",
+           "--exports", _exports(tiny_exports), "-q"]
     proc = subprocess.Popen([*cmd, "--out", str(run_dir)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.time() + 120

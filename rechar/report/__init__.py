@@ -142,8 +142,9 @@ class _Report:
     # -- the document ------------------------------------------------------------------------------
 
     def render(self) -> str:
-        sections = [
-            ("runs", "Runs", self.runs()),
+        serving_only = self.points.empty and not self.t["serving"].empty
+        sections = [("runs", "Runs", self.runs())] + ([] if serving_only else [
+
             ("not-timed", "Points not timed", self.not_timed()),
             ("latency", "Latency and throughput", self.latency()),
             ("noise", "Noisy points and comparisons", self.comparisons()),
@@ -151,17 +152,18 @@ class _Report:
             ("shift", "Bottleneck shift across stacks", self.shift()),
             ("speedup", "GPU/CPU speedup", self.speedup()),
             ("best", "Best deployment under the latency bound", self.best()),
-            *([("serving", "Serving under load", serving.section(self.t, self._chart))]
-              if not self.t["serving"].empty else []),
+        ]) + ([("serving", "Serving under load", serving.section(self.t, self._chart))]
+              if not self.t["serving"].empty else []) + ([] if serving_only else [
             ("counters", "CPU event counts", self.counters()),
             ("correlation", "Model features vs measured behaviour", self.correlation()),
             ("operators", "Top operators per model", self.operators()),
             ("coverage", "Profile coverage", self.coverage()),
-        ]
+        ])
         ids = [str(m.get("run_id")) for m in self.manifests]
         title = f"rechar report: {', '.join(ids)}"
         nav = "<nav><ol>" + "".join(f'<li><a href="#{a}">{text(t)}</a></li>' for a, t, _ in sections) + "</ol></nav>"
-        body = f"<h1>{text(title)}</h1>{self.summary()}{nav}" + "".join(section(a, t, b) for a, t, b in sections)
+        lead = serving.summary(self.t, self.manifests) if serving_only else self.summary()
+        body = f"<h1>{text(title)}</h1>{lead}{nav}" + "".join(section(a, t, b) for a, t, b in sections)
         script, divs = components(self.roots) if self.roots else ("", [])
         for i, div in enumerate(divs):
             body = body.replace(f"<!--chart:{i}-->", f'<div class="chart">{div}</div>', 1)

@@ -58,6 +58,16 @@ def section(tables: dict[str, pd.DataFrame], chart: Callable) -> str:
     return "".join(out)
 
 
+def summary(tables: dict[str, pd.DataFrame], manifests: list[dict]) -> str:
+    """The lead paragraph of a report over serving runs only."""
+    capacity = tables["serving"]
+    starts = sorted(str(m.get("started")) for m in manifests)
+    hosts = sorted(set(capacity["host"].astype(str)))
+    return (f'<p class="lead">{len(manifests)} serving run(s), started {text(starts[0])}, on {text(", ".join(hosts))}: '
+            f"{text(', '.join(sorted(capacity['model'].unique())))} on {text(', '.join(sorted(capacity['backend'].unique())))}, "
+            f"{capacity['policy'].nunique()} batching policies, {int(capacity['trials'].sum())} LoadGen tests.</p>")
+
+
 def knee_chart(curve: pd.DataFrame, model: str):
     """p99 query latency against the offered rate of every Server trial of one model, one line
     per configuration (filled markers: passed; hollow: failed), the bound as a dashed line."""

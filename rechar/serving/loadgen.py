@@ -75,6 +75,7 @@ class _SystemUnderTest:
         self.remaining: dict[int, int] = {}
         self.lock = threading.Lock()
         self.shed = 0
+        self.issued = 0
         self.offloaded_queries = 0
         self.errors: list[str] = []
         self.threads = [threading.Thread(target=self._execute, args=(w,), daemon=True) for w in range(executors.workers)]
@@ -86,6 +87,7 @@ class _SystemUnderTest:
     def issue(self, samples) -> None:
         now = time.perf_counter()
         offload = self.executors.offload
+        self.issued += len(samples)
         for s in samples:
             if offload is not None and offload[s.index] is not None:
                 self.offloaded_queries += 1
@@ -187,7 +189,8 @@ def run_test(executors: Executors, settings: TrialSettings, log_dir: Path) -> di
         if path.name not in KEPT_LOGS and not (settings.keep_trace and path.name == "mlperf_log_trace.json"):
             path.unlink()
     figures = parse_detail(log_dir / "mlperf_log_detail.txt")
-    figures.update(shed=sut_state.shed, offloaded_queries=sut_state.offloaded_queries, test_seconds=seconds,
+    # queries: rechar's queries (LoadGen's samples) issued; in Offline LoadGen counts one query of all of them
+    figures.update(queries=sut_state.issued, shed=sut_state.shed, offloaded_queries=sut_state.offloaded_queries, test_seconds=seconds,
                    sut_errors=sut_state.errors)
     return figures
 
@@ -213,15 +216,17 @@ def parse_detail(path: Path) -> dict[str, Any]:
         reasons.append("minimum duration not met")
     if values.get("result_min_queries_met") is False:
         reasons.append("minimum query count not met")
-    early = values.get("early_stopping_met")
-    if early is False:
-        reasons.append("early stopping: " + " ".join(str(values.get("early_stopping_result", "")).split()))
+    wanted = _queries_wanted(values)
+    if values.get("early_stopping_met") is False:
+        more = re.search(r"at least (\d+) more queries", str(values.get("early_stopping_result", "")))
+        reasons.append(f"early stopping: {more.group(1)} more queries wanted" if more else
+                       "early stopping: " + " ".join(str(values.get("early_stopping_result", "")).split()))
     scheduled = values.get("result_scheduled_samples_per_sec")
     return {
         "result": values["result_validity"],
         "reason": "; ".join(reasons) or None,
         "early_stopping_only": reasons != [] and all(r.startswith("early stopping") for r in reasons),
-        "queries_wanted": _queries_wanted(values),
+        "queries_wanted": wanted,
         "achieved_qps": values.get("result_completed_samples_per_sec", values.get("result_samples_per_second")),
         "scheduled_qps": scheduled,
         "queries": values.get("result_query_count"),
