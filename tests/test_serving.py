@@ -95,13 +95,17 @@ def test_query_pool_is_sized_against_the_cache_and_every_query_differs():
 # -- the search ----------------------------------------------------------------------------------
 
 
-def _search(true_capacity: float, anchor: float, rule=SearchRule(), flaky_at: float | None = None) -> list[dict]:
+def _search(true_capacity: float, anchor: float, rule=SearchRule(), flaky_at: float | None = None,
+            service_p99_ms: float = 5.0) -> list[dict]:
+    """The search against a server whose p99 is ``service_p99_ms`` at no load, rising past the
+    10 ms bound at ``true_capacity``."""
     trials = []
     while (plan := next_trial(trials, anchor, 512, rule)) is not None:
         ok = plan.qps <= true_capacity
         inconclusive = flaky_at is not None and plan.qps == flaky_at and plan.min_queries == 512
+        p99 = service_p99_ms + 5.0 * plan.qps / true_capacity if true_capacity else service_p99_ms
         trials.append({"target_qps": plan.qps, "passed": ok and not inconclusive, "inconclusive": inconclusive,
-                       "queries_wanted": 700, "min_queries": plan.min_queries})
+                       "queries_wanted": 700, "min_queries": plan.min_queries, "p99_ms": p99})
     return trials
 
 
@@ -114,7 +118,10 @@ def test_search_brackets_the_capacity_within_its_precision(true_capacity, anchor
 
 
 def test_search_gives_up_below_the_floor_and_retries_an_inconclusive_trial():
-    assert capacity(_search(0.1, 100)) == 0.0
+    too_slow = _search(0.1, 100)  # halving stops once 512 queries would take over 30 s (17 queries/s)
+    assert capacity(too_slow) == 0.0 and min(t["target_qps"] for t in too_slow) >= 512 / 30
+    flat = _search(0.0, 1000, service_p99_ms=12.0)  # the p99 is the service time: halving stops at once
+    assert [t["target_qps"] for t in flat] == [800.0, 400.0]
     trials = _search(900, 1000, flaky_at=800.0)
     retry = [t for t in trials if t["target_qps"] == 800.0]
     assert len(retry) == 2 and retry[1]["min_queries"] == 1024 and retry[1]["passed"]

@@ -5,7 +5,9 @@ the worker reads the finished trials back and asks for the next one.
 
 1. Start at ``start_fraction`` of the Offline throughput (the saturation rate: no server runs
    faster than it on average), or of the offline prediction where there is no Offline figure.
-2. While every trial passed, grow the rate by ``grow``; while every trial failed, halve it.
+2. While every trial passed, grow the rate by ``grow``; while every trial failed, halve it,
+   unless the p99 did not fall with the last halving (it is then the service time itself), or
+   the minimum query count would take longer than ``max_trial_seconds`` at the halved rate.
 3. Then bisect (geometrically) between the highest rate that passed and the lowest that failed
    above it, until they are within ``precision`` of each other.
 
@@ -33,6 +35,7 @@ class SearchRule:
     max_trials: int = 14  # server trials per configuration, retries included
     min_qps: float = 0.5  # below this a configuration serves nothing within the bound
     max_queries: int = 8192  # an inconclusive trial is retried with at most this many queries
+    max_trial_seconds: float = 30.0  # no rate so low that the minimum queries take longer than this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,10 +65,22 @@ def next_trial(trials: list[dict[str, Any]], anchor_qps: float, min_queries: int
         return TrialPlan(_round(lo * rule.grow), min_queries)
     if lo == 0.0:
         q = hi / 2
-        return TrialPlan(_round(q), min_queries) if q >= rule.min_qps else None
+        if q < max(rule.min_qps, min_queries / rule.max_trial_seconds) or _not_falling(trials):
+            return None
+        return TrialPlan(_round(q), min_queries)
     if hi <= lo * (1 + rule.precision):
         return None
     return TrialPlan(_round(math.sqrt(lo * hi)), min_queries)
+
+
+def _not_falling(trials: list[dict[str, Any]]) -> bool:
+    """Whether halving the rate last time left the p99 where it was (within 10%): latency that
+    does not fall with load is the service time itself, and lower rates will not meet the bound."""
+    failed = [t for t in trials if not t.get("passed") and t.get("p99_ms") is not None]
+    if len(failed) < 2:
+        return False
+    last, before = failed[-1], failed[-2]
+    return last["target_qps"] < before["target_qps"] and last["p99_ms"] > 0.9 * before["p99_ms"]
 
 
 def capacity(trials: list[dict[str, Any]]) -> float:

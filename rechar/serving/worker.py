@@ -17,12 +17,14 @@ import gc
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 import rechar.models as models
 from rechar.exporters import ExportResult, load_manifest
@@ -105,7 +107,37 @@ class _Loaded:
             backend.close()
 
 
+def _quiet_main_thread() -> None:
+    """Keep PyTorch's intra-op parallelism off the main thread. With OpenMP, every thread that
+    has run a parallel region keeps a team of threads alive, and while one does, another thread's
+    regions ran 4x slower here (DLRM-RMC1, batch 16: 0.23 -> 1.0 ms). So the main thread computes
+    single-threaded, and everything measured runs on executor threads (``_on_executor``)."""
+    torch.set_num_threads(1)
+
+
+def _on_executor(backends: list, fn):
+    """``fn()`` in a fresh thread set up as an executor of ``backends`` (Backend.enter_thread)."""
+    result: list = []
+
+    def target():
+        try:
+            for backend in backends:
+                backend.enter_thread()
+            result.append(("ok", fn()))
+        except BaseException as e:  # re-raised in the caller
+            result.append(("error", e))
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    kind, value = result[0]
+    if kind == "error":
+        raise value
+    return value
+
+
 def run(spec: ServeSpec) -> None:
+    _quiet_main_thread()
     config = models.resolve_config(spec.model, spec.scale, spec.overrides)
     model = models.get(spec.model, config=config, seed=spec.seed)
     manifest = load_manifest(spec.export_dir)
@@ -139,6 +171,8 @@ def run(spec: ServeSpec) -> None:
             for policy in todo:
                 _append(spec, policy, 0, {"status": "failed", "error": f"load failed: {_one_line(e)}"})
             continue
+        finally:
+            _quiet_main_thread()  # loading set the main thread's threads
         for policy in todo:
             serve_policy(spec, loaded, pool, policy, offloaded, expected[policy], expected_offload,
                          [t for t in history if t["policy"] == policy.label])
@@ -217,13 +251,15 @@ def _gate(loaded: _Loaded, executors: loadgen.Executors, expected, expected_offl
     subs = [(q, j) for q in range(len(executors.calls)) for j in range(len(executors.calls[q]))][:len(expected)]
     for (q, j), (sub, want) in zip(subs, expected):
         for w in range(len(loaded.instances)):
-            got = loaded.executor(w).outputs(executors.calls[q][j][w]())[:len(want)]
+            backend = loaded.executor(w)
+            got = _on_executor([backend], lambda: backend.outputs(executors.calls[q][j][w]()))[:len(want)]
             ok, err = _compare(got, want, spec.atol, spec.rtol)
             if not ok:
                 return f"outputs differ from eager PyTorch by {err:.3g} (atol {spec.atol}, rtol {spec.rtol})"
     if expected_offload is not None:
         q = offloaded.index(True)
-        ok, err = _compare(loaded.offload.outputs(executors.offload[q]()), expected_offload, spec.atol, spec.rtol)
+        got = _on_executor([loaded.offload], lambda: loaded.offload.outputs(executors.offload[q]()))
+        ok, err = _compare(got, expected_offload, spec.atol, spec.rtol)
         if not ok:
             return f"offload backend's outputs differ from eager PyTorch by {err:.3g}"
     return None
@@ -240,15 +276,19 @@ def predict(loaded: _Loaded, executors: loadgen.Executors, pool: QueryPool, poli
     clock = time.perf_counter_ns
     n = min(PREDICTION_QUERIES, len(executors.calls))
     times: list[list[float]] = [[] for _ in range(n)]
-    for measured in (False, True):
-        for q in range(n):
-            call = executors.offload[q] if executors.offload and executors.offload[q] else None
-            parts = [call] if call else [per[0] for per in executors.calls[q]]
-            for part in parts:
-                start = clock()
-                part()
-                if measured:
-                    times[q].append((clock() - start) / 1e9)
+
+    def measure():
+        for measured in (False, True):
+            for q in range(n):
+                call = executors.offload[q] if executors.offload and executors.offload[q] else None
+                parts = [call] if call else [per[0] for per in executors.calls[q]]
+                for part in parts:
+                    start = clock()
+                    part()
+                    if measured:
+                        times[q].append((clock() - start) / 1e9)
+
+    _on_executor([loaded.executor(0), *([loaded.offload] if loaded.offload else [])], measure)
     cpu = [(q, t) for q, t in enumerate(times) if not offloaded[q]]
     off = [sum(t) for q, t in enumerate(times) if offloaded[q]]
     rates = []
