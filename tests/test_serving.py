@@ -182,7 +182,7 @@ def test_search_finds_the_rate_queueing_theory_gives_for_a_fixed_service_time(tm
                                                                              monkeypatch):
     service_ms, workers, bound_ms = 4.0, 2, 12.0
     monkeypatch.setenv("RECHAR_TEST_SERVICE_MS", str(service_ms))
-    theory = _theory_capacity(service_ms / 1e3, workers, bound_ms / 1e3)  # ~440 queries/s of 500 possible
+    theory = _theory_capacity(service_ms / 1e3, workers, bound_ms / 1e3)  # ~290 queries/s of the 500 possible
     run_dir = run_serve(ServeOptions(models=["ncf"], backends=["fixed-service"], batches=[None], workers=[workers],
                                      scale="tiny", threads=2, query_sizes="fixed:4", p99_ms=bound_ms,
                                      min_duration_s=1.0, exports_dir=_exports(tiny_exports)), tmp_path / "run")
@@ -304,3 +304,36 @@ def test_crashed_worker_is_recorded_and_the_run_goes_on(tmp_path, tiny_exports, 
     assert crashed["trial"].tolist() == [0, 1, 2] and crashed.iloc[-1]["status"] == "failed"
     assert "SIGKILL" in crashed.iloc[-1]["error"]
     assert (trials[trials["backend"] == "ort-cpu"]["status"] == "ok").all()
+
+
+def test_capacity_best_policy_and_the_offline_views_error_from_trials():
+    from rechar.analysis.serving import best_policy, serving_capacity
+    from rechar.serving.trials import _typed
+
+    def trial(policy, batch, n, scenario, qps=None, passed=None, p99=None, reason=None, **kw):
+        return {"host": "h", "model": "m", "backend": "ort-cpu", "offload": "", "policy": policy, "batch": batch,
+                "workers": 1, "trial": n, "scenario": scenario, "status": "ok", "target_qps": qps, "passed": passed,
+                "p99_ms": p99, "result": "VALID" if passed else "INVALID", "reason": reason, "p99_bound_ms": 10.0, **kw}
+
+    offline = dict(achieved_qps=500.0, predicted_qps=400.0, predicted_p99_ms=3.0, predicted_saturation_qps=400.0)
+    rows = [
+        trial("b64x1", 64, 0, "offline", **offline), trial("b64x1", 64, 1, "server", 400, False, 30, "latency bound not met"),
+        trial("b64x1", 64, 2, "server", 200, True, 6), trial("b64x1", 64, 3, "server", 283, False, 12, "early stopping"),
+        trial("b64x1", 64, 4, "server", 238, True, 8),
+        trial("queryx1", None, 0, "offline", **{**offline, "predicted_qps": 450.0}),
+        trial("queryx1", None, 1, "server", 400, False, 20), trial("queryx1", None, 2, "server", 200, False, 11),
+        trial("queryx1", None, 3, "server", 100, True, 7),
+        trial("b16x1", 16, 0, "offline", achieved_qps=90.0, predicted_qps=0.0, predicted_p99_ms=25.0,
+              predicted_saturation_qps=95.0),
+    ]
+    trials = _typed(pd.DataFrame(rows)).assign(host="h")
+    cap = serving_capacity(trials).set_index("policy")
+    assert cap.loc["b64x1", "capacity_qps"] == 238 and cap.loc["b64x1", "first_failing_qps"] == 283
+    assert cap.loc["b64x1", "failing_reason"] == "early stopping" and cap.loc["b64x1", "p99_ms"] == 8
+    assert cap.loc["b64x1", "prediction_ratio"] == pytest.approx(400 / 238) and cap.loc["b64x1", "offline_qps"] == 500
+    assert cap.loc["queryx1", "capacity_qps"] == 100 and cap.loc["queryx1", "first_failing_qps"] == 200
+    assert cap.loc["b16x1", "capacity_qps"] == 0 and "idle query already takes 25 ms" in cap.loc["b16x1", "note"]
+    best = best_policy(cap.reset_index()).iloc[0]
+    assert best["best_policy"] == "b64x1" and best["gain_over_query"] == pytest.approx(2.38)
+    # the offline view would have chosen whole queries (450 predicted) and promised 1.9x what the best delivers
+    assert best["predicted_policy"] == "queryx1" and best["prediction_ratio"] == pytest.approx(450 / 238)

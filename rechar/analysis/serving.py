@@ -82,7 +82,7 @@ def best_policy(capacity: pd.DataFrame) -> pd.DataFrame:
                    query_policy_qps=whole_qps)
         if whole_qps:
             row["gain_over_query"] = best["capacity_qps"] / whole_qps
-        predicted = group.dropna(subset=["predicted_qps"])
+        predicted = group[group["predicted_qps"] > 0]  # 0: the offline view says no rate meets the bound
         if not predicted.empty:
             choice = predicted.loc[predicted["predicted_qps"].idxmax()]
             row.update(predicted_policy=choice["policy"], predicted_qps=choice["predicted_qps"])

@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
+
+from rechar.errors import UserError
 
 from rechar.runners.results import SCHEMA_VERSION, read_log, read_manifest, write_parquet
 
@@ -67,7 +70,13 @@ def load_trials(run_dir: Path) -> pd.DataFrame:
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     path = run_dir / TRIALS
-    table = pd.read_parquet(path) if path.exists() else (write_trials(run_dir) if (run_dir / TRIALS_LOG).exists() else None)
+    if path.exists():
+        version = int((pq.read_schema(path).metadata or {}).get(b"rechar.schema_version", b"0"))
+        if version > SCHEMA_VERSION:
+            raise UserError(f"{path} was written by a newer rechar (schema {version}); upgrade rechar")
+        table = pd.read_parquet(path)
+    else:
+        table = write_trials(run_dir) if (run_dir / TRIALS_LOG).exists() else None
     table = _typed(table if table is not None else pd.DataFrame())
     table["host"] = manifest.get("host", {}).get("hostname")
     return table
