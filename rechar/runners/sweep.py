@@ -181,13 +181,20 @@ def resume_sweep(
             raise UserError(f"cannot resume {run_dir}: backend {name} is not available here: {reason}")
     if manifest.get("host", {}).get("hostname") != hostinfo.host()["hostname"]:
         log(f"note: {run_dir} was started on {manifest['host'].get('hostname')}; resuming on another host")
-    manifest["resumed"] = [*manifest.get("resumed", []), _now()]
-    manifest.update(status="running", finished=None)
-    write_json_atomic(run_dir / MANIFEST, manifest)
+    mark_resumed(run_dir, manifest)
     return _sweep(run_dir, manifest, options, log, progress)
 
 
-def _sweep(run_dir: Path, manifest: dict, options: RunOptions, log, progress) -> Path:
+def mark_resumed(run_dir: Path, manifest: dict) -> None:
+    """Record in the manifest that the run is running again (a sweep's or a serving run's)."""
+    manifest["resumed"] = [*manifest.get("resumed", []), _now()]
+    manifest.update(status="running", finished=None)
+    write_json_atomic(run_dir / MANIFEST, manifest)
+
+
+def export_models(run_dir: Path, manifest: dict, options, log) -> dict:
+    """Every model of a run exported (or found in the cache and verified), its resolved config and
+    export recorded in the manifest; ``options`` has models, scale, overrides, exports_dir, seed."""
     exports = {}
     for name in options.models:
         result = export(name, options.scale, options.overrides.get(name), options.exports_dir,
@@ -197,6 +204,11 @@ def _sweep(run_dir: Path, manifest: dict, options: RunOptions, log, progress) ->
         manifest["exports"][name] = {"path": str(result.path.resolve()), "cache_key": result.manifest["cache_key"],
                                      "files": result.manifest["files"]}
     write_json_atomic(run_dir / MANIFEST, manifest)
+    return exports
+
+
+def _sweep(run_dir: Path, manifest: dict, options: RunOptions, log, progress) -> Path:
+    exports = export_models(run_dir, manifest, options, log)
 
     repair_point_log(run_dir)
     pairs = [(m, b) for m in options.models for b in options.backends]

@@ -23,13 +23,14 @@ import psutil
 
 from rechar import hostinfo
 from rechar.errors import UserError
-from rechar.exporters import ExportOptions, export
 from rechar.jsonfile import write_json_atomic
-from rechar.models import DEFAULT_SCALE, names as model_names, resolve_config
+from rechar.models import DEFAULT_SCALE, resolve_config
 from rechar.runners import allocator, backend_class, select_backends
 from rechar.runners.contention import NoiseThresholds
 from rechar.runners.results import MANIFEST, SCHEMA_VERSION, append_point, read_manifest
-from rechar.runners.sweep import GATE_ATOL, GATE_RTOL, _describe_exit, _make_run_dir, _now, _tail, _worker_env, new_run_dir
+from rechar.runners.sweep import (
+    GATE_ATOL, GATE_RTOL, _describe_exit, _make_run_dir, _now, _tail, _worker_env, export_models, mark_resumed, new_run_dir,
+)
 from rechar.serving import loadgen
 from rechar.serving.queries import Policy, QuerySizes
 from rechar.serving.search import SearchRule, policy_finished
@@ -152,21 +153,12 @@ def resume_serve(run_dir: str | Path, log: Callable[[str], None] = lambda m: Non
         reason = backend_class(name).unavailable_reason()
         if reason:
             raise UserError(f"cannot resume {run_dir}: backend {name} is not available here: {reason}")
-    manifest["resumed"] = [*manifest.get("resumed", []), _now()]
-    manifest.update(status="running", finished=None)
-    write_json_atomic(run_dir / MANIFEST, manifest)
+    mark_resumed(run_dir, manifest)
     return _serve(run_dir, manifest, options, log, progress)
 
 
 def _serve(run_dir: Path, manifest: dict, options: ServeOptions, log, progress) -> Path:
-    exports = {}
-    for name in options.models:
-        result = export(name, options.scale, options.overrides.get(name), options.exports_dir,
-                        ExportOptions(seed=options.seed), log=log, verify_files=True)
-        exports[name] = result
-        manifest["configs"][name] = result.manifest["config"]
-        manifest["exports"][name] = {"path": str(result.path.resolve()), "cache_key": result.manifest["cache_key"]}
-    write_json_atomic(run_dir / MANIFEST, manifest)
+    exports = export_models(run_dir, manifest, options, log)
     pairs = [(m, b) for m in options.models for b in options.backends]
     total = len(pairs) * len(options.policies)
     try:
