@@ -18,7 +18,7 @@ import pytest
 
 import rechar.models as models
 from rechar.errors import UserError
-from rechar.runners import BACKENDS
+from rechar.runners import BACKENDS, backend_class
 from rechar.serving import ServeOptions, run_serve
 from rechar.serving.loadgen import parse_detail
 from rechar.serving.queries import Policy, QuerySizes, make_pool, parse_batches, sub_batches
@@ -236,9 +236,12 @@ def test_offload_sends_large_queries_to_the_other_backend(tmp_path, tiny_exports
     assert share.between(0.2, 0.5).all(), share  # P(normal(8, 4) >= 9.5) = 0.35
 
 
-def test_static_shape_stack_serves_padded_sub_batches(tmp_path, tiny_exports):
-    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'rechar[openvino]')")
-    run_dir = run_serve(ServeOptions(models=["ncf"], backends=["openvino"], batches=[4, None], scale="tiny", threads=2,
+@pytest.mark.parametrize("backend", ["openvino", "torch-compile"])
+def test_static_shape_stack_serves_padded_sub_batches(tmp_path, tiny_exports, backend):
+    reason = backend_class(backend).unavailable_reason()
+    if reason:
+        pytest.skip(f"{backend} unavailable here: {reason}")
+    run_dir = run_serve(ServeOptions(models=["ncf"], backends=[backend], batches=[4, None], scale="tiny", threads=2,
                                      query_sizes="normal:6,2", min_duration_s=0.5, exports_dir=_exports(tiny_exports)),
                         tmp_path / "run")
     trials = load_trials(run_dir)
