@@ -287,6 +287,8 @@ def test_interrupted_serve_resumes_without_repeating_trials(tmp_path, tiny_expor
     assert len(keys) == len(set(keys)) and len(after) > len(before)
     assert after[:len(before)] == before  # finished trials kept as they were, not run again
     assert [int(t["trial"]) for t in after] == list(range(len(after)))
+    # the resumed search reuses the offline prediction its first part measured
+    assert len({t["predicted_qps"] for t in after}) == 1 and len({t["predicted_p99_ms"] for t in after}) == 1
     raw = (run_dir / TRIALS_LOG).read_text().splitlines()
     assert len(raw) == len(after)  # nothing appended twice
     assert pd.read_parquet(run_dir / TRIALS).shape[0] == len(after)
@@ -340,3 +342,16 @@ def test_capacity_best_policy_and_the_offline_views_error_from_trials():
     assert best["best_policy"] == "b64x1" and best["gain_over_query"] == pytest.approx(2.38)
     # the offline view would have chosen whole queries (450 predicted) and promised 1.9x what the best delivers
     assert best["predicted_policy"] == "queryx1" and best["prediction_ratio"] == pytest.approx(450 / 238)
+
+
+def test_resuming_a_run_of_the_other_kind_is_a_one_line_error(tmp_path, run_cli):
+    sweep_dir, serve_dir = tmp_path / "sweep", tmp_path / "serve"
+    for folder, kind in ((sweep_dir, None), (serve_dir, "serve")):
+        folder.mkdir()
+        (folder / "manifest.json").write_text(json.dumps({"schema_version": 2, "run_id": folder.name, "options": {},
+                                                          **({"kind": kind} if kind else {})}))
+    code, _, err = run_cli("serve", "--resume", str(sweep_dir))
+    assert code == 2 and "is a sweep, not a serving run" in err and "Traceback" not in err
+    code, _, err = run_cli("run", "--resume", str(serve_dir))
+    assert code == 2 and "is a serving run, not a sweep" in err and "rechar serve --resume" in err
+    assert not (serve_dir / "points.jsonl").exists()

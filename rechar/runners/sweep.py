@@ -161,6 +161,8 @@ def resume_sweep(
     timed point that has no profile (counts) yet: this is how an existing run gets those passes."""
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
+    if manifest.get("kind") == "serve":
+        raise UserError(f"{run_dir} is a serving run, not a sweep; resume it with rechar serve --resume {run_dir}")
     options = RunOptions.from_dict(manifest["options"])
     if profile_iters is not None:
         if profile_iters < 1:

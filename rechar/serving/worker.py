@@ -42,6 +42,8 @@ from rechar.serving.trials import TRIALS_LOG, trial_key
 
 #: queries of the pool that the offline prediction runs (two passes: the first warms)
 PREDICTION_QUERIES = 256
+#: the fields predict() returns, recorded with every trial
+PREDICTION_FIELDS = ("predicted_saturation_qps", "predicted_p99_ms", "predicted_qps")
 
 
 @dataclasses.dataclass
@@ -193,9 +195,11 @@ def serve_policy(spec: ServeSpec, loaded: _Loaded, pool: QueryPool, policy: Poli
     if error:
         _append(spec, policy, 0, {**base, "status": "invalid", "error": error})
         return
-    prediction = predict(loaded, executors, pool, policy, offloaded, spec.p99_ms)
-    base.update(prediction)
     offline = next((t for t in history if t.get("scenario") == "offline"), None)
+    # A resumed search keeps the prediction its Offline test was recorded with: measured once.
+    prediction = ({k: offline[k] for k in PREDICTION_FIELDS} if offline is not None
+                  else predict(loaded, executors, pool, policy, offloaded, spec.p99_ms))
+    base.update(prediction)
     if offline is None:
         settings = loadgen.TrialSettings("offline", max(prediction["predicted_saturation_qps"], 1.0), spec.p99_ms,
                                          spec.min_duration_s, 1, spec.seed, keep_trace=spec.keep_trace)
