@@ -42,10 +42,11 @@ GATE_RTOL = 1e-3
 
 
 @dataclasses.dataclass
-class RunOptions:
-    models: list[str] = dataclasses.field(default_factory=model_names)
-    backends: list[str] = dataclasses.field(default_factory=list)  # empty or ["all"]: every available one
-    batch_sizes: list[int] = dataclasses.field(default_factory=lambda: list(DEFAULT_BATCH_SIZES))
+class WorkloadOptions:
+    """What a sweep and a serving run (rechar.serving.ServeOptions) share: the models' scale and
+    overrides, the seed and id distribution of weights and inputs, the workers' threads and
+    allocator, the export cache, the worker timeout, the parity gate and the noise thresholds."""
+
     scale: str = DEFAULT_SCALE
     overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     threads: int = dataclasses.field(default_factory=lambda: psutil.cpu_count(logical=False) or 1)
@@ -53,50 +54,67 @@ class RunOptions:
     ids: str = "uniform"
     zipf_alpha: float = 1.05
     malloc: str = "default"  # the workers' memory allocator: default (glibc), jemalloc, tcmalloc
+    exports_dir: str = "exports"
+    timeout: float = 600.0  # seconds a worker may go without finishing a point (or trial)
+    atol: float = GATE_ATOL
+    rtol: float = GATE_RTOL
+    noise: NoiseThresholds = NoiseThresholds()
+
+    @classmethod
+    def _known(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """The fields of ``data`` (options as recorded in a manifest) this class has, nested
+        options rebuilt."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["noise"] = NoiseThresholds(**values.get("noise", {}))
+        return values
+
+    def validate_workload(self, models: list[str]) -> None:
+        for name in models:
+            resolve_config(name, self.scale, self.overrides.get(name))
+        if self.threads < 1:
+            raise UserError(f"threads must be at least 1, got {self.threads}")
+        if self.timeout <= 0:
+            raise UserError(f"timeout must be positive, got {self.timeout}")
+        allocator.preload(self.malloc)  # a one-line error if the library is not installed
+        self.noise.validate()
+
+
+@dataclasses.dataclass
+class RunOptions(WorkloadOptions):
+    models: list[str] = dataclasses.field(default_factory=model_names)
+    backends: list[str] = dataclasses.field(default_factory=list)  # empty or ["all"]: every available one
+    batch_sizes: list[int] = dataclasses.field(default_factory=lambda: list(DEFAULT_BATCH_SIZES))
     inputs: str = "fresh"  # fresh: every call on the next batch of a pool; replay: one batch (rechar.runners.inputs)
     pool_rule: PoolRule = PoolRule()
     cache_bytes: int | None = None  # size input pools against this cache (default: each backend's device)
     timing: TimingOptions = TimingOptions()
-    exports_dir: str = "exports"
-    timeout: float = 600.0  # seconds a point may take (the first also covers the worker's start and load)
-    atol: float = GATE_ATOL
-    rtol: float = GATE_RTOL
     profile_iters: int = 0  # >0: a profiling pass per point with each framework's profiler
     counter_seconds: float = 0.0  # >0: a pass per point counting CPU events with perf stat
     rounds: int = 1  # times each point is measured, each time in a fresh worker, interleaved
     remeasure_noisy: int = 0  # re-measure a round measured on a busy machine up to this many times
-    noise: NoiseThresholds = NoiseThresholds()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunOptions":
         """Options as recorded in a run manifest."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
+        values = cls._known(data)
         values["timing"] = TimingOptions(**values.get("timing", {}))
         values["pool_rule"] = PoolRule(**values.get("pool_rule", {}))
-        values["noise"] = NoiseThresholds(**values.get("noise", {}))
         values.setdefault("inputs", "replay")  # runs from before input pools replayed one batch
         return cls(**values)
 
     def validate(self) -> None:
-        for name in self.models:
-            resolve_config(name, self.scale, self.overrides.get(name))
+        self.validate_workload(self.models)
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             raise UserError(f"batch sizes must be positive integers, got {self.batch_sizes}")
         if self.inputs not in INPUT_MODES:
             raise UserError(f"unknown inputs mode {self.inputs!r} (choose from {', '.join(INPUT_MODES)})")
         if self.cache_bytes is not None and self.cache_bytes < 1:
             raise UserError(f"cache size must be positive, got {self.cache_bytes}")
-        if self.threads < 1:
-            raise UserError(f"threads must be at least 1, got {self.threads}")
-        if self.timeout <= 0:
-            raise UserError(f"timeout must be positive, got {self.timeout}")
-        allocator.preload(self.malloc)  # a one-line error if the library is not installed
         if self.rounds < 1:
             raise UserError(f"rounds must be at least 1, got {self.rounds}")
         if self.remeasure_noisy < 0:
             raise UserError(f"re-measurements must not be negative, got {self.remeasure_noisy}")
-        self.noise.validate()
         if self.profile_iters < 0 or self.counter_seconds < 0:
             raise UserError("profile iterations and counter seconds cannot be negative")
 

@@ -19,17 +19,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import psutil
-
 from rechar import hostinfo
 from rechar.errors import UserError
 from rechar.jsonfile import write_json_atomic
-from rechar.models import DEFAULT_SCALE, resolve_config
-from rechar.runners import allocator, backend_class, select_backends
-from rechar.runners.contention import NoiseThresholds
+from rechar.runners import backend_class, select_backends
 from rechar.runners.results import MANIFEST, SCHEMA_VERSION, append_point, read_manifest
 from rechar.runners.sweep import (
-    GATE_ATOL, GATE_RTOL, _describe_exit, _make_run_dir, _now, _tail, _worker_env, export_models, mark_resumed, new_run_dir,
+    WorkloadOptions, _describe_exit, _make_run_dir, _now, _tail, _worker_env, export_models, mark_resumed, new_run_dir,
 )
 from rechar.serving import loadgen
 from rechar.serving.queries import Policy, QuerySizes
@@ -40,18 +36,11 @@ __all__ = ["ServeOptions", "run_serve", "resume_serve", "ServeInterrupted"]
 
 
 @dataclasses.dataclass
-class ServeOptions:
+class ServeOptions(WorkloadOptions):
     models: list[str] = dataclasses.field(default_factory=lambda: ["dlrm-rmc1"])
     backends: list[str] = dataclasses.field(default_factory=list)  # empty: the default set, as far as available
     batches: list[int | None] = dataclasses.field(default_factory=lambda: [16, 64, 256, None])  # None: whole queries
     workers: list[int] = dataclasses.field(default_factory=lambda: [1])
-    scale: str = DEFAULT_SCALE
-    overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    threads: int = dataclasses.field(default_factory=lambda: psutil.cpu_count(logical=False) or 1)
-    seed: int = 0
-    ids: str = "uniform"
-    zipf_alpha: float = 1.05
-    malloc: str = "default"
     query_sizes: str = "lognormal:5.1,0.2"
     max_query: int = 1024
     p99_ms: float = 10.0
@@ -60,19 +49,12 @@ class ServeOptions:
     offload_backend: str | None = None
     offload_threshold: int | None = None
     search: SearchRule = SearchRule()
-    noise: NoiseThresholds = NoiseThresholds()
-    exports_dir: str = "exports"
-    timeout: float = 600.0  # seconds without a finished trial before the worker is killed
-    atol: float = GATE_ATOL
-    rtol: float = GATE_RTOL
     keep_trace: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ServeOptions":
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
+        values = cls._known(data)
         values["search"] = SearchRule(**values.get("search", {}))
-        values["noise"] = NoiseThresholds(**values.get("noise", {}))
         return cls(**values)
 
     @property
@@ -83,8 +65,7 @@ class ServeOptions:
         reason = loadgen.available()
         if reason:
             raise UserError(reason)
-        for name in self.models:
-            resolve_config(name, self.scale, self.overrides.get(name))
+        self.validate_workload(self.models)
         if not self.p99_ms > 0:
             raise UserError(f"the p99 bound must be positive, got {self.p99_ms} ms")
         QuerySizes(self.query_sizes, self.max_query)  # a one-line error if the spec is bad
@@ -92,12 +73,8 @@ class ServeOptions:
             raise UserError(f"batch sizes must be positive integers or 'query', got {self.batches}")
         if not self.workers or min(self.workers) < 1:
             raise UserError(f"workers must be at least 1, got {self.workers}")
-        if self.threads < 1:
-            raise UserError(f"threads must be at least 1, got {self.threads}")
         if self.min_duration_s <= 0 or self.min_queries < 1:
             raise UserError("the minimum duration and query count must be positive")
-        if self.timeout <= 0:
-            raise UserError(f"timeout must be positive, got {self.timeout}")
         if (self.offload_backend is None) != (self.offload_threshold is None):
             raise UserError("--offload-backend and --offload-threshold go together")
         if self.offload_backend is not None:
@@ -107,8 +84,6 @@ class ServeOptions:
                 raise UserError(f"offload backend {self.offload_backend} is not available: {why}")
             if self.offload_threshold < 1:
                 raise UserError(f"the offload threshold must be at least 1 item, got {self.offload_threshold}")
-        allocator.preload(self.malloc)
-        self.noise.validate()
 
 
 class ServeInterrupted(Exception):
