@@ -1,49 +1,105 @@
 #!/usr/bin/env bash
-# The GPU check of torch-cuda and ort-cuda, prepared for one run on the lent GPU machine.
+# The GPU check: the CUDA stacks verified and timed on the lent GPU machine, in one command.
 #
 # That machine has torch (CUDA), onnx, pandas, pyarrow, click and psutil, but onnxruntime without
-# the CUDA provider and no TensorFlow: first install onnxruntime-gpu into /tmp/site by the
-# four-piece recipe of shared/spec/gpu-machine.md, then, in the repository root there:
+# the CUDA provider and no TensorFlow. onnxruntime-gpu (shared/spec/gpu-machine.md) travels as an
+# xz-compressed tar of the installed package in four pieces (.gpuwheel/part00..03, each carried by
+# one call that copies it to /tmp/parts/); this script unpacks them into /tmp/site. Then:
 #
-#     export PYTHONPATH=/tmp/site; bash benchmarks/gpu_check.sh
+#   1. the CUDA tests (parity of every CUDA backend on every tiny model, CUDA profiles), run
+#      while the eight `small` models export in parallel;
+#   2. GPU sweep: all eight models on torch-cuda, ort-cuda, ort-cuda-graph (and ort-trt where
+#      TensorRT's libraries exist) at batch 1-1024, fresh inputs, profiled (ort-cuda: CUPTI
+#      kernels matched to its node events);
+#   3. CPU sweep on the same host: torch and ort-cpu, same models and batch sizes, all cores;
+#   4. torch-compile-cuda (CUDA graphs) on two models;
+#   5. show and analyze (CSV tables) over all three runs (the HTML report is made back home from
+#      runs.tgz: the machine has no bokeh).
 #
-# It runs the CUDA parity and profile tests (torch-cuda, torch-compile-cuda, ort-cuda), then a
-# sweep of the DLRM models and DIN/DIEN on CPU and GPU backends up to batch 16384 with fresh
-# inputs (compare with the reference timings in gpu-machine.md), profiles it (and counts CPU
-# events where perf is installed), then a short torch-compile-cuda sweep (CUDA graphs; its
-# compiles take seconds per model and batch size), and prints the analysis.
+# Each stage has its own time limit and a failed stage does not stop the next. What comes back
+# through $OUT (at most 8 files): check.log, analysis.txt, tables.tgz, runs.tgz (the run folders
+# without traces) and traces.tgz (three ort-cuda points' raw traces).
 #
-# The run folder stays in /tmp/gpu-check; what comes back through $OUT is kept to a few files
-# (the device tool returns at most 8, no more than 2 folders down): check.log, analysis.txt,
-# tables.tgz (analyze --csv) and run.tgz (the run folder without traces).
+# A dry run on a CPU machine (the GPU backends are then skipped by name, not run):
+#     GPU_BACKENDS=ort-cpu CPU_BACKENDS=torch MODELS=ncf BATCHES=1,64 COMPILED=none bash benchmarks/gpu_check.sh
 set -uo pipefail
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1
 out="${OUT:-/tmp/gpu-check-out}"
 work=/tmp/gpu-check
 mkdir -p "$out" "$work"
 exec > >(tee -a "$out/check.log") 2>&1
+stamp() { echo "== $(date +%H:%M:%S) $*"; }
 
-python3 -c "import onnxruntime as o, torch; print('onnxruntime', o.__version__, o.get_available_providers()); print('torch', torch.__version__, torch.cuda.get_device_name())"
-# Test failures are reported, not fatal: the sweep below still gives the timings.
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_runners.py tests/test_profiles.py -k "cuda" 2>&1 | tail -15
-counters=()  # the counting pass only where perf can count here (else --counters would stop the sweep)
-python3 -c "import sys; from rechar.runners import counters as c; s = c.probe(); print('perf:', s.reason or 'ok'); sys.exit(not s.usable)" \
-    && counters=(--counters)
-# MODELS, BACKENDS, BATCHES override the sweep (a dry run of this script on a CPU machine:
-# BACKENDS=torch,ort-cpu MODELS=ncf BATCHES=1,64 bash benchmarks/gpu_check.sh).
-timeout 420 python3 -m rechar.cli run -m "${MODELS:-dlrm-rmc1,dlrm-rmc2,dlrm-rmc3,din,dien}" \
-    -b "${BACKENDS:-torch,torch-cuda,ort-cpu,ort-cuda}" --batch-sizes "${BATCHES:-1,64,1024,16384}" --scale small --threads "$(nproc)" --warmup-iters 5 --min-iters 20 --min-seconds 0.5 --timeout 120 \
-    --profile --profile-iters 10 "${counters[@]}" --exports "$work/exports" --out "$work/run" --quiet
-echo "sweep exit status $?"
-# The compiled CUDA stack on two models, as a run of its own (analysed together with the sweep).
-timeout 150 python3 -m rechar.cli run -m dlrm-rmc1,din -b torch-compile-cuda --batch-sizes 64,1024 --scale small \
-    --threads "$(nproc)" --warmup-iters 5 --min-iters 20 --min-seconds 0.5 --timeout 100 --profile --profile-iters 10 \
-    --exports "$work/exports" --out "$work/compiled" --quiet
-echo "compiled sweep exit status $?"
-# Whatever the sweep finished (a timeout above leaves a resumable run), show and analyze it.
-python3 -m rechar.cli show "$work/run"
-python3 -m rechar.cli analyze "$work/run" $( [ -d "$work/compiled" ] && echo "$work/compiled" ) --csv "$work/tables" > "$out/analysis.txt" 2>&1
-cat "$out/analysis.txt"
+if [ -d /tmp/parts ]; then
+    stamp "unpacking onnxruntime-gpu"
+    mkdir -p /tmp/site && cat /tmp/parts/part0* | xz -d -T0 | tar x -C /tmp/site && rm -rf /tmp/parts
+fi
+[ -d /tmp/site ] && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+py=python3
+[ -x .venv/bin/python ] && py=.venv/bin/python  # the dry run here
+
+stamp "machine"
+$py --version; nvidia-smi -L 2>/dev/null; nproc
+$py -c "import onnxruntime as o, torch; print('onnxruntime', o.__version__, o.get_available_providers()); print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
+models="${MODELS:-dlrm-rmc1,dlrm-rmc2,dlrm-rmc3,ncf,wnd,mt-wnd,din,dien}"
+batches="${BATCHES:-1,16,64,256,1024}"
+# The GPU stacks that can run here (a backend named but unavailable would stop the sweep).
+gpu_backends=$($py - "${GPU_BACKENDS:-torch-cuda,ort-cuda,ort-cuda-graph,ort-trt}" <<'EOF'
+import sys
+from rechar.runners import backend_class
+ok = []
+for name in sys.argv[1].split(","):
+    reason = backend_class(name).unavailable_reason()
+    print(f"{name}: {reason or 'available'}", file=sys.stderr)
+    if not reason:
+        ok.append(name)
+print(",".join(ok))
+EOF
+)
+echo "GPU backends: $gpu_backends"
+timing=(--warmup-iters 5 --warmup-seconds 0.05 --min-iters 20 --min-seconds 0.1 --timeout 100 --threads "$(nproc)"
+        --scale small --exports "$work/exports" --quiet)
+
+stamp "CUDA tests, and the exports in parallel"
+( timeout 150 $py -m pytest -q -p no:cacheprovider tests/test_runners.py tests/test_profiles.py -k "cuda" \
+      > "$work/tests.log" 2>&1; echo "tests exit status $?" >> "$work/tests.log" ) &
+tests=$!
+exporting=()
+for m in ${models//,/ }; do
+    timeout 150 $py -m rechar.cli export -m "$m" --scale small --out "$work/exports" > "$work/export-$m.log" 2>&1 &
+    exporting+=($!)
+done
+wait "${exporting[@]}"  # (a bare wait would also wait for the tee above)
+for m in ${models//,/ }; do echo "export $m: $(tail -n 1 "$work/export-$m.log")"; done
+stamp "exports done"
+wait $tests
+tail -25 "$work/tests.log"
+
+if [ -n "$gpu_backends" ]; then
+    stamp "GPU sweep"
+    timeout -s INT -k 15 240 $py -m rechar.cli run -m "$models" -b "$gpu_backends" --batch-sizes "$batches" "${timing[@]}" \
+        --profile --profile-iters 5 --out "$work/gpu"
+    echo "GPU sweep exit status $?"
+fi
+stamp "CPU sweep, same host"
+timeout -s INT -k 15 120 $py -m rechar.cli run -m "$models" -b "${CPU_BACKENDS:-torch,ort-cpu}" --batch-sizes "$batches" \
+    "${timing[@]}" --out "$work/cpu"
+echo "CPU sweep exit status $?"
+if [ "${COMPILED:-torch-compile-cuda}" != none ]; then
+    stamp "torch-compile-cuda"
+    timeout -s INT -k 15 60 $py -m rechar.cli run -m dlrm-rmc1,din -b "${COMPILED:-torch-compile-cuda}" --batch-sizes 64 \
+        "${timing[@]}" --profile --profile-iters 5 --out "$work/compiled"
+    echo "compiled sweep exit status $?"
+fi
+
+stamp "results"
+runs=$(for r in gpu cpu compiled; do [ -f "$work/$r/manifest.json" ] && echo "$work/$r"; done)
+for r in $runs; do $py -m rechar.cli show "$r"; done
+$py -m rechar.cli analyze $runs --csv "$work/tables" > "$out/analysis.txt" 2>&1
+head -c 20000 "$out/analysis.txt"
 tar czf "$out/tables.tgz" -C "$work" tables 2>/dev/null
-tar czf "$out/run.tgz" -C "$work" --exclude traces run $( [ -d "$work/compiled" ] && echo compiled )
+tar czf "$out/runs.tgz" -C "$work" --exclude traces $(for r in $runs; do basename "$r"; done)
+( cd "$work/gpu/traces" 2>/dev/null && tar czf "$out/traces.tgz" $(ls -d dlrm-rmc1__ort-cuda__b64 din__ort-cuda__b64 dien__ort-cuda__b16 2>/dev/null) )
 ls -la "$out"
+stamp "done"

@@ -132,8 +132,9 @@ def test_profile_an_existing_run(run_cli, tmp_path):
 @pytest.mark.parametrize("backend", ["torch-cuda", "torch-compile-cuda", "ort-cuda"])
 def test_cuda_profiles_are_categorised_and_attributed(tiny_exports, tmp_path, backend):
     """On a GPU: torch-cuda adds kernel time to the launching aten op, torch-compile-cuda lists
-    Triton kernels with their members, ort-cuda reports host-side node times; either way every op
-    has a category and the model's layers are found."""
+    Triton kernels with their members, ort-cuda adds the device time of the kernels each node
+    launched (CUPTI, through PyTorch's profiler) to its host-side time; either way every op has a
+    category and the model's layers are found."""
     reason = backend_class(backend).unavailable_reason()
     if reason:
         pytest.skip(f"{backend} unavailable here: {reason}")
@@ -145,6 +146,9 @@ def test_cuda_profiles_are_categorised_and_attributed(tiny_exports, tmp_path, ba
             result = b.profile([model.make_inputs(8)], iterations=3, trace_dir=tmp_path / f"{name}-{backend}")
         finally:
             b.close()
+        if backend == "ort-cuda":
+            assert result.info["time_basis"] == "host+device", result.info
+            assert result.info["attributed_share"] > 0.9, result.info  # kernels found their nodes
         point = {"run_id": "r", "model": name, "backend": backend, "device": "cuda", "batch": 8}
         ops = normalize(result.ops, result.iterations, point, layer_classes(name, model.config.to_dict()))
         unknown = sorted(set(ops[ops["op_category"] == "other"]["native_op"]) - {"aten::cudnn_is_acceptable"})

@@ -23,7 +23,7 @@ from rechar.runners.sweep import GATE_ATOL, RunOptions, run_sweep
 
 FAST = TimingOptions(warmup_iters=2, warmup_seconds=0.0, min_iters=5, min_seconds=0.0)
 CPU_BACKENDS = ["torch", "torch-compile", "ort-cpu", "openvino", "tf", "tf-xla"]
-CUDA_BACKENDS = ["torch-cuda", "torch-compile-cuda", "ort-cuda"]
+CUDA_BACKENDS = ["torch-cuda", "torch-compile-cuda", "ort-cuda", "ort-cuda-graph", "ort-trt"]
 TESTS_DIR = Path(__file__).parent
 
 
@@ -42,6 +42,7 @@ def test_backend_matches_eager_pytorch(tiny_exports, backend, name):
     b.load(model, tiny_exports[name])
     try:
         for batch in (5,) if "compile" in backend else (1, 16, 37):  # a compile per batch size
+            # (ort-cuda-graph: a captured graph per batch size; each pool batch copied into its inputs)
             pool = [model.make_inputs(batch, seed=5, member=i) for i in range(3)]
             call = b.prepare(pool)
             for feed in pool + pool[:1]:  # each batch in turn, then back to the first

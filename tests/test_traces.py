@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import rechar.models as models
-from rechar.runners.traces import ort_node, ort_ops, tf_ops, torch_ops
+from rechar.runners.traces import UNATTRIBUTED, ort_device_ops, ort_node, ort_ops, tf_ops, torch_ops
 from rechar.runners import BackendOptions, backend_class
 from rechar.runners.base import PROFILE_COLUMNS
 from rechar.runners.measure import TimingOptions, time_call
@@ -150,6 +150,53 @@ def test_ort_keeps_the_last_runs_and_maps_fusions(tmp_path):
         ort_ops(path, modules, runs=4)
     with pytest.raises(ValueError, match="no operator events"):
         ort_ops(_write_json(tmp_path / "empty.json", events[:2]), modules)
+
+
+def test_ort_device_time_goes_to_the_node_that_launched_it(tmp_path):
+    """Kernels (kineto/CUPTI trace, wall clock) go to the ORT node whose host span their launch
+    call falls in, once the two clocks are aligned: the clocks' reading is off by 137 µs here, and
+    node spans are only microseconds long, so only the searched shift attributes them right."""
+    modules = {"/a/Gemm": "a.0", "/emb/Gather": "emb", "/loop": "rnn"}
+    runs = []
+    for k, t0 in enumerate([1000, 2000, 3000]):  # a warm-up run, then two profiled runs
+        runs += [_ort("model_run", t0, 100, cat="Session"),
+                 _ort("/emb/Gather_kernel_time", t0 + 10, 6, "Gather"),
+                 _ort("fused /a/Gemm_kernel_time", t0 + 20, 8, "FusedGemm"),
+                 _ort("/loop_kernel_time", t0 + 40, 30, "Loop"),
+                 _ort("body/Add_kernel_time", t0 + 50, 4, "Add")]
+    ort_path = _write_json(tmp_path / "ort.json", runs)
+    base_ns, ort_start_wall_ns, error_us = 5_000_000_000, 5_000_900_000, 137.0
+    wall = lambda ort_ts: (ort_start_wall_ns - base_ns) / 1000 + ort_ts + error_us  # where kineto saw it
+    events, correlation = [], 0
+
+    def launched(ort_ts, kernel_us, name="k"):
+        nonlocal correlation
+        correlation += 1
+        events.append(_x("cuda_runtime", "cudaLaunchKernel", wall(ort_ts), 3, correlation=correlation))
+        events.append(_x("kernel", name, wall(ort_ts) + 50, kernel_us, tid=9, correlation=correlation))
+
+    for t0 in (2000, 3000):
+        launched(t0 + 11, 40.0)  # Gather
+        launched(t0 + 21, 100.0)  # Gemm: two kernels
+        launched(t0 + 25, 20.0)
+        launched(t0 + 41, 1.0)  # the Loop's own kernel, before its body runs
+        launched(t0 + 51, 7.0)  # inside the body node, which nests inside the Loop
+    launched(2090, 5.0)  # after every node of the run: no node launched it
+    events.append(_x("cuda_runtime", "cudaDeviceSynchronize", wall(2095), 4, correlation=999))  # no device work
+    device_path = _write_json(tmp_path / "cupti.json", {"baseTimeNanoseconds": base_ns, "traceEvents": events})
+    ops, info = ort_device_ops(ort_path, device_path, modules, 2, ort_start_wall_ns)
+    assert _rows(ops) == {
+        ("Gather", "/emb/Gather", "emb"): (2, 2 * (6 + 40.0)),
+        ("FusedGemm", "/a/Gemm", "a.0"): (2, 2 * (8 + 120.0)),
+        ("Loop", "/loop", "rnn"): (2, 2 * (26 + 1.0)),
+        ("Add", "body/Add", ""): (2, 2 * (4 + 7.0)),
+        (UNATTRIBUTED, "", ""): (1, 5.0),
+    }
+    assert info["device_us"] == 2 * 168 + 5
+    assert info["attributed_share"] == pytest.approx(336 / 341)
+    assert abs(info["clock_shift_us"] - error_us) <= 1.0
+    with pytest.raises(ValueError, match="no device activity"):
+        ort_device_ops(ort_path, _write_json(tmp_path / "none.json", {"traceEvents": events[:1]}), modules, 2, 0)
 
 
 def test_ort_recorded_trace(recorded_graph):

@@ -110,6 +110,7 @@ OP_CATEGORY: dict[str, str] = {
     "Pregraph bytecode": _RUN, "AOTDispatcher Runtime Wrapper Prologue": _RUN,
     # TensorFlow's runtime: the call of the lowered function (its self time)
     "tf.function call": _RUN,
+    "unattributed device time": _RUN,  # ONNX Runtime on CUDA: kernels launched outside any node
     # XLA (HLO opcodes; fusions and other instructions are attributed by the TF ops they came from)
     "xla::dot": _FC, "xla::gather": _EMB, "xla::concatenate": _INT, "xla::copy": _MOV, "xla::transpose": _MOV,
     "xla::bitcast": _MOV, "xla::broadcast": _MOV, "xla::reshape": _MOV, "xla::slice": _MOV,

@@ -19,6 +19,8 @@ BACKENDS: dict[str, str] = {
     "torch-compile-cuda": "rechar.runners.torch_backend:TorchCompileCudaBackend",
     "ort-cpu": "rechar.runners.ort_backend:OrtCpuBackend",
     "ort-cuda": "rechar.runners.ort_backend:OrtCudaBackend",
+    "ort-cuda-graph": "rechar.runners.ort_backend:OrtCudaGraphBackend",
+    "ort-trt": "rechar.runners.ort_backend:OrtTensorrtBackend",
     "tf": "rechar.runners.tf_backend:TFBackend",
     "tf-xla": "rechar.runners.tf_backend:TFXlaBackend",
     "openvino": "rechar.runners.openvino_backend:OpenVinoBackend",

@@ -33,6 +33,7 @@ class ProfileResult:
     trace_path: Path  # the framework's raw trace, kept in the run folder
     ops: pd.DataFrame  # PROFILE_COLUMNS: one row per (native_op, node, layer, members), totals over the trace
     iterations: int  # profiled model calls the totals cover
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)  # recorded with the profile (e.g. time basis)
 
 
 @dataclasses.dataclass(frozen=True)

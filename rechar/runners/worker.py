@@ -180,7 +180,7 @@ def profile_point(spec, backend, base, batch, pool: InputPool) -> None:
     try:
         result = backend.profile(pool.batches, spec.profile_iters, trace_dir)
         record.update(status="ok", trace=str(result.trace_path.relative_to(spec.run_dir)),
-                      iterations=result.iterations, ops=result.ops.to_dict("records"))
+                      iterations=result.iterations, ops=result.ops.to_dict("records"), **result.info)
     except Exception as e:
         record.update(status="failed", error=_one_line(e), ops=[])
     append_point(spec.run_dir, record, log=PROFILES_LOG)
