@@ -143,7 +143,9 @@ def test_cuda_profiles_are_categorised_and_attributed(tiny_exports, tmp_path, ba
         b = backend_class(backend)(BackendOptions(threads=1))
         b.load(model, tiny_exports[name])
         try:
-            result = b.profile([model.make_inputs(8)], iterations=3, trace_dir=tmp_path / f"{name}-{backend}")
+            trace_dir = tmp_path / f"{name}-{backend}"
+            trace_dir.mkdir()
+            result = b.profile([model.make_inputs(8)], iterations=3, trace_dir=trace_dir)
         finally:
             b.close()
         if backend == "ort-cuda":

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import rechar.models as models
-from rechar.runners.traces import UNATTRIBUTED, ort_device_ops, ort_node, ort_ops, tf_ops, torch_ops
+from rechar.runners.traces import (UNATTRIBUTED, ort_device_ops, ort_node, ort_ops, ort_start_on_wall_clock, tf_ops,
+                                   torch_ops)
 from rechar.runners import BackendOptions, backend_class
 from rechar.runners.base import PROFILE_COLUMNS
 from rechar.runners.measure import TimingOptions, time_call
@@ -197,6 +198,14 @@ def test_ort_device_time_goes_to_the_node_that_launched_it(tmp_path):
     assert abs(info["clock_shift_us"] - error_us) <= 1.0
     with pytest.raises(ValueError, match="no device activity"):
         ort_device_ops(ort_path, _write_json(tmp_path / "none.json", {"traceEvents": events[:1]}), modules, 2, 0)
+
+
+def test_ort_profiling_start_is_placed_on_the_wall_clock():
+    """ORT's Linux wheels report their profiling start on the wall clock (libstdc++'s
+    high_resolution_clock); elsewhere it may be a steady clock: either lands on the wall clock."""
+    wall_now, monotonic_now = 1_795_746_282_800_000_000, 22_736_905_131_980
+    assert ort_start_on_wall_clock(wall_now - 5_000_000, wall_now, monotonic_now) == wall_now - 5_000_000
+    assert ort_start_on_wall_clock(monotonic_now - 5_000_000, wall_now, monotonic_now) == wall_now - 5_000_000
 
 
 def test_ort_recorded_trace(recorded_graph):

@@ -35,7 +35,7 @@ import onnx
 import onnxruntime as ort
 
 from rechar import hostinfo
-from rechar.runners.traces import PROFILE_WARMUP, ort_device_ops, ort_ops
+from rechar.runners.traces import PROFILE_WARMUP, ort_device_ops, ort_ops, ort_start_on_wall_clock
 from rechar.exporters import ExportResult, node_modules
 from rechar.memory import prefault_mappings
 from rechar.models import RecModel
@@ -171,21 +171,22 @@ class OrtCudaBackend(OrtCpuBackend):
 
     def _profiled_runs(self, call: Callable[[], Any], iterations: int, trace_dir: Path) -> None:
         # CUPTI through PyTorch's profiler: kernels, copies and sets with the runtime calls that
-        # launched them, on the wall clock (ORT's trace is on the monotonic clock: the offset
-        # between the two is read here, next to the runs).
+        # launched them, on the wall clock (the clocks are read here, next to the runs, to place
+        # ORT's start on it).
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(iterations):
                 call()
-        self._clock_offset_ns = time.time_ns() - time.monotonic_ns()
+        self._clocks_now = (time.time_ns(), time.monotonic_ns())
         prof.export_chrome_trace(str(Path(trace_dir) / "cupti_trace.json"))
 
     def _parse_profile(self, path: Path, modules: dict[str, str], iterations: int, start_ns: int,
                        trace_dir: Path) -> ProfileResult:
         device = Path(trace_dir) / "cupti_trace.json"
         try:
-            ops, info = ort_device_ops(path, device, modules, iterations, start_ns + self._clock_offset_ns)
+            ops, info = ort_device_ops(path, device, modules, iterations,
+                                       ort_start_on_wall_clock(start_ns, *self._clocks_now))
         except ValueError as e:  # no CUPTI records: the host-side view, said so
             return ProfileResult(path, ort_ops(path, modules, runs=iterations), iterations,
                                  {"time_basis": "host", "device_trace_error": str(e)})
@@ -206,6 +207,22 @@ def _device_buffer(shape: Sequence[int], dtype: np.dtype):
     return torch.empty(list(shape), dtype=torch.from_numpy(np.empty(0, dtype)).dtype, device="cuda")
 
 
+#: ONNX Runtime's CUDA Concat kernel takes at most this many inputs while a graph is captured
+#: (seen with 1.31: "CUDA Concat supports at most 32 inputs during CUDA Graph capture").
+CUDA_GRAPH_MAX_CONCAT_INPUTS = 32
+
+
+def _check_cuda_graph_capture(onnx_path: Path) -> None:
+    """Refuse, in one line, a graph that ONNX Runtime cannot capture (found at load, not at the
+    first timed call): DLRM-RMC2's interaction (33 inputs) and MT-WnD's (44) concatenate more
+    tensors than its CUDA Concat takes under capture."""
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    for node in graph.node:
+        if node.op_type == "Concat" and len(node.input) > CUDA_GRAPH_MAX_CONCAT_INPUTS:
+            raise RuntimeError(f"ONNX Runtime cannot capture this graph as a CUDA graph: Concat {node.name} has "
+                               f"{len(node.input)} inputs (at most {CUDA_GRAPH_MAX_CONCAT_INPUTS} under capture)")
+
+
 class OrtCudaGraphBackend(OrtCudaBackend):
     name = "ort-cuda-graph"
     static_shapes = True  # one captured graph per batch size
@@ -218,6 +235,7 @@ class OrtCudaGraphBackend(OrtCudaBackend):
         # cannot be captured on the legacy default stream).
         self.stream = torch.cuda.Stream()
         self.captured: dict[int, tuple] = {}  # batch size -> (session, binding, inputs, outputs)
+        _check_cuda_graph_capture(export.onnx_path)
         self.session = self._session()  # made here so that a graph the provider refuses fails the load
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._unused = self.session

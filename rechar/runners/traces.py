@@ -341,6 +341,16 @@ def ort_device_ops(ort_trace: str | Path, device_trace: str | Path, node_modules
                                       "clock_shift_us": float(shift - nominal)}
 
 
+def ort_start_on_wall_clock(start_ns: int, wall_now_ns: int, monotonic_now_ns: int) -> int:
+    """ONNX Runtime's profiling start (``get_profiling_start_time_ns``) on the wall clock that
+    kineto uses. ORT reads ``std::chrono::high_resolution_clock``, which is the wall clock with
+    libstdc++ (its Linux wheels: seen on the GPU machine) and a steady clock with other standard
+    libraries: the reading is taken as whichever clock's "now" it lies nearer to."""
+    if abs(wall_now_ns - start_ns) <= abs(monotonic_now_ns - start_ns):
+        return start_ns
+    return start_ns + wall_now_ns - monotonic_now_ns
+
+
 def _best_shift(times: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> float:
     """The shift d within +-ALIGN_WINDOW_US for which most ``times - d`` fall inside some span
     [start, end): the middle of the range of such shifts (the one nearest 0 if several)."""
