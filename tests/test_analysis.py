@@ -74,20 +74,27 @@ def test_gpu_speedup_and_crossover():
         ("gpu-box", "m", "onnxruntime", "ort-cuda", "cuda", 64, "ok", 200, 0, 0),
         ("gpu-box", "m", "onnxruntime", "ort-cuda", "cuda", 1024, "ok", 300, 0, 0),
         ("gpu-box", "m", "onnxruntime", "ort-cuda", "cuda", 4096, "invalid", None, None, None),
+        # CUDA graphs: ort-cpu is its counterpart too, as a pair of its own (GPU wins from batch 1)
+        ("gpu-box", "m", "onnxruntime", "ort-cuda-graph", "cuda", 1, "ok", 25, 0, 0),
+        ("gpu-box", "m", "onnxruntime", "ort-cuda-graph", "cuda", 64, "ok", 50, 0, 0),
+        # compiled on the GPU, but no compiled CPU point to compare with: no pair (not against eager torch)
+        ("gpu-box", "m", "torch", "torch-compile-cuda", "cuda", 64, "ok", 10, 0, 0),
     ])
     s = gpu_speedup(points)
-    torch_s = s[s.framework == "torch"].set_index("batch")["speedup"]
+    torch_s = s[s.gpu_backend == "torch-cuda"].set_index("batch")["speedup"]
     assert torch_s.tolist() == pytest.approx([0.5, 2.0, 10.0])
     assert set(s["cpu_host"]) == {"cpu-box"} and set(s["gpu_host"]) == {"gpu-box"}
-    c = crossover(s).set_index("framework")
-    assert c.loc["torch", "crossover_batch"] == 64 and c.loc["torch", "max_speedup"] == pytest.approx(10.0)
-    assert c.loc["torch", "at_batch"] == 1024
-    assert c.loc["onnxruntime", "crossover_batch"] == 1024 and c.loc["onnxruntime", "max_speedup"] == pytest.approx(3.0)
+    assert "torch-compile-cuda" not in set(s["gpu_backend"])
+    c = crossover(s).set_index("gpu_backend")
+    assert c.loc["torch-cuda", "crossover_batch"] == 64 and c.loc["torch-cuda", "max_speedup"] == pytest.approx(10.0)
+    assert c.loc["torch-cuda", "at_batch"] == 1024 and c.loc["torch-cuda", "cpu_backend"] == "torch"
+    assert c.loc["ort-cuda", "crossover_batch"] == 1024 and c.loc["ort-cuda", "max_speedup"] == pytest.approx(3.0)
+    assert c.loc["ort-cuda-graph", "crossover_batch"] == 1 and c.loc["ort-cuda-graph", "max_speedup"] == pytest.approx(4.0)
 
 
 def test_crossover_none_when_the_gpu_never_wins_at_the_top():
-    s = pd.DataFrame({"model": "m", "framework": "torch", "cpu_host": "a", "gpu_host": "b", "batch": [1, 64],
-                      "speedup": [2.0, 0.9]})
+    s = pd.DataFrame({"model": "m", "cpu_backend": "torch", "gpu_backend": "torch-cuda", "cpu_host": "a",
+                      "gpu_host": "b", "batch": [1, 64], "speedup": [2.0, 0.9]})
     assert crossover(s).iloc[0]["crossover_batch"] is None
 
 

@@ -136,9 +136,9 @@ def test_speedup_section_gives_the_crossover(html):
     """torch's GPU wins from batch 16 on; onnxruntime's GPU point at 16 failed, so it never does."""
     section = html[html.index('id="speedup"'):html.index('id="best"')]
     crossover_table = section[:section.index("</table>")]
-    rows = {re.findall(r"<td[^>]*>(.*?)</td>", r)[1]: re.findall(r"<td[^>]*>(.*?)</td>", r)[4]
+    rows = {re.findall(r"<td[^>]*>(.*?)</td>", r)[2]: re.findall(r"<td[^>]*>(.*?)</td>", r)[5]
             for r in crossover_table.split("<tr>")[2:]}
-    assert rows == {"torch": "16", "onnxruntime": "never"}
+    assert rows == {"torch-cuda": "16", "ort-cuda": "never"}
     # the per-batch table gives each speedup its interval and verdict
     per_batch = section[section.index("</table>"):]
     assert "95% interval" in per_batch and ("GPU faster" in per_batch or "no significant difference" in per_batch)

@@ -140,8 +140,8 @@ def format_tables(tables: dict[str, pd.DataFrame]) -> str:
     speedup = tables["speedup"]
     if not speedup.empty:
         add("3b. GPU/CPU speedup per batch, 95% interval",
-            speedup[["model", "framework", "cpu_host", "gpu_host", "batch", "speedup", "speedup_low", "speedup_high",
-                     "verdict"]], "")
+            speedup[["model", "cpu_backend", "gpu_backend", "cpu_host", "gpu_host", "batch", "speedup", "speedup_low",
+                     "speedup_high", "verdict"]], "")
     add("4. best deployment under the p99 bound", tables["best"], "(no points)")
     add("4b. best deployment against the runner-up (throughput ratio, 95% interval)", tables["runner_up"],
         "(fewer than two points meet the bound)")

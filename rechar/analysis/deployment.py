@@ -8,28 +8,37 @@ import pandas as pd
 GPU_DEVICES = ("cuda", "gpu")
 
 
+#: The CPU stack each GPU stack is compared with: the same framework, used the same way.
+#: (TensorFlow is one backend, ``tf``, on whichever device it finds.)
+CPU_COUNTERPART = {
+    "torch-cuda": "torch", "torch-compile-cuda": "torch-compile", "ort-cuda": "ort-cpu",
+    "ort-cuda-graph": "ort-cpu", "ort-trt": "ort-cpu", "tf": "tf", "tf-xla": "tf-xla",
+}
+
+
 def gpu_speedup(points: pd.DataFrame) -> pd.DataFrame:
-    """Per model, framework and batch: CPU p50 / GPU p50, pairing each framework's CPU and GPU
-    points (torch with torch-cuda, ort-cpu with ort-cuda, tf on CPU with tf on GPU), also across
-    hosts (a CPU server and a GPU server)."""
+    """Per model, GPU backend and batch: CPU p50 / GPU p50, pairing each GPU backend's points with
+    those of its CPU counterpart (``CPU_COUNTERPART``: torch with torch-cuda, ort-cpu with
+    ort-cuda and ort-cuda-graph, tf on CPU with tf on GPU, ...), also across hosts (a CPU server
+    and a GPU server)."""
     ok = points[points["status"] == "ok"]
     cpu = ok[ok["device"] == "cpu"]
     gpu = ok[ok["device"].isin(GPU_DEVICES)]
+    gpu = gpu.assign(cpu_backend=gpu["backend"].map(CPU_COUNTERPART))
     cols = ["model", "framework", "batch"]
-    merged = cpu[cols + ["host", "backend", "p50_us"]].merge(
-        gpu[cols + ["host", "backend", "p50_us"]], on=cols, suffixes=("_cpu", "_gpu"))
+    merged = cpu[cols + ["host", "backend", "p50_us"]].rename(columns={"backend": "cpu_backend"}).merge(
+        gpu[cols + ["host", "backend", "cpu_backend", "p50_us"]], on=cols + ["cpu_backend"], suffixes=("_cpu", "_gpu"))
     merged["speedup"] = merged["p50_us_cpu"] / merged["p50_us_gpu"]
-    return merged.rename(columns={"host_cpu": "cpu_host", "host_gpu": "gpu_host", "backend_cpu": "cpu_backend",
-                                  "backend_gpu": "gpu_backend"})[
+    return merged.rename(columns={"host_cpu": "cpu_host", "host_gpu": "gpu_host", "backend": "gpu_backend"})[
         ["model", "framework", "cpu_backend", "gpu_backend", "cpu_host", "gpu_host", "batch", "p50_us_cpu",
-         "p50_us_gpu", "speedup"]].sort_values(["model", "framework", "batch"], ignore_index=True)
+         "p50_us_gpu", "speedup"]].sort_values(["model", "gpu_backend", "batch"], ignore_index=True)
 
 
 def crossover(speedup: pd.DataFrame) -> pd.DataFrame:
     """The smallest batch from which the GPU wins at every larger measured batch (None if it
-    never does), and the largest speedup seen."""
+    never does), and the largest speedup seen, per model and pair of backends (and hosts)."""
     rows = []
-    keys = ["model", "framework", "cpu_host", "gpu_host"]
+    keys = ["model", "cpu_backend", "gpu_backend", "cpu_host", "gpu_host"]
     for key, group in speedup.groupby(keys):
         group = group.sort_values("batch")
         wins = (group["speedup"] > 1.0).tolist()

@@ -328,17 +328,18 @@ class _Report:
                         "rechar run --backend torch-cuda,ort-cuda on a GPU machine and pass both runs.")
         chart = self._chart(charts.speedup_heatmap(sp, cross))
         crossover_table = table(cross, [
-            ("model", "model", None), ("framework", "framework", None), ("CPU host", "cpu_host", None),
-            ("GPU host", "gpu_host", None),
+            ("model", "model", None), ("CPU backend", "cpu_backend", None), ("GPU backend", "gpu_backend", None),
+            ("CPU host", "cpu_host", None), ("GPU host", "gpu_host", None),
             ("crossover batch", "crossover_batch", lambda v: "never" if pd.isna(v) else str(int(v))),
             ("max speedup", "max_speedup", num(".2f")), ("at batch", "at_batch", None),
         ])
         per_batch = table(sp, [
-            ("model", "model", None), ("framework", "framework", None), ("batch", "batch", None),
-            ("speedup", "speedup", num(".2f")), ("95% interval", "speedup_low", None), ("verdict", "verdict", None),
+            ("model", "model", None), ("CPU backend", "cpu_backend", None), ("GPU backend", "gpu_backend", None),
+            ("batch", "batch", None), ("speedup", "speedup", num(".2f")), ("95% interval", "speedup_low", None),
+            ("verdict", "verdict", None),
         ], rows=_with_ratio_interval(sp, "speedup"))
-        return ("<p>CPU p50 / GPU p50 of the same framework (torch with torch-cuda, ort-cpu with ort-cuda, tf on "
-                "CPU with tf on GPU), also across machines. The crossover is the smallest batch from which the "
+        return ("<p>CPU p50 / GPU p50 of each GPU stack against its CPU counterpart (torch with torch-cuda, "
+                "ort-cpu with ort-cuda and ort-cuda-graph, tf on CPU with tf on GPU), also across machines. The crossover is the smallest batch from which the "
                 "GPU wins at every larger measured batch.</p>" + chart + crossover_table + per_batch)
 
     def best(self) -> str:

@@ -147,13 +147,13 @@ def breakdown_chart(breakdown: pd.DataFrame, panels: list[str], model: str):
 
 
 def speedup_heatmap(speedup: pd.DataFrame, crossover: pd.DataFrame):
-    """GPU/CPU speedup (CPU p50 / GPU p50) per row (model x framework, and host pair when several)
+    """GPU/CPU speedup (CPU p50 / GPU p50) per row (model x CPU → GPU backend, and host pair when several)
     and batch size; the crossover batch of each row is boxed."""
     pairs = speedup[["cpu_host", "gpu_host"]].drop_duplicates()
     several_pairs = len(pairs) > 1
 
     def row_key(df: pd.DataFrame) -> list[tuple[str, str]]:
-        fw = df["framework"].astype(str)
+        fw = df["cpu_backend"].astype(str) + " → " + df["gpu_backend"].astype(str)
         if several_pairs:
             fw = fw + " (" + df["cpu_host"].astype(str) + " → " + df["gpu_host"].astype(str) + ")"
         return list(zip(df["model"].astype(str), fw))
@@ -163,7 +163,7 @@ def speedup_heatmap(speedup: pd.DataFrame, crossover: pd.DataFrame):
     log2 = np.log2(speedup["speedup"].to_numpy(dtype=float))
     source = ColumnDataSource({
         "y": rows, "batch": speedup["batch"].astype(str).tolist(), "model": speedup["model"].tolist(),
-        "framework": speedup["framework"].tolist(), "cpu_host": speedup["cpu_host"].tolist(),
+        "framework": (speedup["cpu_backend"] + " → " + speedup["gpu_backend"]).tolist(), "cpu_host": speedup["cpu_host"].tolist(),
         "gpu_host": speedup["gpu_host"].tolist(), "cpu_ms": (speedup["p50_us_cpu"] / 1e3).tolist(),
         "gpu_ms": (speedup["p50_us_gpu"] / 1e3).tolist(), "speedup": speedup["speedup"].tolist(),
         "log2": log2.tolist(), "text": [f"{v:.2g}×" for v in speedup["speedup"]],
@@ -186,7 +186,7 @@ def speedup_heatmap(speedup: pd.DataFrame, crossover: pd.DataFrame):
         fig.rect(x=[str(int(b)) for b in marked["crossover_batch"]], y=row_key(marked), width=0.94, height=0.9,
                  fill_alpha=0, line_color="black", line_width=3)
     fig.add_tools(HoverTool(renderers=[cells], tooltips=[
-        ("model", "@model"), ("framework", "@framework"), ("batch", "@batch"),
+        ("model", "@model"), ("backends", "@framework"), ("batch", "@batch"),
         ("CPU p50", "@cpu_ms{0.000} ms (@cpu_host)"), ("GPU p50", "@gpu_ms{0.000} ms (@gpu_host)"),
         ("speedup", "@speedup{0.00}×")]))
     fig.add_layout(ColorBar(color_mapper=mapper, ticker=BasicTicker(), title="log2 speedup", width=12), "right")
