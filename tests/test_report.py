@@ -70,6 +70,14 @@ def gpu_run(cpu_run, tmp_path_factory) -> Path:
     p.loc[failed, "status"], p.loc[failed, "error"] = "failed", EVIL_ERROR
     p.loc[failed, ["p50_us", "p99_us", "throughput_sps"]] = float("nan")
     write_parquet(p.reset_index(drop=True), dst / POINTS)
+    # ort-cuda's profile at batch 1: its node times host-side only (no CUPTI kernel matched)
+    for line in (cpu_run / "profiles.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["backend"] == "ort-cpu" and rec["batch"] == 1:
+            rec.update(run_id="gpu-run", backend="ort-cuda", device="cuda", time_basis="host")
+            shutil.copytree(cpu_run / Path(rec["trace"]).parent, dst / Path(rec["trace"]).parent)
+            with open(dst / "profiles.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
     return dst
 
 
@@ -144,6 +152,13 @@ def test_speedup_section_gives_the_crossover(html):
     assert "95% interval" in per_batch and ("GPU faster" in per_batch or "no significant difference" in per_batch)
 
 
+def test_breakdown_says_when_gpu_profiles_are_host_side(html):
+    """A profile that holds host-side times only (ORT on CUDA without CUPTI's kernels matched)
+    is said so in the breakdown section, not passed off as GPU time."""
+    section = html[html.index('id="breakdown"'):]
+    assert "ort-cuda on" in section and "1 profiles hold host-side node times only" in section
+
+
 def test_header_names_machines_versions_options_and_skipped_backends(html, cpu_run):
     """Each run's card lists its machine, software versions, options and skipped backends."""
     manifest = json.loads((cpu_run / "manifest.json").read_text())
@@ -171,7 +186,7 @@ def test_each_category_has_one_colour_in_every_chart(cpu_run, html):
 def test_trace_links_are_relative_and_lead_to_the_traces(report, html):
     """Every profiled point links its raw trace by a path relative to the report."""
     links = [a["href"] for t, a in _parse(html).tags if t == "a" and "traces/" in a.get("href", "")]
-    assert len(links) == 6  # 3 backends x 2 batch sizes
+    assert len(links) == 7  # 3 backends x 2 batch sizes, and the GPU run's ort-cuda at batch 1
     for href in links:
         assert not href.startswith(("/", "file:", "http"))
         assert (report.parent / unquote(href)).is_file()

@@ -20,7 +20,7 @@ from rechar.analysis.breakdown import bottleneck_shift, breakdown_wide, category
 from rechar.analysis.counters import counted_metrics, counter_support, counter_table, load_counters
 from rechar.analysis.deployment import best_deployment, crossover, gpu_speedup
 from rechar.analysis.features import feature_correlation, model_features, model_metrics
-from rechar.analysis.ops import OPS_COLUMNS, coverage, load_ops, unmapped_ops
+from rechar.analysis.ops import OPS_COLUMNS, coverage, load_ops, profile_time_basis, unmapped_ops
 from rechar.analysis.serving import best_policy, load_curve, serving_capacity
 from rechar.errors import UserError
 from rechar.runners.counters import HARDWARE
@@ -40,12 +40,13 @@ class Runs:
     configs: dict[str, dict]  # model -> resolved config (the runs must agree)
     manifests: dict[str, dict]  # host -> manifest of its (last) run
     trials: pd.DataFrame  # rechar.serving.trials.TRIAL_COLUMNS + host: LoadGen tests of serving runs
+    time_basis: pd.DataFrame  # host, backend, time_basis, points: what GPU profiles' op times cover
 
 
 def load_runs(run_dirs: list[str | Path]) -> Runs:
     if not run_dirs:
         raise UserError("give at least one run folder")
-    points, ops, counters, trials, configs, manifests = [], [], [], [], {}, {}
+    points, ops, counters, trials, configs, manifests, bases = [], [], [], [], {}, {}, []
     for run_dir in map(Path, run_dirs):
         manifest = read_manifest(run_dir)
         host = manifest.get("host", {}).get("hostname")
@@ -56,6 +57,7 @@ def load_runs(run_dirs: list[str | Path]) -> Runs:
         run_ops = load_ops(run_dir)
         if not run_ops.empty:  # an empty, untyped frame would turn every concatenated column to object
             ops.append(run_ops.assign(host=host))
+        bases.append(profile_time_basis(run_dir).assign(host=host))
         run_counters = load_counters(run_dir)
         if not run_counters.empty:
             counters.append(run_counters)
@@ -65,7 +67,8 @@ def load_runs(run_dirs: list[str | Path]) -> Runs:
     all_ops = pd.concat(ops, ignore_index=True) if ops else pd.DataFrame(columns=[*OPS_COLUMNS, "host"])
     all_counters = pd.concat(counters, ignore_index=True) if counters else counter_table([])
     all_trials = pd.concat(trials, ignore_index=True) if trials else pd.DataFrame(columns=[*TRIAL_COLUMNS, "host"])
-    return Runs(pd.concat(points, ignore_index=True), all_ops, all_counters, configs, manifests, all_trials)
+    return Runs(pd.concat(points, ignore_index=True), all_ops, all_counters, configs, manifests, all_trials,
+                pd.concat(bases, ignore_index=True))
 
 
 def analyze(run_dirs: list[str | Path], p99_bound_ms: float = 10.0, reference: str = "torch") -> dict[str, pd.DataFrame]:
@@ -84,6 +87,7 @@ def analyze(run_dirs: list[str | Path], p99_bound_ms: float = 10.0, reference: s
         if not ops.empty else pd.DataFrame(),
         "unmapped": unmapped_ops(ops) if not ops.empty else pd.DataFrame(),
         "breakdown": breakdown,
+        "time_basis": runs.time_basis,
         "breakdown_wide": breakdown_wide(breakdown) if not breakdown.empty else pd.DataFrame(),
         "shift": shift,
         "dominant": dominant_table(shift) if not shift.empty else pd.DataFrame(),

@@ -75,6 +75,16 @@ def read_profiles(run_dir: Path) -> list[dict]:
     return read_log(run_dir, PROFILES_LOG)
 
 
+def profile_time_basis(run_dir: Path) -> pd.DataFrame:
+    """What the op times of each backend's profiles cover, where the profile says (ORT on CUDA:
+    ``host+device`` when CUPTI's kernels were matched to its nodes, ``host`` otherwise): one row
+    per (backend, time_basis) with its number of points."""
+    rows = [(rec["backend"], rec["time_basis"]) for rec in read_profiles(run_dir)
+            if rec.get("status") == "ok" and rec.get("time_basis")]
+    df = pd.DataFrame(rows, columns=["backend", "time_basis"])
+    return df.groupby(["backend", "time_basis"], as_index=False).size().rename(columns={"size": "points"})
+
+
 def build_ops_table(run_dir: Path) -> pd.DataFrame:
     """Normalise every raw profile of a run and write ops.parquet (atomically)."""
     run_dir = Path(run_dir)

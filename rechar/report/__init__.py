@@ -285,6 +285,7 @@ class _Report:
         out = ["<p>Share of each point's profiled operator time by category, one panel per backend, one "
                "bar per batch size. Categories follow the op, refined by the model layer it runs in "
                "(e.g. everything inside an attention unit counts as attention).</p>", legend]
+        out += self._time_basis_notes()
         for model in self.models:
             part = bd[bd["model"] == model]
             if part.empty:
@@ -320,6 +321,20 @@ class _Report:
         return ("<p>Dominant category (and its share) per backend, on the same host, device and batch size.</p>"
                 + dominant + f"<h3>Category shares that differ by {100 * SHIFT_THRESHOLD:.0f} points or more from "
                 f"{REFERENCE}</h3>" + moved_html)
+
+    def _time_basis_notes(self) -> list[str]:
+        """What the GPU profiles' op times cover, where a profile says: ONNX Runtime on CUDA counts
+        its kernels' device time only when CUPTI's records were matched to its nodes."""
+        notes = []
+        for row in self.t["time_basis"].itertuples():
+            if row.time_basis == "host":
+                notes.append(note(f"{row.backend} on {row.host}: {row.points} profiles hold host-side node "
+                                  "times only (no device time was matched to its nodes): its shares are of "
+                                  "host time, not of GPU time."))
+            elif row.time_basis == "host+device":
+                notes.append(note(f"{row.backend} on {row.host}: each node's time is its host-side time plus "
+                                  f"the device time of the kernels it launched (CUPTI), {row.points} profiles."))
+        return notes
 
     def speedup(self) -> str:
         sp, cross = self.t["speedup"], self.t["crossover"]
