@@ -20,6 +20,11 @@
 # through $OUT (at most 8 files): check.log, analysis.txt, tables.tgz, runs.tgz (the run folders
 # without traces) and traces.tgz (three ort-cuda points' raw traces).
 #
+# Cost seen on an H200 (2026-11-27): unpacking 5 s, tests with the exports 75 s, then about 16 s to
+# start each (model, backend) worker and 1 s per point: the full default sweep (24 GPU workers,
+# 16 CPU ones) does not fit one 10-minute call. MODELS, CPU_MODELS, BATCHES, GPU_BACKENDS,
+# CPU_BACKENDS and COMPILED narrow it (e.g. the models a previous run did not reach).
+#
 # A dry run on a CPU machine (the GPU backends are then skipped by name, not run):
 #     GPU_BACKENDS=ort-cpu CPU_BACKENDS=torch MODELS=ncf BATCHES=1,64 COMPILED=none bash benchmarks/gpu_check.sh
 set -uo pipefail
@@ -83,7 +88,7 @@ if [ -n "$gpu_backends" ]; then
     echo "GPU sweep exit status $?"
 fi
 stamp "CPU sweep, same host"
-timeout -s INT -k 15 120 $py -m rechar.cli run -m "$models" -b "${CPU_BACKENDS:-torch,ort-cpu}" --batch-sizes "$batches" \
+timeout -s INT -k 15 120 $py -m rechar.cli run -m "${CPU_MODELS:-$models}" -b "${CPU_BACKENDS:-torch,ort-cpu}" --batch-sizes "$batches" \
     "${timing[@]}" --out "$work/cpu"
 echo "CPU sweep exit status $?"
 if [ "${COMPILED:-torch-compile-cuda}" != none ]; then
@@ -95,11 +100,12 @@ fi
 
 stamp "results"
 runs=$(for r in gpu cpu compiled; do [ -f "$work/$r/manifest.json" ] && echo "$work/$r"; done)
+# The run folders first (the analysis can be made back home from them), then the analysis.
+tar czf "$out/runs.tgz" -C "$work" --exclude traces tests.log $(for r in $runs; do basename "$r"; done)
+( cd "$work/gpu/traces" 2>/dev/null && tar czf "$out/traces.tgz" $(ls -d *__ort-cuda__b64 2>/dev/null | head -8) )
 for r in $runs; do $py -m rechar.cli show "$r"; done
-$py -m rechar.cli analyze $runs --csv "$work/tables" > "$out/analysis.txt" 2>&1
+timeout 60 $py -m rechar.cli analyze $runs --csv "$work/tables" > "$out/analysis.txt" 2>&1
 head -c 20000 "$out/analysis.txt"
 tar czf "$out/tables.tgz" -C "$work" tables 2>/dev/null
-tar czf "$out/runs.tgz" -C "$work" --exclude traces $(for r in $runs; do basename "$r"; done)
-( cd "$work/gpu/traces" 2>/dev/null && tar czf "$out/traces.tgz" $(ls -d dlrm-rmc1__ort-cuda__b64 din__ort-cuda__b64 dien__ort-cuda__b16 2>/dev/null) )
 ls -la "$out"
 stamp "done"
