@@ -17,6 +17,7 @@ from rechar.analysis.counters import load_counters
 from rechar.analysis.ops import OPS, build_ops_table
 from rechar.exporters import DEFAULT_EXPORTER, EXPORTERS, ExportCheckError, ExportOptions, export
 from rechar.runners import BACKENDS, DEFAULT_BACKENDS, allocator
+from rechar.runners.cluster import member_runs
 from rechar.runners.contention import NoiseThresholds
 from rechar.runners.measure import TimingOptions
 from rechar.runners.results import COUNTERS_LOG, load_points, read_manifest, summary
@@ -210,13 +211,21 @@ class ProgressBar:
               help="Write the HTML report of the run to reports/<run id>.html at the end.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
               help="Continue an interrupted run folder with its own options, skipping finished points.")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="Run the workers on this Ray cluster (auto: the cluster this machine belongs to), one "
+                   "measurement per node at a time; needs rechar[ray].")
+@click.option("--nodes", "node_selector", default=None, metavar="SELECTOR",
+              help="With --ray: only nodes with this custom resource, or with the label key=value.")
+@click.option("--each-node", is_flag=True,
+              help="With --ray: run the whole sweep on every matching node (one run folder per node inside the run).")
 def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_path, threads, out, exports_dir,
             seed, ids, zipf_alpha, inputs, rounds, remeasure_noisy, noisy_others, noisy_steal, warmup_iters, warmup_seconds, min_iters, min_seconds, timeout, malloc, quiet,
-            profile, profile_iters, count, counter_seconds, write_html, resume_dir) -> None:
+            profile, profile_iters, count, counter_seconds, write_html, resume_dir, ray_address, node_selector,
+            each_node) -> None:
     """Time models x backends x batch sizes; every point checked against eager PyTorch first."""
     echo = (lambda msg: None) if quiet else click.echo
     if resume_dir:
-        run_dir = resume_sweep(resume_dir, log=echo, progress=ProgressBar(not quiet))
+        run_dir = resume_sweep(resume_dir, log=echo, progress=ProgressBar(not quiet), ray_address=ray_address)
         if read_manifest(run_dir)["options"].get("profile_iters"):
             build_ops_table(run_dir)
         _finish_run(run_dir, write_html)
@@ -228,6 +237,7 @@ def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_p
         malloc=malloc, exports_dir=exports_dir, timeout=timeout, profile_iters=profile_iters if profile else 0,
         counter_seconds=counter_seconds if count else 0.0, rounds=rounds, remeasure_noisy=remeasure_noisy,
         noise=NoiseThresholds(others_share=noisy_others, steal_share=noisy_steal),
+        ray_address=ray_address, nodes=node_selector, each_node=each_node,
         timing=TimingOptions(warmup_iters=warmup_iters, warmup_seconds=warmup_seconds, min_iters=min_iters,
                              min_seconds=min_seconds),
     )
@@ -240,7 +250,10 @@ def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_p
 
 
 def _finish_run(run_dir: Path, write_html: bool) -> None:
-    click.echo(summary(load_points(run_dir)))
+    for member in member_runs(run_dir, read_manifest(run_dir)):
+        if member != Path(run_dir):
+            click.echo(f"node {member.name}:")
+        click.echo(summary(load_points(member)))
     click.echo(f"results: {run_dir}")
     if write_html:
         from rechar.report import default_report_path, write_report  # Bokeh takes a second to import
@@ -394,7 +407,10 @@ def show_cmd(run_dir) -> None:
     if is_serve_run(manifest):
         click.echo(format_tables(analyze([run_dir])))
         return
-    click.echo(summary(load_points(Path(run_dir))))
+    for member in member_runs(run_dir, manifest):
+        if member != Path(run_dir):
+            click.echo(f"node {member.name}:")
+        click.echo(summary(load_points(member)))
 
 
 def main() -> None:

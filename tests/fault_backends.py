@@ -164,3 +164,19 @@ def _die_at_trial():
 
 if os.environ.get("RECHAR_TEST_DIE_AT_TRIAL"):
     _die_at_trial()
+
+
+class StallingBackend(OrtCpuBackend):
+    """ONNX Runtime that stalls at batch 4 the first time it gets there: it writes the file
+    $RECHAR_TEST_STALL_FLAG two seconds later, then sleeps (a test kills its node meanwhile); once the file exists,
+    it runs as ONNX Runtime does."""
+
+    name = "stalling"
+
+    def prepare(self, batches):
+        flag = Path(os.environ["RECHAR_TEST_STALL_FLAG"])
+        if next(iter(batches[0].values())).shape[0] == 4 and not flag.exists():
+            time.sleep(2)  # the points before this one have been streamed back (every 0.5 s)
+            flag.write_text(str(os.getpid()))
+            time.sleep(600)
+        return super().prepare(batches)

@@ -25,6 +25,7 @@ from rechar.analysis.serving import best_policy, load_curve, serving_capacity
 from rechar.errors import UserError
 from rechar.runners.counters import HARDWARE
 from rechar.runners.results import load_points, read_manifest
+from rechar.runners.cluster import member_runs
 from rechar.serving.trials import TRIAL_COLUMNS, is_serve_run, load_trials
 
 __all__ = ["analyze", "load_runs", "format_tables", "Runs"]
@@ -47,7 +48,9 @@ def load_runs(run_dirs: list[str | Path]) -> Runs:
     if not run_dirs:
         raise UserError("give at least one run folder")
     points, ops, counters, trials, configs, manifests, bases = [], [], [], [], {}, {}, []
-    for run_dir in map(Path, run_dirs):
+    # A cluster run made with --each-node stands for its per-node runs, one platform each.
+    run_dirs = [m for r in map(Path, run_dirs) for m in member_runs(r, read_manifest(r))]
+    for run_dir in run_dirs:
         manifest = read_manifest(run_dir)
         host = manifest.get("host", {}).get("hostname")
         manifests[host] = manifest

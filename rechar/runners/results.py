@@ -55,7 +55,7 @@ _RECORD = [
     "p50_ci_low_us", "p50_ci_high_us", "throughput_sps", "timed_seconds", "load_seconds", "peak_rss_bytes",
     "peak_device_bytes", "inputs", "pool_batches", "pool_gathered_bytes", "pool_distinct_rows", "cache_bytes",
     "compile_seconds", "compile_cache_hit", "compiled_graphs", "others_cpu_share", "steal_share",
-    "involuntary_switches", "noisy", "noise", "input_hash", "settings", "started", "finished",
+    "involuntary_switches", "noisy", "noise", "input_hash", "settings", "started", "finished", "node", "node_host",
 ]
 #: Columns of rounds.parquet: one measurement (a round's attempt) each. Times in microseconds;
 #: throughput in samples/s; p50_ci_*: the 95% interval of the round's p50 from its iterations.
@@ -141,8 +141,9 @@ def _repair(path: Path) -> None:
 
 def read_log(run_dir: Path, log: str = POINTS_LOG, key=None) -> list[dict[str, Any]]:
     """Records of an append-only log (points.jsonl, profiles.jsonl, counters.jsonl, trials.jsonl),
-    one per ``key`` (point_key by default): the first, should a key appear twice. A torn last line
-    (a writer killed mid-write) is ignored."""
+    one per ``key`` (point_key by default): the first, should a key appear twice, unless that one
+    is marked ``retry`` (a point lost with its cluster node) and a later one exists. A torn last
+    line (a writer killed mid-write) is ignored."""
     key = key or point_key
     path = Path(run_dir) / log
     if not path.exists():
@@ -158,7 +159,9 @@ def read_log(run_dir: Path, log: str = POINTS_LOG, key=None) -> list[dict[str, A
             if i >= len(lines) - 2:  # the last record, cut short
                 continue
             raise UserError(f"{path}: line {i + 1} is corrupt") from None
-        records.setdefault(key(rec), rec)
+        k = key(rec)
+        if k not in records or records[k].get("retry"):
+            records[k] = rec
     return list(records.values())
 
 
@@ -246,7 +249,9 @@ def _load(run_dir: Path, name: str, columns: list[str]) -> pd.DataFrame:
             raise UserError(f"{path} was written by a newer rechar (schema {version}); upgrade rechar")
         df = pd.read_parquet(path)
     df = _typed(df, columns)
-    df["host"] = manifest.get("host", {}).get("hostname")
+    host = manifest.get("host", {}).get("hostname")
+    # A point measured on a cluster node names its node's machine (rechar.runners.cluster).
+    df["host"] = df["node_host"].where(df["node_host"].notna(), host) if len(df) else host
     return df
 
 

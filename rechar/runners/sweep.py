@@ -93,6 +93,9 @@ class RunOptions(WorkloadOptions):
     counter_seconds: float = 0.0  # >0: a pass per point counting CPU events with perf stat
     rounds: int = 1  # times each point is measured, each time in a fresh worker, interleaved
     remeasure_noisy: int = 0  # re-measure a round measured on a busy machine up to this many times
+    ray_address: str | None = None  # run the workers on this Ray cluster (rechar.runners.cluster)
+    nodes: str | None = None  # only the cluster's nodes with this custom resource, or label key=value
+    each_node: bool = False  # the whole sweep on every matching node (one run folder per node)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunOptions":
@@ -117,6 +120,14 @@ class RunOptions(WorkloadOptions):
             raise UserError(f"re-measurements must not be negative, got {self.remeasure_noisy}")
         if self.profile_iters < 0 or self.counter_seconds < 0:
             raise UserError("profile iterations and counter seconds cannot be negative")
+        if (self.nodes or self.each_node) and not self.ray_address:
+            raise UserError("--nodes and --each-node place work on a Ray cluster: give --ray ADDRESS too")
+        if self.ray_address:
+            from rechar.runners.cluster import require_ray
+
+            require_ray()
+            if self.remeasure_noisy:
+                raise UserError("--remeasure-noisy is not supported on a Ray cluster yet (re-run noisy points locally)")
 
     def pass_wanted(self, mode: str) -> bool:
         """Whether the pass ``mode`` (a key of PASS_LOGS) is part of this run."""
@@ -144,7 +155,9 @@ def run_sweep(
 ) -> Path:
     """Run the sweep into ``run_dir`` (a new folder under runs/ by default) and return it."""
     options.validate()
-    backends, skipped = select_backends(options.backends)
+    # On a cluster the nodes, not the driver, decide what can run (a GPU backend on a CPU driver).
+    backends, skipped = select_backends(options.backends) if not options.ray_address else (
+        cluster_backends(options.backends), {})
     for name, reason in skipped.items():
         log(f"skipping backend {name}: {reason}")
     if not backends:
@@ -173,6 +186,7 @@ def resume_sweep(
     progress: Callable[[int, int, str], None] = lambda done, total, label: None,
     profile_iters: int | None = None,
     counter_seconds: float | None = None,
+    ray_address: str | None = None,
 ) -> Path:
     """Continue an interrupted run with the options it was started with, skipping finished points.
     With ``profile_iters`` (``counter_seconds``), also profile (count the CPU events of) every
@@ -182,6 +196,14 @@ def resume_sweep(
     if manifest.get("kind") == "serve":
         raise UserError(f"{run_dir} is a serving run, not a sweep; resume it with rechar serve --resume {run_dir}")
     options = RunOptions.from_dict(manifest["options"])
+    if ray_address:  # the cluster may have a new address since the run started
+        if not options.ray_address:
+            raise UserError(f"{run_dir} was not run on a Ray cluster; resume it without --ray")
+        options.ray_address = manifest["options"]["ray_address"] = ray_address
+    if options.ray_address:
+        from rechar.runners.cluster import require_ray
+
+        require_ray()
     if profile_iters is not None:
         if profile_iters < 1:
             raise UserError(f"profile iterations must be at least 1, got {profile_iters}")
@@ -195,7 +217,7 @@ def resume_sweep(
     counter_support = _check_counters(options, log)
     if counter_support:
         manifest["counters"] = counter_support
-    for name in options.backends:
+    for name in options.backends if not options.ray_address else ():
         reason = backend_class(name).unavailable_reason()
         if reason:
             raise UserError(f"cannot resume {run_dir}: backend {name} is not available here: {reason}")
@@ -227,8 +249,21 @@ def export_models(run_dir: Path, manifest: dict, options, log) -> dict:
     return exports
 
 
+def cluster_backends(names: list[str]) -> list[str]:
+    """Backends of a cluster sweep as named (known names; none: the default set, ``all``: every one):
+    whether each can run is up to the node that gets it."""
+    from rechar.runners import BACKENDS, DEFAULT_BACKENDS
+
+    chosen = list(DEFAULT_BACKENDS) if not names else list(BACKENDS) if "all" in names else names
+    for name in chosen:
+        backend_class(name)  # an unknown name is a one-line error
+    return list(dict.fromkeys(chosen))
+
+
 def _sweep(run_dir: Path, manifest: dict, options: RunOptions, log, progress) -> Path:
     exports = export_models(run_dir, manifest, options, log)
+    if options.ray_address:
+        return _cluster_sweep(run_dir, manifest, options, exports, log, progress)
 
     repair_point_log(run_dir)
     pairs = [(m, b) for m in options.models for b in options.backends]
@@ -266,6 +301,28 @@ def _sweep(run_dir: Path, manifest: dict, options: RunOptions, log, progress) ->
         for name, group in points.drop_duplicates(["model", "batch"]).groupby("model")}
     manifest.update(status="complete", finished=_now())
     write_json_atomic(run_dir / MANIFEST, manifest)
+    return run_dir
+
+
+def _cluster_sweep(run_dir: Path, manifest: dict, options: RunOptions, exports: dict, log, progress) -> Path:
+    from rechar.runners import cluster
+
+    cluster.connect(options.ray_address)
+    driver = cluster.ClusterSweep(run_dir, manifest, options, exports, log, progress)
+    try:
+        driver.run()
+    except KeyboardInterrupt:
+        manifest.update(status="interrupted")
+        write_json_atomic(run_dir / MANIFEST, manifest)
+        raise SweepInterrupted(run_dir, driver.done, driver.total) from None
+    for member in cluster.member_runs(run_dir, manifest):
+        write_tables(member)
+        member_manifest = manifest if member == run_dir else read_manifest(member)
+        member_manifest.update(status="complete", finished=_now())
+        write_json_atomic(member / MANIFEST, member_manifest)
+    if options.each_node:
+        manifest.update(status="complete", finished=_now(), nodes=[m.name for m in cluster.member_runs(run_dir, manifest)])
+        write_json_atomic(run_dir / MANIFEST, manifest)
     return run_dir
 
 
