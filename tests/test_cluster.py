@@ -16,6 +16,7 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'rech
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from rechar.analysis import analyze  # noqa: E402
+from rechar.errors import UserError  # noqa: E402
 from rechar.runners import BACKENDS  # noqa: E402
 from rechar.runners.cluster import NODE_LOST, member_runs  # noqa: E402
 from rechar.runners.measure import TimingOptions  # noqa: E402
@@ -125,6 +126,8 @@ def test_a_lost_node_loses_only_its_point_and_resume_measures_it(tmp_path, clust
     lines = (run_dir / POINTS_LOG).read_text().splitlines()
     assert len(lines) == 7  # append-only: the lost record stays in the log
     assert len(load_points(run_dir)) == 6
+    with pytest.raises(UserError, match="ran on a Ray cluster: adding a pass to it is not supported yet"):
+        resume_sweep(run_dir, profile_iters=3)
 
 
 def test_ray_missing_is_a_one_line_error(run_cli, monkeypatch, tmp_path):

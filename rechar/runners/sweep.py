@@ -204,6 +204,9 @@ def resume_sweep(
         from rechar.runners.cluster import require_ray
 
         require_ray()
+        if profile_iters is not None or counter_seconds is not None:
+            raise UserError(f"{run_dir} ran on a Ray cluster: adding a pass to it is not supported yet "
+                            "(run with --profile / --counters from the start)")
     if profile_iters is not None:
         if profile_iters < 1:
             raise UserError(f"profile iterations must be at least 1, got {profile_iters}")
