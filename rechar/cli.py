@@ -211,6 +211,9 @@ class ProgressBar:
               help="Write the HTML report of the run to reports/<run id>.html at the end.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
               help="Continue an interrupted run folder with its own options, skipping finished points.")
+@click.option("--precision", "precisions", default="fp32", show_default=True,
+              help="Comma-separated precisions: fp32, bf16, int8; each backend runs in each it offers "
+                   "(reduced precision passes a quality gate against fp32 instead of bit parity).")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
               help="Run the workers on this Ray cluster (auto: the cluster this machine belongs to), one "
                    "measurement per node at a time; needs rechar[ray].")
@@ -220,8 +223,8 @@ class ProgressBar:
               help="With --ray: run the whole sweep on every matching node (one run folder per node inside the run).")
 def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_path, threads, out, exports_dir,
             seed, ids, zipf_alpha, inputs, rounds, remeasure_noisy, noisy_others, noisy_steal, warmup_iters, warmup_seconds, min_iters, min_seconds, timeout, malloc, quiet,
-            profile, profile_iters, count, counter_seconds, write_html, resume_dir, ray_address, node_selector,
-            each_node) -> None:
+            profile, profile_iters, count, counter_seconds, write_html, resume_dir, precisions, ray_address,
+            node_selector, each_node) -> None:
     """Time models x backends x batch sizes; every point checked against eager PyTorch first."""
     echo = (lambda msg: None) if quiet else click.echo
     if resume_dir:
@@ -238,6 +241,7 @@ def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_p
         counter_seconds=counter_seconds if count else 0.0, rounds=rounds, remeasure_noisy=remeasure_noisy,
         noise=NoiseThresholds(others_share=noisy_others, steal_share=noisy_steal),
         ray_address=ray_address, nodes=node_selector, each_node=each_node,
+        precisions=_split_names((precisions,)),
         timing=TimingOptions(warmup_iters=warmup_iters, warmup_seconds=warmup_seconds, min_iters=min_iters,
                              min_seconds=min_seconds),
     )

@@ -20,6 +20,7 @@ from rechar.analysis.breakdown import bottleneck_shift, breakdown_wide, category
 from rechar.analysis.counters import counted_metrics, counter_support, counter_table, load_counters
 from rechar.analysis.deployment import best_deployment, crossover, gpu_speedup
 from rechar.analysis.features import feature_correlation, model_features, model_metrics
+from rechar.analysis.precision import precision_shift, precision_table
 from rechar.analysis.ops import OPS_COLUMNS, coverage, load_ops, profile_time_basis, unmapped_ops
 from rechar.analysis.serving import best_policy, load_curve, serving_capacity
 from rechar.errors import UserError
@@ -96,6 +97,8 @@ def analyze(run_dirs: list[str | Path], p99_bound_ms: float = 10.0, reference: s
         "dominant": dominant_table(shift) if not shift.empty else pd.DataFrame(),
         "speedup": speedup,
         "crossover": crossover(speedup),
+        "precision": precision_table(points),
+        "precision_shift": precision_shift(breakdown),
         "best": best,
         "runner_up": runner_up(best, points, p99_bound_ms),
         "comparison": stack_comparison(points, reference),
@@ -149,6 +152,15 @@ def format_tables(tables: dict[str, pd.DataFrame]) -> str:
         add("3b. GPU/CPU speedup per batch, 95% interval",
             speedup[["model", "cpu_backend", "gpu_backend", "cpu_host", "gpu_host", "batch", "speedup", "speedup_low",
                      "speedup_high", "verdict"]], "")
+    prec = tables["precision"]
+    if not prec.empty:
+        add("3c. reduced precision against fp32 (same stack, host, batch): speedup, weight memory, quality",
+            prec[["host", "model", "stack", "precision", "batch", "status", "speedup", "memory_ratio",
+                  "quality_max_abs", "quality_pair_agreement"]], "")
+        moved = tables["precision_shift"]
+        moved = moved[moved["delta"].abs() >= 0.05].copy()
+        moved["delta"] = (100 * moved["delta"]).round(1)
+        add("3d. category shares that move by >= 5 points from fp32", moved, "(none)")
     add("4. best deployment under the p99 bound", tables["best"], "(no points)")
     add("4b. best deployment against the runner-up (throughput ratio, 95% interval)", tables["runner_up"],
         "(fewer than two points meet the bound)")

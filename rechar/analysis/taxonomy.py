@@ -15,6 +15,10 @@ ops (``FUSION_RANK``: a matmul fused with anything is ``fc``, a gather fused wit
 ``embedding``), in the layer of the first member of that category. Inductor names its kernels
 after the ATen ops they fused, so those names are decoded into member ops too.
 
+``quantize`` is the quantizing and dequantizing that reduced precision adds around its kernels
+(a kernel that quantizes its own inputs, such as ONNX Runtime's DynamicQuantizeMatMul, counts
+as the FC it is).
+
 ``runtime`` is framework work outside any operator: entering a compiled region, checking its
 guards, launching the compiled graph.
 """
@@ -23,11 +27,11 @@ from __future__ import annotations
 
 CATEGORIES = (
     "fc", "embedding", "interaction", "attention", "recurrent", "activation", "elementwise", "softmax",
-    "data-movement", "runtime", "other",
+    "data-movement", "quantize", "runtime", "other",
 )
 #: Fused kernels count in the first of these categories that one of their member ops has.
 FUSION_RANK = ("fc", "embedding", "recurrent", "attention", "softmax", "interaction", "activation", "elementwise",
-               "data-movement", "runtime", "other")
+               "data-movement", "quantize", "runtime", "other")
 
 _FC = "fc"
 _EMB = "embedding"
@@ -38,6 +42,7 @@ _ELT = "elementwise"
 _SMX = "softmax"
 _MOV = "data-movement"
 _RUN = "runtime"
+_QNT = "quantize"  # quantizing activations and dequantizing results of reduced-precision kernels
 
 #: Native op name -> category, for every framework (names do not collide across frameworks).
 OP_CATEGORY: dict[str, str] = {
@@ -111,6 +116,13 @@ OP_CATEGORY: dict[str, str] = {
     # TensorFlow's runtime: the call of the lowered function (its self time)
     "tf.function call": _RUN,
     "unattributed device time": _RUN,  # ONNX Runtime on CUDA: kernels launched outside any node
+    # Reduced precision (rechar.runners.precision): PyTorch's quantized kernels, ONNX Runtime's
+    # dynamic quantization (DynamicQuantizeMatMul quantizes its activations inside the FC kernel)
+    "quantized::linear_dynamic": _FC, "quantized::linear": _FC, "quantized::embedding_bag_byte_rowwise_offsets": _EMB,
+    "quantized::embedding_bag_4bit_rowwise_offsets": _EMB, "aten::quantize_per_tensor": _QNT,
+    "aten::quantize_per_tensor_dynamic": _QNT, "aten::dequantize": _QNT,
+    "DynamicQuantizeMatMul": _FC, "MatMulInteger": _FC, "MatMulIntegerToFloat": _FC,
+    "DynamicQuantizeLinear": _QNT, "QuantizeLinear": _QNT, "DequantizeLinear": _QNT,
     # XLA (HLO opcodes; fusions and other instructions are attributed by the TF ops they came from)
     "xla::dot": _FC, "xla::gather": _EMB, "xla::concatenate": _INT, "xla::copy": _MOV, "xla::transpose": _MOV,
     "xla::bitcast": _MOV, "xla::broadcast": _MOV, "xla::reshape": _MOV, "xla::slice": _MOV,

@@ -151,6 +151,7 @@ class _Report:
             ("breakdown", "Operator-category breakdown", self.breakdown()),
             ("shift", "Bottleneck shift across stacks", self.shift()),
             ("speedup", "GPU/CPU speedup", self.speedup()),
+            ("precision", "Precision", self.precision()),
             ("best", "Best deployment under the latency bound", self.best()),
         ]) + ([("serving", "Serving under load", serving.section(self.t, self._chart))]
               if not self.t["serving"].empty else []) + ([] if serving_only else [
@@ -321,6 +322,38 @@ class _Report:
         return ("<p>Dominant category (and its share) per backend, on the same host, device and batch size.</p>"
                 + dominant + f"<h3>Category shares that differ by {100 * SHIFT_THRESHOLD:.0f} points or more from "
                 f"{REFERENCE}</h3>" + moved_html)
+
+    def precision(self) -> str:
+        prec, shift = self.t["precision"], self.t["precision_shift"]
+        if prec.empty:
+            return note("Every point ran in fp32 (rechar run --precision fp32,bf16,int8 adds the others).")
+        ratio = lambda v: "–" if pd.isna(v) else f"{v:.2f}×"
+        mb = lambda v: "–" if pd.isna(v) else f"{v / 1e6:,.1f}"
+        out = ["<p>Each reduced-precision variant of a stack against the same stack in fp32, same host, "
+               "model and batch: speedup is fp32 p50 over the variant's p50, memory the model's weights as "
+               "the stack holds them. Reduced precision passes a quality gate instead of bit parity: "
+               "against eager fp32 PyTorch on 2,048 seeded samples, the largest and mean absolute "
+               "difference of the predicted probabilities and the share of sample pairs ordered the same "
+               "way (checked where fp32's predictions spread; a point that fails is not timed).</p>",
+               table(prec, [
+                   ("model", "model", None), ("stack", "stack", None), ("precision", "precision", None),
+                   ("batch", "batch", None), ("status", "status", None),
+                   ("p50 ms", "p50_us", lambda v: "–" if pd.isna(v) else f"{v / 1e3:.3f}"),
+                   ("fp32 p50 ms", "fp32_p50_us", lambda v: "–" if pd.isna(v) else f"{v / 1e3:.3f}"),
+                   ("speedup", "speedup", ratio), ("weights MB", "weight_bytes", mb),
+                   ("fp32 weights MB", "fp32_weight_bytes", mb), ("memory", "memory_ratio", ratio),
+                   ("max |Δp|", "quality_max_abs", lambda v: "–" if pd.isna(v) else f"{v:.2g}"),
+                   ("pairs ordered alike", "quality_pair_agreement", lambda v: "–" if pd.isna(v) else f"{v:.1%}"),
+               ])]
+        moved = shift[shift["delta"].abs() >= SHIFT_THRESHOLD]
+        if not moved.empty:
+            out.append(f"<h3>Category shares that move by {100 * SHIFT_THRESHOLD:.0f} points or more from fp32</h3>")
+            out.append(table(moved, [
+                ("model", "model", None), ("stack", "stack", None), ("precision", "precision", None),
+                ("batch", "batch", None), ("category", "category", None),
+                ("share", "share", lambda v: f"{100 * v:.0f}%"), ("fp32 share", "fp32_share", lambda v: f"{100 * v:.0f}%"),
+                ("change", "delta", lambda v: f"{100 * v:+.0f} pts")]))
+        return "".join(out)
 
     def _time_basis_notes(self) -> list[str]:
         """What the GPU profiles' op times cover, where a profile says: ONNX Runtime on CUDA counts

@@ -28,10 +28,11 @@ WIDTH = 960
 #: Category10's remaining colours in the taxonomy's order.
 _GREY, _LIGHT_GREY = "#7f7f7f", "#c7c7c7"
 CATEGORY_COLORS: dict[str, str] = {
-    **dict(zip([c for c in CATEGORIES if c not in ("other", "runtime")], [c for c in Category10[10] if c != _GREY],
-               strict=True)),
-    "runtime": _LIGHT_GREY, "other": _GREY,
+    **dict(zip([c for c in CATEGORIES if c not in ("other", "runtime", "quantize")],
+               [c for c in Category10[10] if c != _GREY], strict=True)),
+    "quantize": "#393b79", "runtime": _LIGHT_GREY, "other": _GREY,
 }
+CATEGORY_COLORS = {c: CATEGORY_COLORS[c] for c in CATEGORIES}  # the taxonomy's order
 
 SERIES_COLORS = Colorblind8
 HOST_MARKERS = ("circle", "square", "triangle", "diamond", "inverted_triangle", "hex")

@@ -42,10 +42,34 @@ __all__ = ["BACKENDS", "DEFAULT_BACKENDS", "Backend", "BackendOptions", "backend
 
 
 def backend_class(name: str) -> type[Backend]:
-    if name not in BACKENDS:
-        raise UserError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)}, or all)")
-    module, _, cls = BACKENDS[name].partition(":")
+    """The class of a backend name; ``<backend>@<precision>`` is the same stack in another
+    precision (rechar.runners.precision), so the same class."""
+    from rechar.runners.precision import PRECISIONS, split_backend
+
+    base, precision = split_backend(name)
+    if base not in BACKENDS:
+        raise UserError(f"unknown backend {base!r} (choose from {', '.join(BACKENDS)}, or all)")
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r} in {name!r} (choose from {', '.join(PRECISIONS)})")
+    module, _, cls = BACKENDS[base].partition(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def backend_reason(name: str) -> str | None:
+    """Why the backend (with its precision) cannot run here, or None."""
+    from rechar.runners.precision import split_backend
+
+    cls = backend_class(name)
+    return cls.unavailable_reason() or cls.precision_reason(split_backend(name)[1])
+
+
+def with_precisions(names: list[str], precisions: list[str]) -> list[str]:
+    """Each backend in each precision (``torch`` and ``torch@int8`` for fp32 and int8)."""
+    from rechar.runners.precision import variant_name
+
+    if precisions == ["fp32"]:
+        return names
+    return [variant_name(n, p) for n in names for p in precisions]
 
 
 def select_backends(names: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -64,8 +88,15 @@ def select_backends(names: list[str]) -> tuple[list[str], dict[str, str]]:
             else:
                 skipped[name] = "not in the default set (compiled and vendor stacks are opt-in): name it, or --backend all"
         return chosen, skipped
+    chosen, skipped = [], {}
     for name in names:
-        reason = backend_class(name).unavailable_reason()
+        cls = backend_class(name)
+        reason = cls.unavailable_reason()
         if reason:
-            raise UserError(f"backend {name} is not available: {reason}")
-    return list(dict.fromkeys(names)), {}
+            raise UserError(f"backend {name.partition('@')[0]} is not available: {reason}")
+        precision_reason = backend_reason(name)
+        if precision_reason:  # a precision this stack does not offer: skipped, with why
+            skipped[name] = precision_reason
+        else:
+            chosen.append(name)
+    return list(dict.fromkeys(chosen)), skipped

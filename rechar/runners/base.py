@@ -39,6 +39,7 @@ class ProfileResult:
 @dataclasses.dataclass(frozen=True)
 class BackendOptions:
     threads: int  # intra-op threads (inter-op parallelism is 1: these graphs are chains)
+    precision: str = "fp32"  # fp32 | bf16 | int8 (rechar.runners.precision): what the backend's precisions say
 
 
 class Backend(abc.ABC):
@@ -54,6 +55,9 @@ class Backend(abc.ABC):
     #: True: the intra-op thread pool is one per process (TensorFlow), so parallel executors
     #: share one instance and its pool instead of each loading its own.
     threads_per_process: ClassVar[bool] = False
+    #: Precisions this stack offers -> what each means on it (its own best practice). Asked for
+    #: another, the backend is skipped with ``precision_reason``'s line, never run in fp32.
+    precisions: ClassVar[dict[str, str]] = {"fp32": "fp32 weights and arithmetic"}
 
     def __init__(self, options: BackendOptions):
         self.options = options
@@ -61,6 +65,19 @@ class Backend(abc.ABC):
     @classmethod
     def unavailable_reason(cls) -> str | None:
         """None if this backend can run here, else why not (one line)."""
+        return None
+
+    @classmethod
+    def precision_reason(cls, precision: str) -> str | None:
+        """None if this stack offers ``precision`` here, else why not (one line)."""
+        if precision in cls.precisions:
+            return None
+        return f"{cls.name} offers {', '.join(cls.precisions)}, not {precision}"
+
+    def weight_bytes(self) -> dict[str, int] | None:
+        """The model's weights as this stack holds them: ``weight_bytes``, split into
+        ``embedding_weight_bytes`` and ``dense_weight_bytes`` (rechar.runners.precision); None
+        where the stack does not say."""
         return None
 
     @abc.abstractmethod

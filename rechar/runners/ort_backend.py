@@ -8,6 +8,13 @@ pool, made before timing, cycled), since feeding numpy arrays cost up to 13x at 
 the GPU machine, and TF32 off so that fp32 results stay comparable. On the CPU the pool's numpy
 feeds are passed to ``run`` as they are (ONNX Runtime reads them in place).
 
+``ort-cpu@int8`` is ONNX Runtime's dynamic quantization (``onnxruntime.quantization.quantize_dynamic``)
+of the exported graph: MatMul weights int8 (activations quantized per call: DynamicQuantizeLinear +
+MatMulInteger, fused by the session into DynamicQuantizeMatMul) and embedding tables int8 per
+tensor (a quantized Gather followed by DequantizeLinear). Its registry has no Gemm, which is how
+the exporter writes FC layers, so they are rewritten as MatMul + Add first (``gemm_to_matmul``).
+The quantized graph is cached beside the export (``<export>/int8``).
+
 ``ort-cuda-graph`` is the CUDA provider replaying one captured CUDA graph per batch size
 (``enable_cuda_graph``: one launch per call instead of one per kernel; 30 against 72 µs per call
 on a small MLP on the GPU machine). A graph reads fixed addresses, so each call copies its batch
@@ -47,6 +54,8 @@ class OrtCpuBackend(Backend):
     framework = "onnxruntime"
     device = "cpu"
     provider = "CPUExecutionProvider"
+    precisions = {"fp32": "fp32 weights and arithmetic",
+                  "int8": "dynamic quantization: int8 MatMul weights, int8 embedding tables (per tensor)"}
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -66,9 +75,12 @@ class OrtCpuBackend(Backend):
         return [self.provider]
 
     def load(self, model: RecModel, export: ExportResult) -> None:
-        self.onnx_path = export.onnx_path
-        self.session = ort.InferenceSession(str(export.onnx_path), self.session_options(), providers=self.providers())
+        self.onnx_path = int8_model(export) if self.options.precision == "int8" else export.onnx_path
+        self.session = ort.InferenceSession(str(self.onnx_path), self.session_options(), providers=self.providers())
         self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def weight_bytes(self) -> dict[str, int] | None:
+        return onnx_weight_bytes(self.onnx_path)
 
     def prepare(self, batches: Sequence[dict[str, np.ndarray]]) -> Callable[[], Any]:
         return self._bind(self.session, batches)
@@ -122,6 +134,7 @@ class OrtCudaBackend(OrtCpuBackend):
     name = "ort-cuda"
     device = "cuda"
     provider = "CUDAExecutionProvider"
+    precisions = {"fp32": "fp32 weights and arithmetic (TF32 off)"}
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -194,6 +207,86 @@ class OrtCudaBackend(OrtCpuBackend):
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "io_binding": True, "use_tf32": False}
+
+
+def gemm_to_matmul(model: onnx.ModelProto) -> int:
+    """Rewrite each Gemm (A x B + C, no transposed A, alpha = beta = 1) with a constant B as
+    MatMul + Add, transposing B where the Gemm did, so that ONNX Runtime's dynamic quantization
+    (whose registry lists MatMul, not Gemm) reaches the FC layers; returns how many it rewrote."""
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    transposed: dict[str, str] = {}  # B -> its transposed copy (RNN steps share one B)
+    nodes, rewritten = [], 0
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            nodes.append(node)
+            continue
+        b = node.input[1]
+        if attrs.get("transB", 0):
+            if b not in transposed:
+                transposed[b] = b + "/transposed"
+                model.graph.initializer.append(
+                    numpy_helper.from_array(numpy_helper.to_array(inits[b]).T.copy(), transposed[b]))
+            b = transposed[b]
+        product = node.output[0] + "/matmul" if len(node.input) > 2 else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], b], [product], name=node.name + "/MatMul"))
+        if len(node.input) > 2:
+            nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=node.name + "/Add"))
+        rewritten += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    used = {i for n in model.graph.node for i in n.input}
+    kept = [t for t in model.graph.initializer if t.name in used]  # B's untransposed originals go
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return rewritten
+
+
+def int8_model(export: ExportResult) -> Path:
+    """The export quantized dynamically to int8 (cached in ``<export>/int8``)."""
+    import shutil
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    target = Path(export.path) / "int8" / "model.onnx"
+    if target.exists():
+        return target
+    work = Path(tempfile.mkdtemp(prefix=".int8-", dir=export.path))
+    try:
+        model = onnx.load(str(export.onnx_path))
+        gemm_to_matmul(model)
+        onnx.save(model, str(work / "matmul.onnx"), save_as_external_data=True, location="matmul.onnx.data")
+        (work / "int8").mkdir()
+        quantize_dynamic(str(work / "matmul.onnx"), str(work / "int8" / "model.onnx"), weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul", "Gather"], use_external_data_format=True,
+                         extra_options={"MatMulConstBOnly": True})
+        try:
+            (work / "int8").rename(target.parent)  # atomic: a concurrent worker's copy may have won
+        except OSError:
+            pass
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def onnx_weight_bytes(path: Path) -> dict[str, int]:
+    """Bytes of an ONNX graph's initializers: the tables (a Gather's data) and the rest."""
+    from rechar.runners.precision import weight_record
+
+    model = onnx.load(str(path), load_external_data=False)
+    gathered = {n.input[0] for n in model.graph.node if n.op_type == "Gather"}
+    embedding = dense = 0
+    for t in model.graph.initializer:
+        size = int(np.prod(t.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        if t.name in gathered:
+            embedding += size
+        else:
+            dense += size
+    return weight_record(embedding, dense)
 
 
 #: numpy dtypes of ONNX tensor types (the buffers that a CUDA graph's outputs are bound to)

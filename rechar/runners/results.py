@@ -56,6 +56,8 @@ _RECORD = [
     "peak_device_bytes", "inputs", "pool_batches", "pool_gathered_bytes", "pool_distinct_rows", "cache_bytes",
     "compile_seconds", "compile_cache_hit", "compiled_graphs", "others_cpu_share", "steal_share",
     "involuntary_switches", "noisy", "noise", "input_hash", "settings", "started", "finished", "node", "node_host",
+    "precision", "weight_bytes", "embedding_weight_bytes", "dense_weight_bytes", "quality_max_abs",
+    "quality_mean_abs", "quality_pair_agreement", "quality_fp32_spread", "quality_error",
 ]
 #: Columns of rounds.parquet: one measurement (a round's attempt) each. Times in microseconds;
 #: throughput in samples/s; p50_ci_*: the 95% interval of the round's p50 from its iterations.
@@ -70,7 +72,8 @@ NUMERIC_COLUMNS = [
     "p50_ci_low_us", "p50_ci_high_us", "throughput_sps", "timed_seconds", "load_seconds", "peak_rss_bytes",
     "peak_device_bytes", "pool_batches", "pool_gathered_bytes", "pool_distinct_rows", "cache_bytes",
     "compile_seconds", "compiled_graphs", "others_cpu_share", "steal_share", "involuntary_switches", "started",
-    "finished",
+    "finished", "weight_bytes", "embedding_weight_bytes", "dense_weight_bytes", "quality_max_abs",
+    "quality_mean_abs", "quality_pair_agreement", "quality_fp32_spread",
 ]
 #: status values: ok (timed), invalid (outputs outside tolerance: not timed), failed (an error or
 #: a crashed worker), timeout (the worker was killed after --timeout seconds).
@@ -210,7 +213,8 @@ def write_tables(run_dir: Path) -> pd.DataFrame:
 
 def _typed(points: pd.DataFrame, columns: list[str] = POINT_COLUMNS) -> pd.DataFrame:
     points = points.reindex(columns=[*columns, *points.columns.difference(columns)])
-    # Schema 1 timed every point on one replayed batch.
+    # Schema 1 timed every point on one replayed batch; points from before precisions were fp32.
+    points["precision"] = points["precision"].fillna("fp32") if len(points) else points["precision"]
     replayed = points["inputs"].isna() & (points["status"] == "ok")
     points.loc[replayed, ["inputs", "pool_batches"]] = ["replay", 1]
     points[NUMERIC_COLUMNS] = points[NUMERIC_COLUMNS].apply(pd.to_numeric, errors="coerce").astype("float64")

@@ -25,7 +25,8 @@ from rechar import hostinfo
 from rechar.errors import UserError
 from rechar.jsonfile import write_json_atomic
 from rechar.exporters import ExportOptions, export
-from rechar.runners import allocator, backend_class, counters, select_backends
+from rechar.runners import allocator, backend_class, backend_reason, counters, select_backends, with_precisions
+from rechar.runners.precision import PRECISIONS
 from rechar.runners.contention import NoiseThresholds
 from rechar.runners.inputs import INPUT_MODES, PoolRule
 from rechar.runners.measure import TimingOptions
@@ -93,6 +94,7 @@ class RunOptions(WorkloadOptions):
     counter_seconds: float = 0.0  # >0: a pass per point counting CPU events with perf stat
     rounds: int = 1  # times each point is measured, each time in a fresh worker, interleaved
     remeasure_noisy: int = 0  # re-measure a round measured on a busy machine up to this many times
+    precisions: list[str] = dataclasses.field(default_factory=lambda: ["fp32"])  # each backend in each (rechar.runners.precision)
     ray_address: str | None = None  # run the workers on this Ray cluster (rechar.runners.cluster)
     nodes: str | None = None  # only the cluster's nodes with this custom resource, or label key=value
     each_node: bool = False  # the whole sweep on every matching node (one run folder per node)
@@ -120,6 +122,9 @@ class RunOptions(WorkloadOptions):
             raise UserError(f"re-measurements must not be negative, got {self.remeasure_noisy}")
         if self.profile_iters < 0 or self.counter_seconds < 0:
             raise UserError("profile iterations and counter seconds cannot be negative")
+        unknown = [p for p in self.precisions if p not in PRECISIONS]
+        if unknown or not self.precisions:
+            raise UserError(f"unknown precision {', '.join(unknown) or '(none)'} (choose from {', '.join(PRECISIONS)})")
         if (self.nodes or self.each_node) and not self.ray_address:
             raise UserError("--nodes and --each-node place work on a Ray cluster: give --ray ADDRESS too")
         if self.ray_address:
@@ -158,6 +163,7 @@ def run_sweep(
     # On a cluster the nodes, not the driver, decide what can run (a GPU backend on a CPU driver).
     backends, skipped = select_backends(options.backends) if not options.ray_address else (
         cluster_backends(options.backends), {})
+    backends, skipped = _in_precisions(backends, options.precisions, skipped, log)
     for name, reason in skipped.items():
         log(f"skipping backend {name}: {reason}")
     if not backends:
@@ -250,6 +256,23 @@ def export_models(run_dir: Path, manifest: dict, options, log) -> dict:
                                      "files": result.manifest["files"]}
     write_json_atomic(run_dir / MANIFEST, manifest)
     return exports
+
+
+def _in_precisions(backends: list[str], precisions: list[str], skipped: dict[str, str], log) -> tuple[list[str], dict]:
+    """Each backend in each precision; a precision a stack does not offer is skipped with its
+    reason (never run in fp32 instead)."""
+    chosen = []
+    for name in with_precisions(backends, precisions):
+        reason = backend_reason(name) if "@" in name else None
+        if reason:
+            skipped[name] = reason
+            log(f"skipping backend {name}: {reason}")
+        else:
+            chosen.append(name)
+    if not chosen:
+        raise UserError("no backend is available in the precisions asked for: "
+                        + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    return chosen, skipped
 
 
 def cluster_backends(names: list[str]) -> list[str]:

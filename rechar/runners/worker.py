@@ -32,6 +32,7 @@ from rechar.runners.inputs import FALLBACK_CACHE_BYTES, InputPool, PoolRule, Poo
 from rechar.runners.lifetime import die_with_parent
 from rechar.runners.contention import NoiseThresholds
 from rechar.runners.measure import TimingOptions, summarize, timed_loop, warm_up
+from rechar.runners.precision import EVAL_SAMPLES, EVAL_SEED_OFFSET, QualityThresholds, quality, quality_failure, split_backend
 from rechar.runners.results import COUNTERS_LOG, PROFILES_LOG, append_point
 
 
@@ -93,6 +94,7 @@ def run(spec: WorkerSpec) -> None:
         raise ValueError(f"export fixes {manifest['fixed_dims']} but the model has {model.fixed_dims()}; re-export")
 
     cls = backend_class(spec.backend)
+    precision = split_backend(spec.backend)[1]
     # Input pools are made per point from a weightless copy of the model (its config and table
     # shapes); the gate's eager-PyTorch reference outputs for the first and last batch of every
     # pool are computed now, while the weights are loaded.
@@ -103,8 +105,13 @@ def run(spec: WorkerSpec) -> None:
     check_inputs_match(export.onnx_path, pools.member(shell, spec.batches[0], 0))
     expected = ({b: [model.predict(x) for x in pools.ends(shell, b)] for b in spec.batches}
                 if spec.mode == "run" else {})
+    # Reduced precision: the quality gate's evaluation set and eager fp32 PyTorch's predictions.
+    evaluation = None
+    if precision != "fp32" and spec.mode == "run":
+        eval_inputs = model.make_inputs(EVAL_SAMPLES, seed=spec.seed + EVAL_SEED_OFFSET)
+        evaluation = (eval_inputs, model.predict(eval_inputs))
 
-    backend = cls(BackendOptions(threads=spec.threads))
+    backend = cls(BackendOptions(threads=spec.threads, precision=precision))
     if not cls.uses_torch_model:
         model = None  # the framework holds its own copy of the weights: free PyTorch's
         gc.collect()
@@ -126,12 +133,15 @@ def run(spec: WorkerSpec) -> None:
     prefaulted = prefault_mappings(export.path)
     load_seconds = time.perf_counter() - load_start
     settings = {**backend.settings(), "malloc": spec.malloc, "weights_prefaulted_bytes": prefaulted}
+    held = {"precision": precision, **(backend.weight_bytes() or {})}
+    if evaluation is not None:
+        held.update(quality_gate(backend, *evaluation))
 
     ok = False
     for batch in spec.batches:
         pool = pools.make(shell, batch)
         if spec.mode == "run":
-            ok = time_point(spec, backend, base, batch, pool, expected[batch], timing, load_seconds, settings)
+            ok = time_point(spec, backend, base, batch, pool, expected[batch], timing, load_seconds, settings, held)
         if spec.profile_iters and (spec.mode == "profile" or (spec.mode == "run" and ok)):
             profile_point(spec, backend, base, batch, pool)
         if spec.counter_seconds and (spec.mode == "counters" or (spec.mode == "run" and ok)):
@@ -140,10 +150,22 @@ def run(spec: WorkerSpec) -> None:
     backend.close()
 
 
-def time_point(spec, backend, base, batch, pool: InputPool, expected, timing, load_seconds, settings) -> bool:
+def quality_gate(backend, inputs: dict[str, np.ndarray], want: np.ndarray) -> dict[str, Any]:
+    """The quality figures of a reduced-precision backend on the evaluation set, and why it fails
+    the thresholds (``quality_error``) if it does."""
+    try:
+        got = backend.outputs(backend.prepare([inputs])())
+        figures = quality(got, want)
+        return {**figures, "quality_error": quality_failure(figures, QualityThresholds())}
+    except Exception as e:
+        return {"quality_error": f"the evaluation set failed: {_one_line(e)}"}
+
+
+def time_point(spec, backend, base, batch, pool: InputPool, expected, timing, load_seconds, settings,
+               held: dict[str, Any]) -> bool:
     """Gate, then time one point; append its record. True if it was timed."""
     record = {**base, "device": backend.device, "batch": batch, **pool.record(),
-              "load_seconds": load_seconds, "settings": settings, "started": time.time()}
+              "load_seconds": load_seconds, "settings": settings, **held, "started": time.time()}
     try:
         # The gate: the pool's first and last batch, called in turn as the timed call cycles.
         gate = backend.prepare([pool.first, pool.last] if len(pool) > 1 else [pool.first])
@@ -151,9 +173,13 @@ def time_point(spec, backend, base, batch, pool: InputPool, expected, timing, lo
         del gate
         ok, err = all(c[0] for c in checks), max(c[1] for c in checks)
         record["max_abs_error"] = err
-        if not ok:
-            record.update(status="invalid", error=f"outputs differ from eager PyTorch by {err:.3g} "
-                                                  f"(atol {spec.atol}, rtol {spec.rtol})")
+        if held["precision"] != "fp32":  # not bit parity: the quality gate decides
+            failure = held.get("quality_error") and f"quality gate: {held['quality_error']}"
+        else:
+            failure = None if ok else (f"outputs differ from eager PyTorch by {err:.3g} "
+                                       f"(atol {spec.atol}, rtol {spec.rtol})")
+        if failure:
+            record.update(status="invalid", error=failure)
         else:
             call = backend.prepare(pool.batches)
             warm_up(call, timing)

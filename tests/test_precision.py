@@ -1,0 +1,125 @@
+"""Precision as a stack choice: every (backend, precision) this machine offers passes the quality
+gate on every tiny model, a broken quantization is caught, unsupported combinations are skipped
+with their reason, and int8 tables take about a quarter of fp32's memory."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import rechar.models as models
+from rechar.analysis import analyze
+from rechar.runners import BackendOptions, backend_class, backend_reason
+from rechar.runners.measure import TimingOptions
+from rechar.runners.precision import EVAL_SAMPLES, QualityThresholds, quality, quality_failure, split_backend
+from rechar.runners.results import load_points, read_manifest
+from rechar.runners.sweep import RunOptions, run_sweep
+from rechar.runners.worker import quality_gate
+
+FAST = TimingOptions(warmup_iters=2, warmup_seconds=0.0, min_iters=5, min_seconds=0.0)
+VARIANTS = ["torch@bf16", "torch@int8", "ort-cpu@int8", "openvino@bf16"]
+
+
+def _load(name, variant, tiny_exports):
+    reason = backend_reason(variant)
+    if reason:
+        pytest.skip(f"{variant} not offered here: {reason}")
+    cls = backend_class(variant)
+    backend = cls(BackendOptions(threads=1, precision=split_backend(variant)[1]))
+    backend.load(models.get(name, scale="tiny") if cls.uses_torch_model else None, tiny_exports[name])
+    return backend
+
+
+def _evaluation(name):
+    model = models.get(name, scale="tiny")
+    inputs = model.make_inputs(EVAL_SAMPLES, seed=11)
+    return inputs, model.predict(inputs)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("name", models.names())
+def test_every_offered_precision_passes_the_quality_gate(tiny_exports, name, variant):
+    backend = _load(name, variant, tiny_exports)
+    try:
+        figures = quality_gate(backend, *_evaluation(name))
+    finally:
+        backend.close()
+    assert figures["quality_error"] is None, figures
+    assert 0 < figures["quality_max_abs"] <= QualityThresholds().max_abs  # not fp32 in disguise
+
+
+def test_a_wrong_quantization_scale_is_caught(tiny_exports):
+    """The int8 tables with every row's scale tripled: the gate fails the point, saying why."""
+    backend = _load("dlrm-rmc1", "torch@int8", tiny_exports)
+    try:
+        for module in backend.model.modules():
+            if hasattr(module, "packed"):
+                scales = module.packed[:, -8:-4].contiguous().view(torch.float32)  # [scale, bias] per row
+                module.packed[:, -8:-4] = (scales * 3).view(torch.uint8)
+        figures = quality_gate(backend, *_evaluation("dlrm-rmc1"))
+    finally:
+        backend.close()
+    assert figures["quality_error"] and "threshold" in figures["quality_error"], figures
+
+
+def test_quality_figures_and_thresholds():
+    want = np.linspace(0.2, 0.8, 1000)
+    same = quality(want, want)
+    assert same["quality_max_abs"] == 0 and same["quality_pair_agreement"] == 1.0
+    assert quality_failure(same, QualityThresholds()) is None
+    reversed_order = quality(want[::-1].copy(), want)  # every pair ordered the other way
+    assert reversed_order["quality_pair_agreement"] == 0.0
+    assert "sample pairs ordered" in quality_failure({**reversed_order, "quality_max_abs": 0, "quality_mean_abs": 0},
+                                                     QualityThresholds())
+    flat = np.full(1000, 0.5) + np.linspace(0, 1e-5, 1000)  # fp32 barely spreads: order is not checked
+    shuffled = quality(flat[::-1].copy(), flat)
+    assert quality_failure(shuffled, QualityThresholds()) is None
+    assert "largest prediction error 0.1" in quality_failure(quality(want + 0.1, want), QualityThresholds())
+
+
+def test_int8_tables_take_a_quarter_of_fp32(tiny_exports):
+    """ONNX Runtime's int8 tables: one byte per value, exactly a quarter; PyTorch's row-wise tables
+    add a 4-byte scale and bias per row: (D + 8) / 4D of fp32."""
+    for variant, name in (("ort-cpu@int8", "dlrm-rmc1"), ("torch@int8", "dlrm-rmc1")):
+        fp32 = _load(name, split_backend(variant)[0], tiny_exports)
+        int8 = _load(name, variant, tiny_exports)
+        try:
+            ratio = int8.weight_bytes()["embedding_weight_bytes"] / fp32.weight_bytes()["embedding_weight_bytes"]
+            assert int8.weight_bytes()["dense_weight_bytes"] < 0.3 * fp32.weight_bytes()["dense_weight_bytes"]
+        finally:
+            fp32.close()
+            int8.close()
+        dim = models.get(name, scale="tiny").config.to_dict()["embedding_dim"]
+        assert ratio == pytest.approx(0.25 if variant.startswith("ort") else (dim + 8) / (4 * dim), rel=1e-3)
+
+
+def test_a_sweep_over_precisions(tmp_path):
+    """fp32 and int8 on torch and ort-cpu, tf asked for too: tf@int8 is skipped with its reason,
+    every other combination timed with its precision, weights and quality recorded, and the
+    analysis pairs each int8 point with its fp32 one."""
+    run_dir = run_sweep(RunOptions(models=["ncf"], backends=["torch", "ort-cpu", "tf"], batch_sizes=[1, 8],
+                                   precisions=["fp32", "int8"], scale="tiny", timing=FAST, threads=1,
+                                   exports_dir=str(tmp_path / "exports"), profile_iters=2), tmp_path / "run")
+    skipped = read_manifest(run_dir)["skipped_backends"]
+    assert skipped == {"tf@int8": "tf offers fp32, not int8"}
+    points = load_points(run_dir)
+    assert set(points["backend"]) == {"torch", "torch@int8", "ort-cpu", "ort-cpu@int8", "tf"}
+    assert (points["status"] == "ok").all()
+    assert set(points["precision"]) == {"fp32", "int8"}
+    int8 = points[points["precision"] == "int8"]
+    assert int8["quality_pair_agreement"].notna().all() and int8["weight_bytes"].notna().all()
+    table = analyze([run_dir])["precision"]
+    assert len(table) == 4 and table["speedup"].notna().all() and (table["memory_ratio"] < 0.5).all()
+    shift = analyze([run_dir])["precision_shift"]
+    assert {"fc", "embedding"} <= set(shift["category"])
+
+
+def test_bad_precision_is_a_one_line_error(run_cli, tmp_path):
+    code, _, err = run_cli("run", "-m", "ncf", "-b", "torch", "--scale", "tiny", "--precision", "fp8",
+                           "--out", str(tmp_path / "r"))
+    assert code == 2 and err.strip() == "error: unknown precision fp8 (choose from fp32, bf16, int8)"
+    code, _, err = run_cli("run", "-m", "ncf", "-b", "tf@int8", "--scale", "tiny", "--out", str(tmp_path / "r"))
+    assert code == 2 and "tf offers fp32, not int8" in err
