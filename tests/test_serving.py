@@ -255,6 +255,7 @@ def test_static_shape_stack_serves_padded_sub_batches(tmp_path, tiny_exports, ba
     (["--offload-backend", "ort-cpu"], "go together"),
     (["--batch", "0"], "batch sizes must be positive"),
     (["--workers", "two"], "bad --workers"),
+    (["-b", "torch@int8"], "rechar serve runs fp32 stacks; precision variants (torch@int8)"),
 ])
 def test_bad_serve_options_are_one_line_errors(run_cli, args, message):
     code, _, err = run_cli("serve", "-m", "ncf", "--scale", "tiny", *args)

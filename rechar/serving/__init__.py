@@ -77,6 +77,10 @@ class ServeOptions(WorkloadOptions):
             raise UserError("the minimum duration and query count must be positive")
         if (self.offload_backend is None) != (self.offload_threshold is None):
             raise UserError("--offload-backend and --offload-threshold go together")
+        variants = [b for b in [*self.backends, self.offload_backend or ""] if "@" in b]
+        if variants:  # its gate is bit parity: reduced precision would fail it, or be run in fp32
+            raise UserError(f"rechar serve runs fp32 stacks; precision variants ({', '.join(variants)}) are "
+                            "measured by rechar run --precision")
         if self.offload_backend is not None:
             cls = backend_class(self.offload_backend)  # unknown: a one-line error naming the choices
             why = cls.unavailable_reason()
