@@ -184,10 +184,11 @@ def to_bf16(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """The model with 8-bit row-wise tables and dynamically quantized FC layers (a new module)."""
+    """The model with 8-bit row-wise tables and dynamically quantized FC layers (in place: a copy
+    would hold the fp32 weights twice)."""
     torch.backends.quantized.engine = "x86" if "x86" in torch.backends.quantized.supported_engines else "fbgemm"
     _replace(model, EmbeddingTable, Int8EmbeddingTable)
-    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
 def torch_weight_bytes(model: torch.nn.Module) -> dict[str, int]:
