@@ -123,3 +123,14 @@ def test_bad_precision_is_a_one_line_error(run_cli, tmp_path):
     assert code == 2 and err.strip() == "error: unknown precision fp8 (choose from fp32, bf16, int8)"
     code, _, err = run_cli("run", "-m", "ncf", "-b", "tf@int8", "--scale", "tiny", "--out", str(tmp_path / "r"))
     assert code == 2 and "tf offers fp32, not int8" in err
+
+
+def test_on_a_cluster_only_the_stacks_offer_decides():
+    """A GPU-less driver cannot judge whether torch-cuda runs on a node: on a cluster the
+    variant is kept if the stack offers the precision, and skipped only if it does not."""
+    from rechar.runners.sweep import _in_precisions
+
+    chosen, skipped = _in_precisions(["torch-cuda", "ort-cuda"], ["fp32", "bf16"], {}, lambda msg: None,
+                                     on_cluster=True)
+    assert chosen == ["torch-cuda", "torch-cuda@bf16", "ort-cuda"]
+    assert skipped == {"ort-cuda@bf16": "ort-cuda offers fp32, not bf16"}

@@ -26,7 +26,7 @@ from rechar.errors import UserError
 from rechar.jsonfile import write_json_atomic
 from rechar.exporters import ExportOptions, export
 from rechar.runners import allocator, backend_class, backend_reason, counters, select_backends, with_precisions
-from rechar.runners.precision import PRECISIONS
+from rechar.runners.precision import PRECISIONS, split_backend
 from rechar.runners.contention import NoiseThresholds
 from rechar.runners.inputs import INPUT_MODES, PoolRule
 from rechar.runners.measure import TimingOptions
@@ -163,7 +163,7 @@ def run_sweep(
     # On a cluster the nodes, not the driver, decide what can run (a GPU backend on a CPU driver).
     backends, skipped = select_backends(options.backends) if not options.ray_address else (
         cluster_backends(options.backends), {})
-    backends, skipped = _in_precisions(backends, options.precisions, skipped, log)
+    backends, skipped = _in_precisions(backends, options.precisions, skipped, log, on_cluster=bool(options.ray_address))
     for name, reason in skipped.items():
         log(f"skipping backend {name}: {reason}")
     if not backends:
@@ -258,12 +258,16 @@ def export_models(run_dir: Path, manifest: dict, options, log) -> dict:
     return exports
 
 
-def _in_precisions(backends: list[str], precisions: list[str], skipped: dict[str, str], log) -> tuple[list[str], dict]:
+def _in_precisions(backends: list[str], precisions: list[str], skipped: dict[str, str], log,
+                   on_cluster: bool = False) -> tuple[list[str], dict]:
     """Each backend in each precision; a precision a stack does not offer is skipped with its
-    reason (never run in fp32 instead)."""
+    reason (never run in fp32 instead). On a cluster only the stack's offer counts here (whether
+    it runs is the node's to say)."""
     chosen = []
     for name in with_precisions(backends, precisions):
-        reason = backend_reason(name) if "@" in name else None
+        precision = split_backend(name)[1]
+        reason = None if "@" not in name else (backend_class(name).precision_reason(precision) if on_cluster
+                                                else backend_reason(name))
         if reason:
             skipped[name] = reason
             log(f"skipping backend {name}: {reason}")
