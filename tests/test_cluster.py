@@ -89,6 +89,10 @@ def test_each_node_runs_the_whole_sweep_as_a_platform_of_its_own(tmp_path, clust
     assert nodes == set(cluster[1].values())
     hosts = set(analyze([run_dir])["points"]["host"])  # the analysis sees two platforms
     assert len(hosts) == 2
+    from rechar.report import write_report
+
+    html = write_report([run_dir], tmp_path / "each.html").read_text()
+    assert all(host in html for host in hosts)
 
 
 def test_a_lost_node_loses_only_its_point_and_resume_measures_it(tmp_path, cluster):

@@ -78,6 +78,9 @@ def test_quality_figures_and_thresholds():
     shuffled = quality(flat[::-1].copy(), flat)
     assert quality_failure(shuffled, QualityThresholds()) is None
     assert "largest prediction error 0.1" in quality_failure(quality(want + 0.1, want), QualityThresholds())
+    broken = want.copy()
+    broken[::100] = np.nan  # a kernel that returns NaN for some samples
+    assert "not finite" in quality_failure(quality(broken, want), QualityThresholds())
 
 
 def test_int8_tables_take_a_quarter_of_fp32(tiny_exports):
@@ -134,3 +137,31 @@ def test_on_a_cluster_only_the_stacks_offer_decides():
                                      on_cluster=True)
     assert chosen == ["torch-cuda", "torch-cuda@bf16", "ort-cuda"]
     assert skipped == {"ort-cuda@bf16": "ort-cuda offers fp32, not bf16"}
+
+
+def test_gemm_rewrite_keeps_the_numbers():
+    """ONNX Runtime's dynamic quantization reaches FC layers only as MatMul: the rewrite of Gemm
+    to MatMul (+ Add) gives the same outputs, with B shared by two Gemms (an RNN's steps), one
+    transposed, and a Gemm whose optional C is an empty name."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from rechar.runners.ort_backend import gemm_to_matmul
+
+    rng = np.random.default_rng(0)
+    w, bias = rng.standard_normal((4, 4)).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "W", "b"], ["h"], transB=1),
+         helper.make_node("Gemm", ["h", "W", "b"], ["g"], transB=1),
+         helper.make_node("Gemm", ["g", "W", ""], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    want = run(model)
+    assert gemm_to_matmul(model) == 3
+    assert {n.op_type for n in model.graph.node} == {"MatMul", "Add"}
+    np.testing.assert_allclose(run(model), want, rtol=1e-6)

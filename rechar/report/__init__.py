@@ -29,6 +29,7 @@ from rechar.analysis.taxonomy import CATEGORIES
 from rechar.errors import UserError
 from rechar.report import charts, serving
 from rechar.report.charts import CATEGORY_COLORS
+from rechar.runners.cluster import member_runs
 from rechar.report.page import definitions, ms, note, num, page, pct, section, swatch, table, text
 from rechar.runners.counters import HARDWARE
 from rechar.runners.results import POINTS, POINTS_LOG, read_manifest
@@ -66,7 +67,8 @@ def default_report_path(run_dirs: list[str | Path]) -> Path:
 
 def write_report(run_dirs: list[str | Path], out_path: str | Path, p99_bound_ms: float = 10.0) -> Path:
     """Write the HTML report of the given runs to ``out_path`` and return its path."""
-    run_dirs = [Path(d) for d in run_dirs]
+    # An --each-node cluster run stands for its per-node runs (rechar.runners.cluster).
+    run_dirs = [m for d in map(Path, run_dirs) for m in member_runs(d, read_manifest(d))]
     out_path = Path(out_path)
     manifests = [read_manifest(d) for d in run_dirs]
     if not any((d / POINTS_LOG).exists() or (d / POINTS).exists() or (d / TRIALS_LOG).exists() for d in run_dirs):

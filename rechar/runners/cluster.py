@@ -181,6 +181,7 @@ class ClusterSweep:
         self.run_dir, self.manifest, self.options, self.exports = run_dir, manifest, options, exports
         self.log, self.progress = log, progress
         self.nodes = cluster_nodes(options.nodes)
+        self.all_nodes = list(self.nodes)
         self.task = self.ray.remote(max_retries=0)(node_run)
         self.done = 0
         self.total = 0
@@ -212,8 +213,15 @@ class ClusterSweep:
                     in_flight[self._submit(unit, node)] = (unit, node)
                     busy.add(node.id)
                 if not in_flight:  # nothing runs and nothing more can start
+                    alive = {n.id for n in self.nodes}
                     for unit in queue:
-                        if self.nodes:
+                        if unit.node is not None and unit.node.id not in alive:
+                            self._fail(unit, unit.node, f"{NODE_LOST}: {unit.node.label} went away before this point ran",
+                                       retry=True)
+                        elif self.nodes and any(n.can_run(unit.backend) for n in self.all_nodes):
+                            self._fail(unit, None, f"{NODE_LOST}: the nodes that could run {unit.backend} went away",
+                                       retry=True)
+                        elif self.nodes:
                             self._fail(unit, None, f"no node of the cluster can run {unit.backend} (it needs a GPU)")
                         else:
                             self._fail(unit, None, f"{NODE_LOST}: no matching node is left in the cluster", retry=True)
@@ -227,7 +235,10 @@ class ClusterSweep:
         except KeyboardInterrupt:
             for ref in in_flight:
                 self.ray.cancel(ref, force=True)
+            self._drain()  # what was measured before the interrupt is kept
             raise
+        finally:
+            self.ray.kill(self.queue.actor)
 
     def _plan(self) -> list[Unit]:
         """Units for what is not measured yet (a point lost with its node counts as not measured)."""
@@ -319,7 +330,7 @@ class ClusterSweep:
             write_json_atomic(run_dir / MANIFEST, manifest)
 
     def _fail(self, unit: Unit, node: Node | None, error: str, retry: bool = False) -> None:
-        have = {point_key(r) for r in read_point_log(unit.run_dir)}
+        have = {point_key(r) for r in read_point_log(unit.run_dir) if not r.get("retry")}
         for batch in unit.batches:
             if (unit.model, unit.backend, batch, unit.round, 0) in have:
                 continue
@@ -341,6 +352,6 @@ def _folder(label: str) -> str:
 def member_runs(run_dir: str | Path, manifest: dict) -> list[Path]:
     """The run folders a run stands for: its per-node runs for an --each-node cluster run, else itself."""
     run_dir = Path(run_dir)
-    if manifest.get("options", {}).get("each_node"):
+    if manifest.get("options", {}).get("each_node") and "node" not in manifest:  # not a node's own run
         return sorted(p.parent for p in (run_dir / NODES_DIR).glob(f"*/{MANIFEST}"))
     return [run_dir]

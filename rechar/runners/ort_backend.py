@@ -203,6 +203,10 @@ class OrtCudaBackend(OrtCpuBackend):
         except ValueError as e:  # no CUPTI records: the host-side view, said so
             return ProfileResult(path, ort_ops(path, modules, runs=iterations), iterations,
                                  {"time_basis": "host", "device_trace_error": str(e)})
+        if info["attributed_share"] < MIN_ATTRIBUTED_SHARE:  # the clocks did not line up: no device view
+            return ProfileResult(path, ort_ops(path, modules, runs=iterations), iterations,
+                                 {"time_basis": "host", **info, "device_trace_error":
+                                  f"only {info['attributed_share']:.0%} of the device time matched a node"})
         return ProfileResult(path, ops, iterations, {"time_basis": "host+device", **info})
 
     def settings(self) -> dict[str, Any]:
@@ -231,10 +235,12 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
                 model.graph.initializer.append(
                     numpy_helper.from_array(numpy_helper.to_array(inits[b]).T.copy(), transposed[b]))
             b = transposed[b]
-        product = node.output[0] + "/matmul" if len(node.input) > 2 else node.output[0]
-        nodes.append(helper.make_node("MatMul", [node.input[0], b], [product], name=node.name + "/MatMul"))
-        if len(node.input) > 2:
-            nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=node.name + "/Add"))
+        bias = len(node.input) > 2 and node.input[2]  # C is optional, also as an empty name
+        product = node.output[0] + "/matmul" if bias else node.output[0]
+        name = node.name or node.output[0]  # node names are optional, output names unique
+        nodes.append(helper.make_node("MatMul", [node.input[0], b], [product], name=name + "/MatMul"))
+        if bias:
+            nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=name + "/Add"))
         rewritten += 1
     del model.graph.node[:]
     model.graph.node.extend(nodes)
@@ -264,6 +270,10 @@ def int8_model(export: ExportResult) -> Path:
 def _quantize(export_path: Path, onnx_path: Path) -> None:
     import shutil
     import tempfile
+
+    from rechar.runners.lifetime import die_with_parent
+
+    die_with_parent()  # a worker killed on timeout or Ctrl-C takes its quantizer with it
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -300,6 +310,9 @@ def onnx_weight_bytes(path: Path) -> dict[str, int]:
             dense += size
     return weight_record(embedding, dense)
 
+
+#: Below this share of its device time matched to nodes, an ORT CUDA profile stays host-side.
+MIN_ATTRIBUTED_SHARE = 0.5
 
 #: numpy dtypes of ONNX tensor types (the buffers that a CUDA graph's outputs are bound to)
 _NUMPY_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,

@@ -62,6 +62,8 @@ def quality(got: np.ndarray, want: np.ndarray, seed: int = 0) -> dict[str, float
 
 def quality_failure(q: dict[str, float], t: QualityThresholds) -> str | None:
     """Why a point's quality falls below the thresholds (one line), or None."""
+    if not all(np.isfinite(v) for v in q.values()):
+        return "predictions that are not finite numbers (NaN or infinity)"
     if q["quality_max_abs"] > t.max_abs:
         return f"largest prediction error {q['quality_max_abs']:.3g} against fp32 (threshold {t.max_abs})"
     if q["quality_mean_abs"] > t.mean_abs:

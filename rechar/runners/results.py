@@ -214,7 +214,9 @@ def write_tables(run_dir: Path) -> pd.DataFrame:
 def _typed(points: pd.DataFrame, columns: list[str] = POINT_COLUMNS) -> pd.DataFrame:
     points = points.reindex(columns=[*columns, *points.columns.difference(columns)])
     # Schema 1 timed every point on one replayed batch; points from before precisions were fp32.
-    points["precision"] = points["precision"].fillna("fp32") if len(points) else points["precision"]
+    if len(points):  # from the backend's name where a record has none (a crashed worker's, say)
+        named = points["backend"].astype(str).str.partition("@")[2].replace("", "fp32")
+        points["precision"] = points["precision"].fillna(named)
     replayed = points["inputs"].isna() & (points["status"] == "ok")
     points.loc[replayed, ["inputs", "pool_batches"]] = ["replay", 1]
     points[NUMERIC_COLUMNS] = points[NUMERIC_COLUMNS].apply(pd.to_numeric, errors="coerce").astype("float64")

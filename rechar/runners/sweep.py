@@ -122,6 +122,7 @@ class RunOptions(WorkloadOptions):
             raise UserError(f"re-measurements must not be negative, got {self.remeasure_noisy}")
         if self.profile_iters < 0 or self.counter_seconds < 0:
             raise UserError("profile iterations and counter seconds cannot be negative")
+        self.precisions = list(dict.fromkeys(self.precisions))
         unknown = [p for p in self.precisions if p not in PRECISIONS]
         if unknown or not self.precisions:
             raise UserError(f"unknown precision {', '.join(unknown) or '(none)'} (choose from {', '.join(PRECISIONS)})")
@@ -133,6 +134,8 @@ class RunOptions(WorkloadOptions):
             require_ray()
             if self.remeasure_noisy:
                 raise UserError("--remeasure-noisy is not supported on a Ray cluster yet (re-run noisy points locally)")
+            if self.rounds > 1 and not self.each_node:  # a point's rounds must share one machine
+                raise UserError("--rounds on a Ray cluster needs --each-node (each point's rounds on one machine)")
 
     def pass_wanted(self, mode: str) -> bool:
         """Whether the pass ``mode`` (a key of PASS_LOGS) is part of this run."""
@@ -269,8 +272,7 @@ def _in_precisions(backends: list[str], precisions: list[str], skipped: dict[str
         reason = None if "@" not in name else (backend_class(name).precision_reason(precision) if on_cluster
                                                 else backend_reason(name))
         if reason:
-            skipped[name] = reason
-            log(f"skipping backend {name}: {reason}")
+            skipped[name] = reason  # logged with the others by run_sweep
         else:
             chosen.append(name)
     if not chosen:
@@ -342,6 +344,8 @@ def _cluster_sweep(run_dir: Path, manifest: dict, options: RunOptions, exports: 
     try:
         driver.run()
     except KeyboardInterrupt:
+        for member in cluster.member_runs(run_dir, manifest):
+            write_tables(member)
         manifest.update(status="interrupted")
         write_json_atomic(run_dir / MANIFEST, manifest)
         raise SweepInterrupted(run_dir, driver.done, driver.total) from None

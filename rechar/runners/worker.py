@@ -112,12 +112,20 @@ def run(spec: WorkerSpec) -> None:
         evaluation = (eval_inputs, model.predict(eval_inputs))
 
     backend = cls(BackendOptions(threads=spec.threads, precision=precision))
+    # The machine that runs the worker decides whether the precision is real here (a cluster's
+    # driver could not): never time a bf16 hint that the hardware would ignore.
+    why_not = cls.precision_reason(precision) if spec.mode == "run" else None
     if not cls.uses_torch_model:
         model = None  # the framework holds its own copy of the weights: free PyTorch's
         gc.collect()
     timing = TimingOptions(**spec.timing)
     base = {"run_id": spec.run_id, "model": spec.model, "scale": spec.scale, "backend": spec.backend,
             "framework": cls.framework, "round": spec.round, "attempt": spec.attempt}
+    if why_not:
+        for batch in spec.batches:
+            append_point(spec.run_dir, {**base, "device": backend.device, "batch": batch, "status": "failed",
+                                        "precision": precision, "error": f"not offered on this machine: {why_not}"})
+        return
     load_start = time.perf_counter()
     try:
         backend.load(model, export)
@@ -131,6 +139,9 @@ def run(spec: WorkerSpec) -> None:
     # Weights that the framework memory-mapped from the export come in from disk page by page;
     # make them resident now, as in a server that has been running (rechar.memory).
     prefaulted = prefault_mappings(export.path)
+    graph = getattr(backend, "onnx_path", None)  # a graph the stack derived (ORT's int8) lives in a subfolder
+    if graph is not None and Path(graph).parent != export.path:
+        prefaulted += prefault_mappings(Path(graph).parent)
     load_seconds = time.perf_counter() - load_start
     settings = {**backend.settings(), "malloc": spec.malloc, "weights_prefaulted_bytes": prefaulted}
     held = {"precision": precision, **(backend.weight_bytes() or {})}
