@@ -18,10 +18,11 @@ import pandas as pd
 
 from rechar.analysis.counters import load_counters
 from rechar.errors import UserError
-from rechar.runners import allocator, select_backends
-from rechar.runners.measure import TimingOptions
-from rechar.runners.results import load_points
-from rechar.runners.sweep import RunOptions, run_sweep
+from rechar.measure import allocator
+from rechar.stacks import select_backends
+from rechar.measure.timing import TimingOptions
+from rechar.results.store import load_points
+from rechar.sweep import RunOptions, run_sweep
 
 
 def main() -> None:

@@ -23,8 +23,8 @@ CHILD = """
 import json, sys, types
 from pathlib import Path
 import rechar.models as models
-from rechar.runners import BackendOptions
-from rechar.runners.torch_backend import TorchCompileBackend
+from rechar.stacks import BackendOptions
+from rechar.stacks.torch_backend import TorchCompileBackend
 name, scale, batch, threads, cache_parent = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 model = models.get(name, scale=scale)
 backend = TorchCompileBackend(BackendOptions(threads=threads))

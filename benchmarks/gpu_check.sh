@@ -52,7 +52,7 @@ batches="${BATCHES:-1,16,64,256,1024}"
 # The GPU stacks that can run here (a backend named but unavailable would stop the sweep).
 gpu_backends=$($py - "${GPU_BACKENDS:-torch-cuda,ort-cuda,ort-cuda-graph,ort-trt}" <<'EOF'
 import sys
-from rechar.runners import backend_class
+from rechar.stacks import backend_class
 ok = []
 for name in sys.argv[1].split(","):
     reason = backend_class(name).unavailable_reason()

@@ -21,7 +21,7 @@ import torch
 
 import rechar.models as models
 from rechar.exporters import ExportOptions, export
-from rechar.runners import BackendOptions, backend_class
+from rechar.stacks import BackendOptions, backend_class
 
 GAPS_S = (0.0, 0.001, 0.01, 0.1)
 CALLS = 60

@@ -21,9 +21,9 @@ import numpy as np
 import rechar.models as models
 from rechar import hostinfo
 from rechar.exporters import export
-from rechar.runners import BackendOptions, backend_class
-from rechar.runners.inputs import FALLBACK_CACHE_BYTES, PoolSpec
-from rechar.runners.measure import TimingOptions, time_call
+from rechar.stacks import BackendOptions, backend_class
+from rechar.measure.inputs import FALLBACK_CACHE_BYTES, PoolSpec
+from rechar.measure.timing import TimingOptions, time_call
 
 
 def main() -> None:

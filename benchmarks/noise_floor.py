@@ -19,9 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rechar.runners.measure import TimingOptions
-from rechar.runners.results import load_rounds
-from rechar.runners.sweep import RunOptions, run_sweep
+from rechar.measure.timing import TimingOptions
+from rechar.results.store import load_rounds
+from rechar.sweep import RunOptions, run_sweep
 
 LOAD = "import time\nend = time.time() + 1800\nwhile time.time() < end: pass"
 

@@ -21,10 +21,11 @@ import pandas as pd
 import rechar.models as models
 from rechar import hostinfo
 from rechar.exporters import export
-from rechar.runners import BackendOptions, counters
-from rechar.runners.inputs import FALLBACK_CACHE_BYTES, PoolSpec
-from rechar.runners.measure import TimingOptions, time_call
-from rechar.runners.ort_backend import OrtCpuBackend
+from rechar.stacks import BackendOptions
+from rechar.measure import counters
+from rechar.measure.inputs import FALLBACK_CACHE_BYTES, PoolSpec
+from rechar.measure.timing import TimingOptions, time_call
+from rechar.stacks.ort_backend import OrtCpuBackend
 
 
 class NonSpinningOrt(OrtCpuBackend):

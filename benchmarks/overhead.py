@@ -3,7 +3,7 @@
     python benchmarks/overhead.py [--model ncf] [--batch 1] [--rounds 7] [--threads 1]
 
 For each CPU backend: load it as a sweep worker does, then alternate, in one process, between
-rechar's timing loop (rechar.runners.measure.time_call over the backend's prepared call, which
+rechar's timing loop (rechar.measure.timing.time_call over the backend's prepared call, which
 steps through the point's input pool) and a bare loop calling the same framework object directly
 on the same pool, picking each batch outside its timed region. Prints per-backend medians and
 their ratio (target <= 1.05). Rounds alternate so that machine noise hits both alike.
@@ -20,9 +20,9 @@ import numpy as np
 import rechar.models as models
 from rechar import hostinfo
 from rechar.exporters import export
-from rechar.runners import BackendOptions, backend_class
-from rechar.runners.inputs import FALLBACK_CACHE_BYTES, PoolSpec
-from rechar.runners.measure import TimingOptions, time_call
+from rechar.stacks import BackendOptions, backend_class
+from rechar.measure.inputs import FALLBACK_CACHE_BYTES, PoolSpec
+from rechar.measure.timing import TimingOptions, time_call
 
 
 def bare_loop(backend_name: str, backend, batches: list[dict[str, np.ndarray]], iters: int) -> np.ndarray:

@@ -18,8 +18,8 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 
-from rechar.runners.measure import TimingOptions
-from rechar.runners.sweep import RunOptions, run_sweep
+from rechar.measure.timing import TimingOptions
+from rechar.sweep import RunOptions, run_sweep
 
 FAST = TimingOptions(warmup_iters=2, warmup_seconds=0.0, min_iters=20, min_seconds=0.0)
 

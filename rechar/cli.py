@@ -16,12 +16,13 @@ from rechar.analysis import analyze, format_tables
 from rechar.analysis.counters import load_counters
 from rechar.analysis.ops import OPS, build_ops_table
 from rechar.exporters import DEFAULT_EXPORTER, EXPORTERS, ExportCheckError, ExportOptions, export
-from rechar.runners import BACKENDS, DEFAULT_BACKENDS, allocator
-from rechar.runners.cluster import member_runs
-from rechar.runners.contention import NoiseThresholds
-from rechar.runners.measure import TimingOptions
-from rechar.runners.results import COUNTERS_LOG, load_points, read_manifest, summary
-from rechar.runners.sweep import DEFAULT_BATCH_SIZES, RunOptions, SweepInterrupted, resume_sweep, run_sweep
+from rechar.stacks import BACKENDS, DEFAULT_BACKENDS
+from rechar.measure import allocator
+from rechar.sweep.cluster import member_runs
+from rechar.measure.contention import NoiseThresholds
+from rechar.measure.timing import TimingOptions
+from rechar.results.store import COUNTERS_LOG, load_points, read_manifest, summary
+from rechar.sweep import DEFAULT_BATCH_SIZES, RunOptions, SweepInterrupted, resume_sweep, run_sweep
 from rechar.serving import ServeInterrupted, ServeOptions, resume_serve, run_serve
 from rechar.serving.queries import parse_batches
 from rechar.serving.trials import is_serve_run

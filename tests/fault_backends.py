@@ -1,7 +1,7 @@
 """Backends that misbehave on purpose, for testing how a sweep survives them, one that records
 which input batch every call ran on, and one that times some points beside a competing load.
 
-Loaded into worker processes through RECHAR_EXTRA_BACKENDS (see rechar.runners)."""
+Loaded into worker processes through RECHAR_EXTRA_BACKENDS (see rechar.stacks)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from rechar.runners.inputs import pool_hash
-from rechar.runners.ort_backend import OrtCpuBackend
-from rechar.runners.torch_backend import TorchCompileBackend
+from rechar.measure.inputs import pool_hash
+from rechar.stacks.ort_backend import OrtCpuBackend
+from rechar.stacks.torch_backend import TorchCompileBackend
 
 
 class CrashingBackend(OrtCpuBackend):

@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from rechar.errors import UserError
-from rechar.runners import allocator
-from rechar.runners.results import load_points
+from rechar.measure import allocator
+from rechar.results.store import load_points
 
 INSTALLED = [c for c in allocator.ALLOCATORS if ctypes.util.find_library(allocator.ALLOCATORS[c][0])]
 
@@ -27,7 +27,7 @@ def test_choices_and_unknown():
 def test_preloaded_allocator_is_mapped_only_when_preloaded(choice):
     if choice not in INSTALLED:
         pytest.skip(f"{choice} is not installed here (Debian: {allocator.ALLOCATORS[choice][1]})")
-    probe = [sys.executable, "-c", f"from rechar.runners import allocator; print(allocator.loaded({choice!r}))"]
+    probe = [sys.executable, "-c", f"from rechar.measure import allocator; print(allocator.loaded({choice!r}))"]
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     assert subprocess.run(probe, capture_output=True, text=True, env=env).stdout.strip() == "False"
     env["LD_PRELOAD"] = allocator.preload(choice)

@@ -90,7 +90,7 @@ def test_a_failed_verification_is_one_line_with_status_1(run_cli, tmp_path, monk
 
 
 def test_resume_needs_the_run_backends(run_cli, tmp_path):
-    from rechar.runners import backend_class
+    from rechar.stacks import backend_class
 
     if not backend_class("torch-cuda").unavailable_reason():
         pytest.skip("a CUDA device is present, so torch-cuda is available")

@@ -17,11 +17,11 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from rechar.analysis import analyze  # noqa: E402
 from rechar.errors import UserError  # noqa: E402
-from rechar.runners import BACKENDS  # noqa: E402
-from rechar.runners.cluster import NODE_LOST, member_runs  # noqa: E402
-from rechar.runners.measure import TimingOptions  # noqa: E402
-from rechar.runners.results import POINTS_LOG, load_points, read_manifest, read_point_log  # noqa: E402
-from rechar.runners.sweep import RunOptions, resume_sweep, run_sweep  # noqa: E402
+from rechar.stacks import BACKENDS  # noqa: E402
+from rechar.sweep.cluster import NODE_LOST, member_runs  # noqa: E402
+from rechar.measure.timing import TimingOptions  # noqa: E402
+from rechar.results.store import POINTS_LOG, load_points, read_manifest, read_point_log  # noqa: E402
+from rechar.sweep import RunOptions, resume_sweep, run_sweep  # noqa: E402
 
 TESTS_DIR = Path(__file__).parent
 FAST = TimingOptions(warmup_iters=2, warmup_seconds=0.0, min_iters=5, min_seconds=0.0)

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from rechar.analysis.counters import counted_metrics, counter_table, load_counters
-from rechar.runners import counters
-from rechar.runners.counters import EVENTS, HARDWARE, PerfSession, parse_perf_csv, probe
-from rechar.runners.results import COUNTERS_LOG
+from rechar.measure import counters
+from rechar.measure.counters import EVENTS, HARDWARE, PerfSession, parse_perf_csv, probe
+from rechar.results.store import COUNTERS_LOG
 
 needs_perf = pytest.mark.skipif(counters.perf_path() is None, reason="perf is not installed on this machine")
 
@@ -189,8 +189,8 @@ def test_without_perf_the_error_is_one_line_and_nothing_is_lost(run_cli, tiny_ru
 
 @needs_perf
 def test_a_failed_counting_pass_is_recorded_and_shown(run_cli, tiny_run, tmp_path):
-    from rechar.runners.inputs import InputPool
-    from rechar.runners.worker import WorkerSpec, count_point
+    from rechar.measure.inputs import InputPool
+    from rechar.sweep.worker import WorkerSpec, count_point
 
     code, _, err, run_dir = tiny_run("-m", "ncf", "-b", "ort-cpu", "--batch-sizes", "4", "--quiet")
     assert code == 0, err

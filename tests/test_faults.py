@@ -22,7 +22,7 @@ import rechar.models as models
 from rechar.errors import UserError
 from rechar.exporters import export
 from rechar.exporters.graph import check_external_data, check_inputs_match
-from rechar.runners.results import COUNTERS_LOG, POINTS_LOG, PROFILES_LOG, load_points, read_manifest
+from rechar.results.store import COUNTERS_LOG, POINTS_LOG, PROFILES_LOG, load_points, read_manifest
 
 SWEEP = ["-m", "ncf,din", "-b", "ort-cpu,torch", "--batch-sizes", "1,2,3", "--scale", "tiny",
          "--min-iters", "3", "--min-seconds", "0.3", "--warmup-seconds", "0", "--quiet"]
@@ -185,8 +185,8 @@ def test_a_crafted_export_fails_its_points_with_the_reason(tmp_path):
     manifest["files"]["model.onnx"] = hashlib.sha256(result.onnx_path.read_bytes()).hexdigest()
     manifest["sizes"]["model.onnx"] = result.onnx_path.stat().st_size
     (result.path / "export.json").write_text(json.dumps(manifest))
-    from rechar.runners.sweep import RunOptions, run_sweep
-    from rechar.runners.measure import TimingOptions
+    from rechar.sweep import RunOptions, run_sweep
+    from rechar.measure.timing import TimingOptions
 
     run_dir = run_sweep(RunOptions(models=["ncf"], backends=["ort-cpu"], batch_sizes=[1], scale="tiny",
                                    exports_dir=str(exports), timing=TimingOptions(min_iters=1, min_seconds=0)),

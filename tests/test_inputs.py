@@ -12,11 +12,12 @@ import pytest
 import rechar.models as models
 from rechar.errors import UserError
 from rechar.models.layers import EmbeddingTable
-from rechar.runners import BACKENDS, counters
-from rechar.runners.inputs import PoolRule, PoolSpec, gathered_bytes, pool_hash
-from rechar.runners.measure import TimingOptions
-from rechar.runners.results import COUNTERS_LOG, PROFILES_LOG, read_log, read_point_log
-from rechar.runners.sweep import RunOptions, resume_sweep, run_sweep
+from rechar.stacks import BACKENDS
+from rechar.measure import counters
+from rechar.measure.inputs import PoolRule, PoolSpec, gathered_bytes, pool_hash
+from rechar.measure.timing import TimingOptions
+from rechar.results.store import COUNTERS_LOG, PROFILES_LOG, read_log, read_point_log
+from rechar.sweep import RunOptions, resume_sweep, run_sweep
 
 TESTS_DIR = Path(__file__).parent
 MB = 1 << 20

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from rechar.runners import BACKENDS
-from rechar.runners.measure import TimingOptions
-from rechar.runners.results import POINTS_LOG, load_points, load_rounds, read_point_log
-from rechar.runners.sweep import RunOptions, resume_sweep, run_sweep
+from rechar.stacks import BACKENDS
+from rechar.measure.timing import TimingOptions
+from rechar.results.store import POINTS_LOG, load_points, load_rounds, read_point_log
+from rechar.sweep import RunOptions, resume_sweep, run_sweep
 
 TESTS_DIR = Path(__file__).parent
-# Windows of at least 0.5 s: /proc/stat counts in 10 ms ticks (rechar.runners.contention).
+# Windows of at least 0.5 s: /proc/stat counts in 10 ms ticks (rechar.measure.contention).
 TIMED = TimingOptions(warmup_iters=2, warmup_seconds=0.0, min_iters=5, min_seconds=0.5)
 
 
@@ -111,7 +111,7 @@ def test_bad_round_and_noise_options_are_one_line_errors(run_cli):
 
 
 def test_contention_arithmetic():
-    from rechar.runners.contention import TICKS_PER_SECOND, NoiseThresholds, Reading, between
+    from rechar.measure.contention import TICKS_PER_SECOND, NoiseThresholds, Reading, between
 
     start = Reading(wall=10.0, busy_ticks=0, steal_ticks=0, cpus=2, own_cpu=5.0, own_involuntary=3)
     end = Reading(wall=11.0, busy_ticks=int(1.5 * TICKS_PER_SECOND), steal_ticks=int(0.2 * TICKS_PER_SECOND),

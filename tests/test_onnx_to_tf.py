@@ -17,7 +17,7 @@ from onnx.reference import ReferenceEvaluator  # noqa: E402
 
 import rechar.models as models  # noqa: E402
 from rechar.exporters import ExportOptions, export  # noqa: E402
-from rechar.runners.onnx_to_tf import UnsupportedOpError, lower  # noqa: E402
+from rechar.stacks.onnx_to_tf import UnsupportedOpError, lower  # noqa: E402
 
 ATOL = 1e-5
 BATCHES = (1, 16, 37)

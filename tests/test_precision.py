@@ -12,12 +12,13 @@ import torch
 
 import rechar.models as models
 from rechar.analysis import analyze
-from rechar.runners import BackendOptions, backend_class, backend_reason
-from rechar.runners.measure import TimingOptions
-from rechar.runners.precision import EVAL_SAMPLES, QualityThresholds, quality, quality_failure, split_backend
-from rechar.runners.results import load_points, read_manifest
-from rechar.runners.sweep import RunOptions, run_sweep
-from rechar.runners.worker import quality_gate
+from rechar.stacks import BackendOptions, backend_class, backend_reason
+from rechar.measure.timing import TimingOptions
+from rechar.measure.quality import EVAL_SAMPLES, QualityThresholds, quality, quality_failure
+from rechar.stacks.variants import split_backend
+from rechar.results.store import load_points, read_manifest
+from rechar.sweep import RunOptions, run_sweep
+from rechar.sweep.worker import quality_gate
 
 FAST = TimingOptions(warmup_iters=2, warmup_seconds=0.0, min_iters=5, min_seconds=0.0)
 VARIANTS = ["torch@bf16", "torch@int8", "ort-cpu@int8", "openvino@bf16"]
@@ -131,9 +132,9 @@ def test_bad_precision_is_a_one_line_error(run_cli, tmp_path):
 def test_on_a_cluster_only_the_stacks_offer_decides():
     """A GPU-less driver cannot judge whether torch-cuda runs on a node: on a cluster the
     variant is kept if the stack offers the precision, and skipped only if it does not."""
-    from rechar.runners.sweep import _in_precisions
+    from rechar.sweep.local import in_precisions
 
-    chosen, skipped = _in_precisions(["torch-cuda", "ort-cuda"], ["fp32", "bf16"], {}, lambda msg: None,
+    chosen, skipped = in_precisions(["torch-cuda", "ort-cuda"], ["fp32", "bf16"], {}, lambda msg: None,
                                      on_cluster=True)
     assert chosen == ["torch-cuda", "torch-cuda@bf16", "ort-cuda"]
     assert skipped == {"ort-cuda@bf16": "ort-cuda offers fp32, not bf16"}
@@ -147,7 +148,7 @@ def test_gemm_rewrite_keeps_the_numbers():
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from rechar.runners.ort_backend import gemm_to_matmul
+    from rechar.stacks.ort_backend import gemm_to_matmul
 
     rng = np.random.default_rng(0)
     w, bias = rng.standard_normal((4, 4)).astype(np.float32), rng.standard_normal(4).astype(np.float32)

@@ -9,8 +9,8 @@ import pytest
 import rechar.models as models
 from rechar.analysis.ops import build_ops_table, coverage, layer_classes, load_ops, normalize, unmapped_ops
 from rechar.analysis.taxonomy import OP_CATEGORY
-from rechar.runners import BackendOptions, backend_class
-from rechar.runners.results import load_points
+from rechar.stacks import BackendOptions, backend_class
+from rechar.results.store import load_points
 
 CPU_BACKENDS = ["torch", "torch-compile", "ort-cpu", "openvino", "tf", "tf-xla"]
 #: Stacks that fuse operators: their kernels are attributed by the taxonomy's fusion rule.
@@ -121,7 +121,7 @@ def test_profile_an_existing_run(run_cli, tmp_path):
     code, out, _ = run_cli("profile", str(run_dir), "--quiet")  # nothing left to profile: a no-op
     assert code == 0 and len(build_ops_table(run_dir)) == len(ops)
     # A profiling pass whose worker died is recorded without ops; the table skips it.
-    from rechar.runners.results import PROFILES_LOG, append_point
+    from rechar.results.store import PROFILES_LOG, append_point
 
     append_point(run_dir, {"run_id": "run", "model": "ncf", "backend": "torch", "device": None, "batch": 4,
                            "status": "failed", "error": "worker exited with signal SIGKILL", "ops": []},

@@ -17,9 +17,9 @@ from rechar.analysis import analyze
 from rechar.analysis.taxonomy import CATEGORIES
 from rechar.report import charts, write_report
 from rechar.report.charts import CATEGORY_COLORS
-from rechar.runners.measure import TimingOptions
-from rechar.runners.results import POINTS, write_parquet
-from rechar.runners.sweep import RunOptions, run_sweep
+from rechar.measure.timing import TimingOptions
+from rechar.results.store import POINTS, write_parquet
+from rechar.sweep import RunOptions, run_sweep
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 #: The GPU run's host name and one of its error messages carry markup that would run if the

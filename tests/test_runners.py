@@ -16,10 +16,11 @@ import pytest
 
 import rechar.models as models
 from rechar.errors import UserError
-from rechar.runners import BACKENDS, BackendOptions, backend_class, select_backends
-from rechar.runners.measure import TimingOptions, summarize, time_call
-from rechar.runners.results import LATENCIES, POINT_COLUMNS, POINTS, load_points, read_manifest, read_point_log
-from rechar.runners.sweep import GATE_ATOL, RunOptions, run_sweep
+from rechar.stacks import BACKENDS, BackendOptions, backend_class, select_backends
+from rechar.measure.timing import TimingOptions, summarize, time_call
+from rechar.results.store import LATENCIES, POINT_COLUMNS, POINTS, load_points, read_manifest, read_point_log
+from rechar.measure.gate import GATE_ATOL
+from rechar.sweep import RunOptions, run_sweep
 
 FAST = TimingOptions(warmup_iters=2, warmup_seconds=0.0, min_iters=5, min_seconds=0.0)
 CPU_BACKENDS = ["torch", "torch-compile", "ort-cpu", "openvino", "tf", "tf-xla"]
@@ -63,7 +64,7 @@ def test_cuda_graph_refusal_is_found_at_load(tiny_exports, name):
     """ONNX Runtime's CUDA graph capture takes Concats of at most 32 inputs: the models whose
     interaction concatenates more are refused before any session is made, in one line (checked
     here on the CPU; on the GPU the capture itself failed with ORT's own message)."""
-    from rechar.runners.ort_backend import _check_cuda_graph_capture
+    from rechar.stacks.ort_backend import _check_cuda_graph_capture
 
     if name in CUDA_GRAPH_REFUSED:
         with pytest.raises(RuntimeError, match=r"Concat /\S*Concat has (33|44) inputs \(at most 32 under capture\)"):

@@ -18,7 +18,7 @@ import pytest
 
 import rechar.models as models
 from rechar.errors import UserError
-from rechar.runners import BACKENDS, backend_class
+from rechar.stacks import BACKENDS, backend_class
 from rechar.serving import ServeOptions, run_serve
 from rechar.serving.loadgen import parse_detail
 from rechar.serving.queries import Policy, QuerySizes, make_pool, parse_batches, sub_batches

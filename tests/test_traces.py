@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 import rechar.models as models
-from rechar.runners.traces import (UNATTRIBUTED, ort_device_ops, ort_node, ort_ops, ort_start_on_wall_clock, tf_ops,
-                                   torch_ops)
-from rechar.runners import BackendOptions, backend_class
-from rechar.runners.base import PROFILE_COLUMNS
-from rechar.runners.measure import TimingOptions, time_call
+from rechar.stacks.ort_trace import UNATTRIBUTED, ort_device_ops, ort_node, ort_ops, ort_start_on_wall_clock
+from rechar.stacks.tf_trace import tf_ops
+from rechar.stacks.torch_trace import torch_ops
+from rechar.stacks import BackendOptions, backend_class
+from rechar.stacks.base import PROFILE_COLUMNS
+from rechar.measure.timing import TimingOptions, time_call
 
 FIXTURES = Path(__file__).parent / "fixtures" / "traces"
 RECORDED_ITERATIONS = 3  # fixtures/traces/record.py
@@ -364,7 +365,7 @@ ENTRY %a_inference_run_87__.5 (arg0.1: s64[8,3]) -> f32[8,2] {
 
 
 def test_xla_instructions_map_hlo_back_to_tf_ops():
-    from rechar.runners.traces import xla_instructions
+    from rechar.stacks.tf_trace import xla_instructions
 
     ins = xla_instructions(HLO)
     assert ins["dot.3"]["opcode"] == "dot" and ins["dot.3"]["op_name"] == "top_mlp/top_mlp.0/Gemm/MatMul"
@@ -375,12 +376,12 @@ def test_xla_instructions_map_hlo_back_to_tf_ops():
 
 
 def test_tf_function_call_time_is_the_time_no_op_ran_anywhere():
-    from rechar.runners.traces import _covered
+    from rechar.stacks.tf_trace import covered
 
     ops = sorted([(0.0, 4.0), (2.0, 5.0), (7.0, 8.0), (9.5, 12.0)])  # on several threads, overlapping
-    assert _covered(ops, 0.0, 10.0) == pytest.approx(5.0 + 1.0 + 0.5)
-    assert _covered(ops, 3.0, 7.5) == pytest.approx(2.0 + 0.5)
-    assert _covered(ops, 12.0, 20.0) == 0.0 and _covered([], 0.0, 1.0) == 0.0
+    assert covered(ops, 0.0, 10.0) == pytest.approx(5.0 + 1.0 + 0.5)
+    assert covered(ops, 3.0, 7.5) == pytest.approx(2.0 + 0.5)
+    assert covered(ops, 12.0, 20.0) == 0.0 and covered([], 0.0, 1.0) == 0.0
 
 
 def test_inductor_kernel_names_and_the_fusion_rule():

@@ -5,7 +5,7 @@
     >>> tables["breakdown"]            # tidy pandas DataFrames, one per analysis
 
 Each analysis is a small function over two tidy tables: ``points`` (one row per timed point,
-rechar.runners.results) and ``ops`` (one row per profiled operator, rechar.analysis.ops).
+rechar.results.store) and ``ops`` (one row per profiled operator, rechar.analysis.ops).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from rechar.analysis.precision import precision_shift, precision_table
 from rechar.analysis.ops import OPS_COLUMNS, coverage, load_ops, profile_time_basis, unmapped_ops
 from rechar.analysis.serving import best_policy, load_curve, serving_capacity
 from rechar.errors import UserError
-from rechar.runners.counters import HARDWARE
-from rechar.runners.results import load_points, read_manifest
-from rechar.runners.cluster import member_runs
+from rechar.measure.counters import HARDWARE
+from rechar.results.store import load_points, read_manifest
+from rechar.sweep.cluster import member_runs
 from rechar.serving.trials import TRIAL_COLUMNS, is_serve_run, load_trials
 
 __all__ = ["analyze", "load_runs", "format_tables", "Runs"]
@@ -36,7 +36,7 @@ __all__ = ["analyze", "load_runs", "format_tables", "Runs"]
 class Runs:
     """The tidy tables of one or more runs, each row labelled with its host."""
 
-    points: pd.DataFrame  # rechar.runners.results.POINT_COLUMNS + host
+    points: pd.DataFrame  # rechar.results.store.POINT_COLUMNS + host
     ops: pd.DataFrame  # rechar.analysis.ops.OPS_COLUMNS + host
     counters: pd.DataFrame  # rechar.analysis.counters.COUNTER_COLUMNS
     configs: dict[str, dict]  # model -> resolved config (the runs must agree)

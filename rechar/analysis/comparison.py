@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from rechar import stats
-from rechar.runners.rounds import estimate
+from rechar.results.rounds import estimate
 
 SAME_POINT = ["host", "model", "device", "batch"]
 

@@ -2,7 +2,7 @@
 with the derived metrics of the study's microarchitecture section.
 
     host, run_id, model, backend, device, batch, status, error, iterations, seconds,
-    <one column per event of rechar.runners.counters.EVENTS: its total over the pass, NaN where
+    <one column per event of rechar.measure.counters.EVENTS: its total over the pass, NaN where
     it did not count>, min_running_pct, <one column per METRICS entry>
 
 The counts cover every thread of the worker (the framework's pool included) while the model ran
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rechar.runners.counters import EVENTS
-from rechar.runners.results import COUNTERS_LOG, read_log, read_manifest
+from rechar.measure.counters import EVENTS
+from rechar.results.store import COUNTERS_LOG, read_log, read_manifest
 
 #: metric -> (numerator, denominator, factor): numerator / denominator * factor, per point.
 #: wall_ms and samples (iterations x batch) are columns of the table too.

@@ -24,8 +24,8 @@ import torch
 
 import rechar.models as models
 from rechar.analysis.taxonomy import attribute, categorize
-from rechar.runners.base import PROFILE_COLUMNS
-from rechar.runners.results import PROFILES_LOG, read_log, read_manifest, write_parquet
+from rechar.stacks.base import PROFILE_COLUMNS
+from rechar.results.store import PROFILES_LOG, read_log, read_manifest, write_parquet
 
 OPS = "ops.parquet"
 OPS_COLUMNS = [

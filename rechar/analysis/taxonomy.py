@@ -116,7 +116,7 @@ OP_CATEGORY: dict[str, str] = {
     # TensorFlow's runtime: the call of the lowered function (its self time)
     "tf.function call": _RUN,
     "unattributed device time": _RUN,  # ONNX Runtime on CUDA: kernels launched outside any node
-    # Reduced precision (rechar.runners.precision): PyTorch's quantized kernels, ONNX Runtime's
+    # Reduced precision (rechar.measure.quality): PyTorch's quantized kernels, ONNX Runtime's
     # dynamic quantization (DynamicQuantizeMatMul quantizes its activations inside the FC kernel)
     "quantized::linear_dynamic": _FC, "quantized::linear": _FC, "quantized::embedding_bag_byte_rowwise_offsets": _EMB,
     "quantized::embedding_bag_4bit_rowwise_offsets": _EMB, "aten::quantize_per_tensor": _QNT,

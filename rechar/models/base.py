@@ -21,7 +21,7 @@ class InputGenerator:
     """Synthetic inputs: dense features uniform in [0, 1); ids uniform over the table (as in the
     study's reference code) or Zipf-distributed, since real traffic has locality and cache
     behaviour depends on it. Deterministic given (seed, batch, member): ``member`` numbers the
-    batches of an input pool (rechar.runners.inputs), each drawn independently, so that any
+    batches of an input pool (rechar.measure.inputs), each drawn independently, so that any
     member can be made without the others; member 0 is the batch that (seed, batch) always gave."""
 
     def __init__(self, seed: int, batch: int, ids: str = "uniform", zipf_alpha: float = DEFAULT_ZIPF_ALPHA,

@@ -29,10 +29,10 @@ from rechar.analysis.taxonomy import CATEGORIES
 from rechar.errors import UserError
 from rechar.report import charts, serving
 from rechar.report.charts import CATEGORY_COLORS
-from rechar.runners.cluster import member_runs
+from rechar.sweep.cluster import member_runs
 from rechar.report.page import definitions, ms, note, num, page, pct, section, swatch, table, text
-from rechar.runners.counters import HARDWARE
-from rechar.runners.results import POINTS, POINTS_LOG, read_manifest
+from rechar.measure.counters import HARDWARE
+from rechar.results.store import POINTS, POINTS_LOG, read_manifest
 from rechar.serving.trials import TRIALS_LOG
 
 __all__ = ["write_report", "default_report_path"]
@@ -67,7 +67,7 @@ def default_report_path(run_dirs: list[str | Path]) -> Path:
 
 def write_report(run_dirs: list[str | Path], out_path: str | Path, p99_bound_ms: float = 10.0) -> Path:
     """Write the HTML report of the given runs to ``out_path`` and return its path."""
-    # An --each-node cluster run stands for its per-node runs (rechar.runners.cluster).
+    # An --each-node cluster run stands for its per-node runs (rechar.sweep.cluster).
     run_dirs = [m for d in map(Path, run_dirs) for m in member_runs(d, read_manifest(d))]
     out_path = Path(out_path)
     manifests = [read_manifest(d) for d in run_dirs]

@@ -13,20 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
-from rechar import hostinfo
 from rechar.errors import UserError
 from rechar.jsonfile import write_json_atomic
-from rechar.runners import backend_class, select_backends
-from rechar.runners.results import MANIFEST, SCHEMA_VERSION, append_point, read_manifest
-from rechar.runners.sweep import (
-    WorkloadOptions, _describe_exit, _make_run_dir, _now, _tail, _worker_env, export_models, mark_resumed, new_run_dir,
-)
+from rechar.stacks import backend_class, select_backends
+from rechar.results.store import MANIFEST, append_point, read_manifest
+from rechar.sweep.options import WorkloadOptions
+from rechar.sweep.rundir import export_models, mark_resumed, now, open_run, worker_env
+from rechar.sweep.supervise import file_sizes, run_worker_process
 from rechar.serving import loadgen
 from rechar.serving.queries import Policy, QuerySizes
 from rechar.serving.search import SearchRule, policy_finished
@@ -102,21 +98,7 @@ def run_serve(options: ServeOptions, run_dir: str | Path | None = None, log: Cal
     """Serve every (model, backend) under load into ``run_dir`` (a new folder under runs/)."""
     options.validate()
     backends, skipped = select_backends(options.backends)
-    for name, reason in skipped.items():
-        log(f"skipping backend {name}: {reason}")
-    if not backends:
-        raise UserError("no backend is available")
-    run_dir = Path(run_dir) if run_dir else new_run_dir()
-    if (run_dir / MANIFEST).exists():
-        raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose another --out")
-    _make_run_dir(run_dir)
-    manifest = {
-        "schema_version": SCHEMA_VERSION, "kind": "serve", "run_id": run_dir.name, "status": "running",
-        "started": _now(), "finished": None, "resumed": [], "host": hostinfo.host(), "software": hostinfo.software(),
-        "options": {**dataclasses.asdict(options), "backends": backends}, "skipped_backends": skipped,
-        "configs": {}, "exports": {},
-    }
-    write_json_atomic(run_dir / MANIFEST, manifest)
+    run_dir, manifest = open_run(run_dir, options, backends, skipped, log, kind="serve")
     return _serve(run_dir, manifest, dataclasses.replace(options, backends=backends), log, progress)
 
 
@@ -153,7 +135,7 @@ def _serve(run_dir: Path, manifest: dict, options: ServeOptions, log, progress) 
         write_json_atomic(run_dir / MANIFEST, manifest)
         raise ServeInterrupted(run_dir, _finished_count(run_dir, options, pairs), total) from None
     write_trials(run_dir)
-    manifest.update(status="complete", finished=_now())
+    manifest.update(status="complete", finished=now())
     write_json_atomic(run_dir / MANIFEST, manifest)
     return run_dir
 
@@ -193,35 +175,13 @@ def _run_worker(run_dir: Path, run_id: str, name: str, backend: str, export_dir:
         "noise": dataclasses.asdict(options.noise), "keep_trace": options.keep_trace,
     }
     stem = f"{name}__{backend}"
-    spec_path = run_dir / "specs" / f"{stem}.json"
-    write_json_atomic(spec_path, spec)
-    log_path = run_dir / "logs" / f"{stem}.log"
-    trials_log = run_dir / TRIALS_LOG
-    size = lambda: trials_log.stat().st_size if trials_log.exists() else 0  # noqa: E731
-    status = None
-    with open(log_path, "ab") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "rechar.serving.worker", str(spec_path)],
-                                stdout=log_file, stderr=subprocess.STDOUT, env=_worker_env(options))
-        marker, deadline = size(), time.monotonic() + options.timeout
-        try:
-            while proc.poll() is None:
-                if size() != marker:  # a trial finished: the clock restarts
-                    marker, deadline = size(), time.monotonic() + options.timeout
-                if time.monotonic() > deadline:
-                    proc.kill()
-                    proc.wait()
-                    status = "timeout"
-                    break
-                time.sleep(0.25)
-        except KeyboardInterrupt:
-            proc.kill()  # the trial it was running is abandoned; finished ones are on disk
-            proc.wait()
-            raise
+    exit_ = run_worker_process("rechar.serving.worker", spec, run_dir / "specs" / f"{stem}.json",
+                               run_dir / "logs" / f"{stem}.log", worker_env(options.threads, options.malloc),
+                               options.timeout, lambda: file_sizes([run_dir / TRIALS_LOG]))  # a trial finished
     unfinished = _unfinished(run_dir, options, name, backend)
     if not unfinished:
         return
-    error = (f"killed: no trial finished within the {options.timeout:g} s timeout" if status == "timeout"
-             else f"worker exited with {_describe_exit(proc.returncode)}: {_tail(log_path)}")
+    status, error = ("timeout" if exit_.timed_out else None), exit_.error(options.timeout, unit="trial")
     trials = _trials_of(run_dir, options, name, backend)
     for policy in options.policies:
         if policy.label in unfinished:

@@ -4,7 +4,7 @@ A query is one LoadGen sample: a user request to rank N candidate items. Sizes c
 spec (``--query-sizes``), clipped to [1, max_query] and drawn from the run's seed; every query
 carries its own ids and features (``RecModel.make_inputs`` with the query's index as pool
 member), drawn from the run's id distribution before the test starts. LoadGen picks queries
-from this pool at random; the pool is sized like the sweep's input pools (rechar.runners.inputs):
+from this pool at random; the pool is sized like the sweep's input pools (rechar.measure.inputs):
 enough queries that one pass gathers four times the last-level cache in embedding rows, at
 least 64 and at most 4,096 of them, within 512 MiB of inputs.
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from rechar.errors import UserError
 from rechar.models import RecModel
-from rechar.runners.inputs import PoolRule, gathered_bytes, pool_hash
+from rechar.measure.inputs import PoolRule, gathered_bytes, pool_hash
 
 #: The query pool's size rule (see the module docstring).
 QUERY_POOL_RULE = PoolRule(llc_multiple=4.0, min_batches=64, max_batches=4096, budget_bytes=512 << 20)

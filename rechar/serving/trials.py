@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from rechar.errors import UserError
 
-from rechar.runners.results import SCHEMA_VERSION, read_log, read_manifest, write_parquet
+from rechar.results.store import SCHEMA_VERSION, read_log, read_manifest, write_parquet
 
 TRIALS_LOG = "trials.jsonl"
 TRIALS = "trials.parquet"

@@ -2,7 +2,7 @@
 
     python -m rechar.serving.worker SPEC.json
 
-The same isolation as a sweep's worker (rechar.runners.worker): a fresh process, the parity gate
+The same isolation as a sweep's worker (rechar.sweep.worker): a fresh process, the parity gate
 before anything is timed, every finished trial appended to ``trials.jsonl`` and fsynced. For each
 policy: the gate on its first sub-batches, the offline prediction (the query pool's sub-batches
 run one after another on an idle executor, as an isolated-batch sweep times them), one Offline
@@ -27,13 +27,15 @@ import numpy as np
 import torch
 
 import rechar.models as models
+from rechar.errors import one_line
+from rechar.measure.gate import compare
 from rechar.exporters import ExportResult, load_manifest
-from rechar.runners import BackendOptions, backend_class, contention
-from rechar.runners.contention import NoiseThresholds
-from rechar.runners.inputs import FALLBACK_CACHE_BYTES
-from rechar.runners.lifetime import die_with_parent
-from rechar.runners.results import append_point, read_log
-from rechar.runners.worker import _compare, _one_line
+from rechar.stacks import BackendOptions, backend_class
+from rechar.measure import contention
+from rechar.measure.contention import NoiseThresholds
+from rechar.measure.inputs import FALLBACK_CACHE_BYTES
+from rechar.lifetime import die_with_parent
+from rechar.results.store import append_point, read_log
 from rechar.memory import prefault_mappings
 from rechar.serving import loadgen
 from rechar.serving.queries import Policy, QueryPool, QuerySizes, make_pool, sub_batches
@@ -171,7 +173,7 @@ def run(spec: ServeSpec) -> None:
             loaded = _Loaded(spec, model, export, workers)
         except Exception as e:  # the framework cannot load the model: every policy fails, clearly
             for policy in todo:
-                _append(spec, policy, 0, {"status": "failed", "error": f"load failed: {_one_line(e)}"})
+                _append(spec, policy, 0, {"status": "failed", "error": f"load failed: {one_line(e)}"})
             continue
         finally:
             _quiet_main_thread()  # loading set the main thread's threads
@@ -190,7 +192,7 @@ def serve_policy(spec: ServeSpec, loaded: _Loaded, pool: QueryPool, policy: Poli
         executors = _executors(loaded, pool, policy, offloaded)
         error = _gate(loaded, executors, expected, expected_offload, offloaded, spec)
     except Exception as e:
-        _append(spec, policy, 0, {**base, "status": "failed", "error": _one_line(e)})
+        _append(spec, policy, 0, {**base, "status": "failed", "error": one_line(e)})
         return
     if error:
         _append(spec, policy, 0, {**base, "status": "invalid", "error": error})
@@ -257,13 +259,13 @@ def _gate(loaded: _Loaded, executors: loadgen.Executors, expected, expected_offl
         for w in range(len(loaded.instances)):
             backend = loaded.executor(w)
             got = _on_executor([backend], lambda: backend.outputs(executors.calls[q][j][w]()))[:len(want)]
-            ok, err = _compare(got, want, spec.atol, spec.rtol)
+            ok, err = compare(got, want, spec.atol, spec.rtol)
             if not ok:
                 return f"outputs differ from eager PyTorch by {err:.3g} (atol {spec.atol}, rtol {spec.rtol})"
     if expected_offload is not None:
         q = offloaded.index(True)
         got = _on_executor([loaded.offload], lambda: loaded.offload.outputs(executors.offload[q]()))
-        ok, err = _compare(got, expected_offload, spec.atol, spec.rtol)
+        ok, err = compare(got, expected_offload, spec.atol, spec.rtol)
         if not ok:
             return f"offload backend's outputs differ from eager PyTorch by {err:.3g}"
     return None
@@ -327,7 +329,7 @@ def _trial(spec: ServeSpec, policy: Policy, index: int, executors: loadgen.Execu
     try:
         figures = loadgen.run_test(executors, settings, log_dir)
     except Exception as e:
-        record.update(status="failed", error=_one_line(e))
+        record.update(status="failed", error=one_line(e))
     else:
         errors = figures.pop("sut_errors")
         window = contention.between(before, contention.read(), NoiseThresholds(**spec.noise))
@@ -360,7 +362,7 @@ def main(argv: list[str]) -> int:
         run(spec)
     except Exception as e:
         traceback.print_exc()
-        print(f"error: {_one_line(e)}", flush=True)
+        print(f"error: {one_line(e)}", flush=True)
         return 1
     return 0
 

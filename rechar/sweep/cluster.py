@@ -35,8 +35,11 @@ from typing import Any
 from rechar import hostinfo
 from rechar.errors import UserError
 from rechar.jsonfile import write_json_atomic
-from rechar.runners import backend_class
-from rechar.runners.results import (
+from rechar.stacks import backend_class
+from rechar.sweep.options import RunOptions, require_ray
+from rechar.sweep.rundir import make_run_dir
+from rechar.sweep.unit import run_worker
+from rechar.results.store import (
     MANIFEST, PASS_LOGS, POINTS_LOG, PointLogTail, append_point, point_key, read_manifest, read_point_log,
     repair_point_log, write_tables,
 )
@@ -46,13 +49,6 @@ NODE_LOST = "node lost"
 #: Where each node's per-node run folders live inside an --each-node run.
 NODES_DIR = "nodes"
 
-
-def require_ray():
-    try:
-        import ray
-    except ImportError:
-        raise UserError("--ray needs Ray: pip install 'rechar[ray]'") from None
-    return ray
 
 
 @dataclasses.dataclass
@@ -127,9 +123,8 @@ def node_run(node_spec: dict[str, Any], queue) -> dict[str, Any]:
     to the driver through ``queue`` (a point measured before the node is lost is kept); return
     the unit's worker log and traces."""
     from rechar.exporters import ExportOptions, export
-    from rechar.runners import sweep
 
-    options = sweep.RunOptions.from_dict(node_spec["options"])
+    options = RunOptions.from_dict(node_spec["options"])
     name, backend = node_spec["model"], node_spec["backend"]
     exports_dir = os.environ.get("RECHAR_NODE_EXPORTS") or node_spec["exports_dir"]
     result = export(name, options.scale, options.overrides.get(name), exports_dir, ExportOptions(seed=options.seed),
@@ -158,9 +153,9 @@ def node_run(node_spec: dict[str, Any], queue) -> dict[str, Any]:
     stop = threading.Event()
     streamer = threading.Thread(target=lambda: [stream() for _ in iter(lambda: stop.wait(0.5), True)], daemon=True)
     try:
-        sweep._make_run_dir(tmp)
+        make_run_dir(tmp)
         streamer.start()
-        sweep._run_worker(tmp, node_spec["run_id"], name, backend, node_spec["batches"], result.path, options,
+        run_worker(tmp, node_spec["run_id"], name, backend, node_spec["batches"], result.path, options,
                           set(), 0, lambda *a: None, PointLogTail(tmp), round_=node_spec["round"])
         stop.set()
         streamer.join()
@@ -263,9 +258,7 @@ class ClusterSweep:
         """A node's run folder: the sweep's manifest with the node's machine once it is known."""
         if (run_dir / MANIFEST).exists():
             return
-        from rechar.runners.sweep import _make_run_dir
-
-        _make_run_dir(run_dir)
+        make_run_dir(run_dir)
         manifest = {**self.manifest, "run_id": f"{self.manifest['run_id']}@{node.label}", "node": node.id,
                     "host": {"hostname": node.label}, "kind": "sweep"}
         manifest.pop("nodes", None)

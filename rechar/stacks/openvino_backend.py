@@ -29,8 +29,9 @@ import onnx
 from rechar import hostinfo
 from rechar.exporters import ExportResult, node_modules
 from rechar.models import RecModel
-from rechar.runners.base import Backend, ProfileResult
-from rechar.runners.traces import PROFILE_WARMUP, openvino_ops
+from rechar.stacks.base import Backend, ProfileResult
+from rechar.stacks.openvino_trace import openvino_ops
+from rechar.stacks.tracing import PROFILE_WARMUP
 
 
 class OpenVinoBackend(Backend):

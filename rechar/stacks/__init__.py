@@ -10,20 +10,20 @@ import importlib
 import os
 
 from rechar.errors import UserError
-from rechar.runners.base import Backend, BackendOptions
+from rechar.stacks.base import Backend, BackendOptions
 
 BACKENDS: dict[str, str] = {
-    "torch": "rechar.runners.torch_backend:TorchBackend",
-    "torch-cuda": "rechar.runners.torch_backend:TorchCudaBackend",
-    "torch-compile": "rechar.runners.torch_backend:TorchCompileBackend",
-    "torch-compile-cuda": "rechar.runners.torch_backend:TorchCompileCudaBackend",
-    "ort-cpu": "rechar.runners.ort_backend:OrtCpuBackend",
-    "ort-cuda": "rechar.runners.ort_backend:OrtCudaBackend",
-    "ort-cuda-graph": "rechar.runners.ort_backend:OrtCudaGraphBackend",
-    "ort-trt": "rechar.runners.ort_backend:OrtTensorrtBackend",
-    "tf": "rechar.runners.tf_backend:TFBackend",
-    "tf-xla": "rechar.runners.tf_backend:TFXlaBackend",
-    "openvino": "rechar.runners.openvino_backend:OpenVinoBackend",
+    "torch": "rechar.stacks.torch_backend:TorchBackend",
+    "torch-cuda": "rechar.stacks.torch_backend:TorchCudaBackend",
+    "torch-compile": "rechar.stacks.torch_backend:TorchCompileBackend",
+    "torch-compile-cuda": "rechar.stacks.torch_backend:TorchCompileCudaBackend",
+    "ort-cpu": "rechar.stacks.ort_backend:OrtCpuBackend",
+    "ort-cuda": "rechar.stacks.ort_backend:OrtCudaBackend",
+    "ort-cuda-graph": "rechar.stacks.ort_backend:OrtCudaGraphBackend",
+    "ort-trt": "rechar.stacks.ort_backend:OrtTensorrtBackend",
+    "tf": "rechar.stacks.tf_backend:TFBackend",
+    "tf-xla": "rechar.stacks.tf_backend:TFXlaBackend",
+    "openvino": "rechar.stacks.openvino_backend:OpenVinoBackend",
 }
 
 # Backends from outside rechar, without editing it: RECHAR_EXTRA_BACKENDS="name=module:Class,..."
@@ -43,8 +43,8 @@ __all__ = ["BACKENDS", "DEFAULT_BACKENDS", "Backend", "BackendOptions", "backend
 
 def backend_class(name: str) -> type[Backend]:
     """The class of a backend name; ``<backend>@<precision>`` is the same stack in another
-    precision (rechar.runners.precision), so the same class."""
-    from rechar.runners.precision import PRECISIONS, split_backend
+    precision (rechar.stacks.variants), so the same class."""
+    from rechar.stacks.variants import PRECISIONS, split_backend
 
     base, precision = split_backend(name)
     if base not in BACKENDS:
@@ -57,7 +57,7 @@ def backend_class(name: str) -> type[Backend]:
 
 def backend_reason(name: str) -> str | None:
     """Why the backend (with its precision) cannot run here, or None."""
-    from rechar.runners.precision import split_backend
+    from rechar.stacks.variants import split_backend
 
     cls = backend_class(name)
     return cls.unavailable_reason() or cls.precision_reason(split_backend(name)[1])
@@ -65,7 +65,7 @@ def backend_reason(name: str) -> str | None:
 
 def with_precisions(names: list[str], precisions: list[str]) -> list[str]:
     """Each backend in each precision (``torch`` and ``torch@int8`` for fp32 and int8)."""
-    from rechar.runners.precision import variant_name
+    from rechar.stacks.variants import variant_name
 
     if precisions == ["fp32"]:
         return names

@@ -21,10 +21,11 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 import onnx
 
-from rechar.runners.traces import PROFILE_WARMUP, tf_ops, xla_instructions
+from rechar.stacks.tf_trace import tf_ops, xla_instructions
+from rechar.stacks.tracing import PROFILE_WARMUP
 from rechar.exporters import ExportResult, node_modules
 from rechar.models import RecModel
-from rechar.runners.base import Backend, ProfileResult
+from rechar.stacks.base import Backend, ProfileResult
 
 
 class TFBackend(Backend):
@@ -42,7 +43,7 @@ class TFBackend(Backend):
     def load(self, model: RecModel, export: ExportResult) -> None:
         import tensorflow as tf
 
-        from rechar.runners.onnx_to_tf import lower
+        from rechar.stacks.onnx_to_tf import lower
 
         # Thread pools are fixed when TensorFlow's runtime starts: set them before any op runs.
         try:

@@ -10,7 +10,7 @@
       rounds.parquet     one row per measurement (ROUND_COLUMNS): every round and attempt of
                          every point, rebuilt from points.jsonl
       points.parquet     one row per point (POINT_COLUMNS), its figures over its rounds
-                         (rechar.runners.rounds)
+                         (rechar.results.rounds)
       latencies.parquet  one row per timed iteration: run_id, model, backend, device, batch,
                          round, attempt, iteration, latency_us
       logs/              each worker's stderr
@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from rechar.errors import UserError
 from rechar.jsonfile import read_manifest_file
-from rechar.runners import rounds as rounds_module
+from rechar.results import rounds as rounds_module
 
 #: 2: input pools (inputs, pool_batches, pool_gathered_bytes, pool_distinct_rows, cache_bytes);
 #: compile_seconds, compile_cache_hit, compiled_graphs (compiled stacks); rounds and attempts,
@@ -63,7 +63,7 @@ _RECORD = [
 #: throughput in samples/s; p50_ci_*: the 95% interval of the round's p50 from its iterations.
 ROUND_COLUMNS = [*_RECORD[:7], "round", "attempt", "used", *_RECORD[7:]]
 #: Columns of points.parquet: one point each, its figures over its used rounds
-#: (rechar.runners.rounds); ``ci_method``: "rounds" or "iterations".
+#: (rechar.results.rounds); ``ci_method``: "rounds" or "iterations".
 POINT_COLUMNS = [*_RECORD[:7], "rounds", "timed_rounds", "ci_method", *_RECORD[7:]]
 #: Numeric columns: float64 even when no point of a run was timed (all null), so that readers
 #: can do arithmetic on them without checking.
@@ -256,7 +256,7 @@ def _load(run_dir: Path, name: str, columns: list[str]) -> pd.DataFrame:
         df = pd.read_parquet(path)
     df = _typed(df, columns)
     host = manifest.get("host", {}).get("hostname")
-    # A point measured on a cluster node names its node's machine (rechar.runners.cluster).
+    # A point measured on a cluster node names its node's machine (rechar.sweep.cluster).
     df["host"] = df["node_host"].where(df["node_host"].notna(), host) if len(df) else host
     return df
 

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from rechar.runners.lifetime import die_with_parent
+from rechar.lifetime import die_with_parent
 
 #: canonical name -> (perf's generic event, kind). perf maps generic events to each CPU's own.
 EVENTS: dict[str, tuple[str, str]] = {

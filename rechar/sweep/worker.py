@@ -1,6 +1,6 @@
 """One (model, backend) pair over its batch sizes, in a process of its own.
 
-    python -m rechar.runners.worker SPEC.json
+    python -m rechar.sweep.worker SPEC.json
 
 Each framework gets a fresh process so that thread pools, allocators and crashes of one cannot
 touch another's numbers. Every finished point is appended to the run's ``points.jsonl`` and
@@ -23,17 +23,21 @@ from typing import Any
 import numpy as np
 
 import rechar.models as models
+from rechar.errors import one_line
+from rechar.measure.gate import compare
 from rechar.exporters import ExportResult, load_manifest
 from rechar.exporters.graph import check_external_data, check_inputs_match
 from rechar.memory import prefault_mappings
-from rechar.runners import BackendOptions, allocator, backend_class, contention
-from rechar.runners.counters import count_call
-from rechar.runners.inputs import FALLBACK_CACHE_BYTES, InputPool, PoolRule, PoolSpec
-from rechar.runners.lifetime import die_with_parent
-from rechar.runners.contention import NoiseThresholds
-from rechar.runners.measure import TimingOptions, summarize, timed_loop, warm_up
-from rechar.runners.precision import EVAL_SAMPLES, EVAL_SEED_OFFSET, QualityThresholds, quality, quality_failure, split_backend
-from rechar.runners.results import COUNTERS_LOG, PROFILES_LOG, append_point
+from rechar.stacks import BackendOptions, backend_class
+from rechar.measure import allocator, contention
+from rechar.measure.counters import count_call
+from rechar.measure.inputs import FALLBACK_CACHE_BYTES, InputPool, PoolRule, PoolSpec
+from rechar.lifetime import die_with_parent
+from rechar.measure.contention import NoiseThresholds
+from rechar.measure.timing import TimingOptions, summarize, timed_loop, warm_up
+from rechar.measure.quality import EVAL_SAMPLES, EVAL_SEED_OFFSET, QualityThresholds, quality, quality_failure
+from rechar.stacks.variants import split_backend
+from rechar.results.store import COUNTERS_LOG, PROFILES_LOG, append_point
 
 
 @dataclasses.dataclass
@@ -58,7 +62,7 @@ class WorkerSpec:
     counter_seconds: float = 0.0  # >0: a pass of at least this many seconds counting CPU events (perf)
     mode: str = "run"  # "run": time (then profile, count); "profile" / "counters": only that pass
     malloc: str = "default"  # the allocator the sweep preloaded (checked before anything runs)
-    inputs: str = "fresh"  # fresh: cycle an input pool; replay: one batch (rechar.runners.inputs)
+    inputs: str = "fresh"  # fresh: cycle an input pool; replay: one batch (rechar.measure.inputs)
     pool_rule: dict[str, Any] = dataclasses.field(default_factory=dict)  # PoolRule fields
     cache_bytes: int | None = None  # size pools against this cache instead of the device's
     round: int = 0  # which round of the sweep this worker measures (--rounds)
@@ -134,7 +138,7 @@ def run(spec: WorkerSpec) -> None:
             raise
         for batch in spec.batches:
             append_point(spec.run_dir, {**base, "device": backend.device, "batch": batch, "status": "failed",
-                                        "error": f"load failed: {_one_line(e)}"})
+                                        "error": f"load failed: {one_line(e)}"})
         return
     # Weights that the framework memory-mapped from the export come in from disk page by page;
     # make them resident now, as in a server that has been running (rechar.memory).
@@ -169,7 +173,7 @@ def quality_gate(backend, inputs: dict[str, np.ndarray], want: np.ndarray) -> di
         figures = quality(got, want)
         return {**figures, "quality_error": quality_failure(figures, QualityThresholds())}
     except Exception as e:
-        return {"quality_error": f"the evaluation set failed: {_one_line(e)}"}
+        return {"quality_error": f"the evaluation set failed: {one_line(e)}"}
 
 
 def time_point(spec, backend, base, batch, pool: InputPool, expected, timing, load_seconds, settings,
@@ -180,7 +184,7 @@ def time_point(spec, backend, base, batch, pool: InputPool, expected, timing, lo
     try:
         # The gate: the pool's first and last batch, called in turn as the timed call cycles.
         gate = backend.prepare([pool.first, pool.last] if len(pool) > 1 else [pool.first])
-        checks = [_compare(backend.outputs(gate()), want, spec.atol, spec.rtol) for want in expected]
+        checks = [compare(backend.outputs(gate()), want, spec.atol, spec.rtol) for want in expected]
         del gate
         ok, err = all(c[0] for c in checks), max(c[1] for c in checks)
         record["max_abs_error"] = err
@@ -200,7 +204,7 @@ def time_point(spec, backend, base, batch, pool: InputPool, expected, timing, lo
             record.update(status="ok", **summarize(latencies, batch), **window, latencies_ns=latencies.tolist())
             del call
     except Exception as e:
-        record.update(status="failed", error=_one_line(e))
+        record.update(status="failed", error=one_line(e))
     record.update(finished=time.time(), peak_rss_bytes=peak_rss_bytes(),
                   peak_device_bytes=backend.peak_device_bytes(), **backend.compile_info(batch))
     append_point(spec.run_dir, record)
@@ -219,7 +223,7 @@ def profile_point(spec, backend, base, batch, pool: InputPool) -> None:
         record.update(status="ok", trace=str(result.trace_path.relative_to(spec.run_dir)),
                       iterations=result.iterations, ops=result.ops.to_dict("records"), **result.info)
     except Exception as e:
-        record.update(status="failed", error=_one_line(e), ops=[])
+        record.update(status="failed", error=one_line(e), ops=[])
     append_point(spec.run_dir, record, log=PROFILES_LOG)
 
 
@@ -233,20 +237,10 @@ def count_point(spec, backend, base, batch, pool: InputPool) -> None:
         record.update(status="ok", **count_call(call, spec.counter_seconds))
         del call
     except Exception as e:
-        record.update(status="failed", error=_one_line(e))
+        record.update(status="failed", error=one_line(e))
     append_point(spec.run_dir, record, log=COUNTERS_LOG)
 
 
-def _compare(got: np.ndarray, want: np.ndarray, atol: float, rtol: float) -> tuple[bool, float]:
-    if got.shape != want.shape:
-        return False, float("inf")
-    err = float(np.max(np.abs(got.astype(np.float64) - want))) if got.size else 0.0
-    return bool(np.allclose(got, want, atol=atol, rtol=rtol)), err
-
-
-def _one_line(e: BaseException) -> str:
-    text = f"{type(e).__name__}: {e}".strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def main(argv: list[str]) -> int:
@@ -258,7 +252,7 @@ def main(argv: list[str]) -> int:
         run(spec)
     except Exception as e:
         traceback.print_exc()  # to the worker's log; the parent records unfinished points as failed
-        print(f"error: {_one_line(e)}", flush=True)  # the last line, which the parent quotes
+        print(f"error: {one_line(e)}", flush=True)  # the last line, which the parent quotes
         return 1
     return 0
 

@@ -1,9 +1,7 @@
-"""Precision as a stack choice: ``torch@int8``, ``ort-cpu@int8``, ``openvino@bf16``, ...
+"""The quality gate of reduced precision (``torch@int8``, ``openvino@bf16``: rechar.stacks.variants).
 
-A backend name with ``@<precision>`` is that stack running the model in that precision, each
-stack its own way (its module says how); plain names are fp32. Reduced precision cannot match
-fp32 bit for bit, so such points pass a quality gate instead of the parity gate: against eager
-fp32 PyTorch on a fixed, seeded evaluation set, the largest and mean absolute difference of the
+Reduced precision cannot match fp32 bit for bit, so such points pass a quality gate instead of
+the parity gate: against eager fp32 PyTorch on a fixed, seeded evaluation set, the largest and mean absolute difference of the
 predicted probabilities, and the share of sample pairs ordered the same way.
 
 Random weights make some models' predictions nearly constant (tiny scale: standard deviation
@@ -15,26 +13,14 @@ spread at least ``min_spread``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import numpy as np
 
-PRECISIONS = ("fp32", "bf16", "int8")
 #: Samples in the quality gate's evaluation set (one batch, seeded apart from the timing inputs).
 EVAL_SAMPLES = 2048
 EVAL_SEED_OFFSET = 7919
 #: Sample pairs drawn to estimate the ranking agreement.
 EVAL_PAIRS = 200_000
-
-
-def split_backend(name: str) -> tuple[str, str]:
-    """``"ort-cpu@int8"`` -> ``("ort-cpu", "int8")``; a plain name is fp32."""
-    base, _, precision = name.partition("@")
-    return base, precision or "fp32"
-
-
-def variant_name(backend: str, precision: str) -> str:
-    return backend if precision == "fp32" else f"{backend}@{precision}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +58,3 @@ def quality_failure(q: dict[str, float], t: QualityThresholds) -> str | None:
         return (f"{q['quality_pair_agreement']:.1%} of sample pairs ordered as fp32 orders them "
                 f"(threshold {t.pair_agreement:.0%})")
     return None
-
-
-def weight_record(embedding: int, dense: int) -> dict[str, Any]:
-    return {"weight_bytes": embedding + dense, "embedding_weight_bytes": embedding, "dense_weight_bytes": dense}

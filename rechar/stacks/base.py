@@ -1,10 +1,10 @@
 """The one interface every backend implements.
 
 A backend loads an exported model (or, for PyTorch, the model itself), places a pool of input
-batches on its device (rechar.runners.inputs), and hands back a zero-argument callable that runs
+batches on its device (rechar.measure.inputs), and hands back a zero-argument callable that runs
 one inference on the next batch of the pool, cycling: that call is the only thing inside the
 timed region. Adding a backend is one new module with a subclass
-and one line in ``rechar.runners.BACKENDS``.
+and one line in ``rechar.stacks.BACKENDS``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class ProfileResult:
 @dataclasses.dataclass(frozen=True)
 class BackendOptions:
     threads: int  # intra-op threads (inter-op parallelism is 1: these graphs are chains)
-    precision: str = "fp32"  # fp32 | bf16 | int8 (rechar.runners.precision): what the backend's precisions say
+    precision: str = "fp32"  # fp32 | bf16 | int8 (rechar.stacks.variants): what the backend's precisions say
 
 
 class Backend(abc.ABC):
@@ -76,7 +76,7 @@ class Backend(abc.ABC):
 
     def weight_bytes(self) -> dict[str, int] | None:
         """The model's weights as this stack holds them: ``weight_bytes``, split into
-        ``embedding_weight_bytes`` and ``dense_weight_bytes`` (rechar.runners.precision); None
+        ``embedding_weight_bytes`` and ``dense_weight_bytes`` (rechar.stacks.variants); None
         where the stack does not say."""
         return None
 

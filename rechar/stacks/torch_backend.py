@@ -4,7 +4,7 @@ Best practice for inference: ``inference_mode``, the fused ``embedding_bag`` ker
 eager form), inputs already on the device (every batch of the pool as tensors made before timing,
 cycled by ``itertools.cycle``), and for CUDA a synchronisation inside the timed call.
 
-Precisions (``torch@bf16``, ``torch@int8``; rechar.runners.precision): bf16 stores the FC
+Precisions (``torch@bf16``, ``torch@int8``; rechar.stacks.variants): bf16 stores the FC
 weights and embedding tables in bfloat16 and runs the matmuls and lookups in it (oneDNN's bf16
 kernels, where the CPU has bf16 instructions), their results turned back to fp32, so that the
 activations, the sigmoid and the predicted probabilities stay fp32 (autocast instead left the
@@ -33,12 +33,13 @@ import torch
 from torch.profiler import ProfilerActivity
 
 from rechar import hostinfo
-from rechar.runners.traces import PROFILE_WARMUP, TORCH_MODULE_PREFIX, torch_ops
+from rechar.stacks.torch_trace import TORCH_MODULE_PREFIX, torch_ops
+from rechar.stacks.tracing import PROFILE_WARMUP
 from rechar.exporters import ExportResult
 from rechar.models import RecModel
 from rechar.models.layers import EmbeddingTable
-from rechar.runners.base import Backend, ProfileResult
-from rechar.runners.precision import weight_record
+from rechar.stacks.base import Backend, ProfileResult
+from rechar.stacks.variants import weight_record
 
 
 class TorchBackend(Backend):

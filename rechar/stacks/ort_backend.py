@@ -42,11 +42,12 @@ import onnx
 import onnxruntime as ort
 
 from rechar import hostinfo
-from rechar.runners.traces import PROFILE_WARMUP, ort_device_ops, ort_ops, ort_start_on_wall_clock
+from rechar.stacks.ort_trace import ort_device_ops, ort_ops, ort_start_on_wall_clock
+from rechar.stacks.tracing import PROFILE_WARMUP
 from rechar.exporters import ExportResult, node_modules
 from rechar.memory import prefault_mappings
 from rechar.models import RecModel
-from rechar.runners.base import Backend, ProfileResult
+from rechar.stacks.base import Backend, ProfileResult
 
 
 class OrtCpuBackend(Backend):
@@ -271,7 +272,7 @@ def _quantize(export_path: Path, onnx_path: Path) -> None:
     import shutil
     import tempfile
 
-    from rechar.runners.lifetime import die_with_parent
+    from rechar.lifetime import die_with_parent
 
     die_with_parent()  # a worker killed on timeout or Ctrl-C takes its quantizer with it
 
@@ -297,7 +298,7 @@ def _quantize(export_path: Path, onnx_path: Path) -> None:
 
 def onnx_weight_bytes(path: Path) -> dict[str, int]:
     """Bytes of an ONNX graph's initializers: the tables (a Gather's data) and the rest."""
-    from rechar.runners.precision import weight_record
+    from rechar.stacks.variants import weight_record
 
     model = onnx.load(str(path), load_external_data=False)
     gathered = {n.input[0] for n in model.graph.node if n.op_type == "Gather"}
