@@ -156,7 +156,7 @@ def format_tables(tables: dict[str, pd.DataFrame]) -> str:
     if not prec.empty:
         add("3c. reduced precision against fp32 (same stack, host, batch): speedup, weight memory, quality",
             prec[["host", "model", "stack", "precision", "batch", "status", "speedup", "memory_ratio",
-                  "quality_max_abs", "quality_pair_agreement"]], "")
+                  "quality_logit_mean", "quality_logit_max", "quality_pair_agreement"]], "")
         moved = tables["precision_shift"]
         moved = moved[moved["delta"].abs() >= 0.05].copy()
         moved["delta"] = (100 * moved["delta"]).round(1)

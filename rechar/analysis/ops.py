@@ -20,7 +20,6 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 import rechar.models as models
 from rechar.analysis.taxonomy import attribute, categorize
@@ -38,8 +37,7 @@ POINT_KEYS = ["run_id", "model", "backend", "device", "batch"]
 @functools.lru_cache(maxsize=32)
 def _layer_classes(name: str, config_json: str) -> dict[str, str]:
     config = models.resolve_config(name, "paper", json.loads(config_json))
-    with torch.device("meta"):
-        model = models.get(name, config=config)
+    model = models.shell(name, config)
     return {path: type(module).__name__ for path, module in model.named_modules() if path}
 
 

@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rechar.errors import UserError
 from rechar.models.base import RecModel
+from rechar.models.calibration import calibrate
 from rechar.models.config import DEFAULT_SCALE, SCALE_HELP, SCALES, ModelConfig, load_config_file
 from rechar.models.dien import DIEN, DIENConfig
 from rechar.models.din import DIN, DINConfig
@@ -81,7 +82,9 @@ def get(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = cls(name, config)
-    return model.eval()
+    model.eval()
+    calibrate(model, seed)  # outputs that spread like a trained model's (rechar.models.calibration)
+    return model
 
 
 def shell(name: str, config: ModelConfig) -> RecModel:

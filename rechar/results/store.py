@@ -57,7 +57,8 @@ _RECORD = [
     "compile_seconds", "compile_cache_hit", "compiled_graphs", "others_cpu_share", "steal_share",
     "involuntary_switches", "noisy", "noise", "input_hash", "settings", "started", "finished", "node", "node_host",
     "precision", "weight_bytes", "embedding_weight_bytes", "dense_weight_bytes", "quality_max_abs",
-    "quality_mean_abs", "quality_pair_agreement", "quality_fp32_spread", "quality_error",
+    "quality_mean_abs", "quality_pair_agreement", "quality_fp32_spread", "quality_error", "gate_logit_error",
+    "gate_margin", "quality_logit_mean", "quality_logit_max", "quality_logit_spread",
 ]
 #: Columns of rounds.parquet: one measurement (a round's attempt) each. Times in microseconds;
 #: throughput in samples/s; p50_ci_*: the 95% interval of the round's p50 from its iterations.
@@ -73,7 +74,8 @@ NUMERIC_COLUMNS = [
     "peak_device_bytes", "pool_batches", "pool_gathered_bytes", "pool_distinct_rows", "cache_bytes",
     "compile_seconds", "compiled_graphs", "others_cpu_share", "steal_share", "involuntary_switches", "started",
     "finished", "weight_bytes", "embedding_weight_bytes", "dense_weight_bytes", "quality_max_abs",
-    "quality_mean_abs", "quality_pair_agreement", "quality_fp32_spread",
+    "quality_mean_abs", "quality_pair_agreement", "quality_fp32_spread", "gate_logit_error", "gate_margin",
+    "quality_logit_mean", "quality_logit_max", "quality_logit_spread",
 ]
 #: status values: ok (timed), invalid (outputs outside tolerance: not timed), failed (an error or
 #: a crashed worker), timeout (the worker was killed after --timeout seconds).

@@ -97,6 +97,7 @@ class _Loaded:
         for backend in self.instances:
             backend.load(model, export)
         self.threads = threads
+        self.output_kind = type(model).output_kind if model is not None else "sigmoid"
         self.offload = None
         if spec.offload_backend:
             self.offload = backend_class(spec.offload_backend)(BackendOptions(threads=threads))
@@ -259,13 +260,14 @@ def _gate(loaded: _Loaded, executors: loadgen.Executors, expected, expected_offl
         for w in range(len(loaded.instances)):
             backend = loaded.executor(w)
             got = _on_executor([backend], lambda: backend.outputs(executors.calls[q][j][w]()))[:len(want)]
-            ok, err = compare(got, want, spec.atol, spec.rtol)
+            ok, err, _ = compare(got, want, loaded.output_kind, spec.atol, spec.rtol)
             if not ok:
-                return f"outputs differ from eager PyTorch by {err:.3g} (atol {spec.atol}, rtol {spec.rtol})"
+                return (f"outputs differ from eager PyTorch by {err:.3g} in logits (atol {spec.atol}, rtol {spec.rtol}; "
+                        "rechar.measure.gate)")
     if expected_offload is not None:
         q = offloaded.index(True)
         got = _on_executor([loaded.offload], lambda: loaded.offload.outputs(executors.offload[q]()))
-        ok, err = compare(got, expected_offload, spec.atol, spec.rtol)
+        ok, err, _ = compare(got, expected_offload, loaded.output_kind, spec.atol, spec.rtol)
         if not ok:
             return f"offload backend's outputs differ from eager PyTorch by {err:.3g}"
     return None
