@@ -97,3 +97,29 @@ def _resolves(dotted: str) -> bool:
             return re.search(rf"^\s*(?:def|class)\s+{rest[0]}\b|^\s*{rest[0]}\s*[:=]|\bimport\b[^\n]*\b{rest[0]}\b|^\s+{rest[0]},",
                              source.read_text(), flags=re.M) is not None
     return False
+
+
+def test_command_lines_in_the_pages_parse():
+    """Every `rechar ...` line of a shell block in the README and docs names a real command and
+    real options (parsed by rechar's CLI, not run)."""
+    import shlex
+
+    import click
+
+    from rechar.cli import cli
+
+    wrong = []
+    for page in PAGES:
+        for block in re.findall(r"```sh\n(.*?)```", page.read_text(), flags=re.S):
+            for line in block.splitlines():
+                if not line.startswith("rechar "):
+                    continue
+                name, *args = shlex.split(line, comments=True)[1:]
+                command = cli.get_command(None, name)
+                try:
+                    if command is None:
+                        raise click.UsageError(f"no command {name!r}")
+                    command.make_context(name, args)
+                except click.ClickException as e:  # no such option, a bad value, a missing argument
+                    wrong.append(f"{page.name}: {line.split('#')[0].strip()}: {e.format_message()}")
+    assert not wrong, "command lines rechar does not accept: " + "; ".join(wrong)
