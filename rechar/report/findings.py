@@ -64,7 +64,7 @@ def _fastest(ctx: ReportContext) -> list[str]:
         label=ctx.series(fastest),
         runner_up=ctx.series(fastest[["runner_up_host", "runner_up_backend", "runner_up_device"]].rename(
             columns=lambda c: c.removeprefix("runner_up_"))))
-    lines, measured_once = [], False
+    lines, measured_once = [], False  # a ratio shown without an interval over rounds
     for model, group in fastest.groupby("model", sort=True):
         parts = []
         for row in group.to_dict("records"):
@@ -73,10 +73,10 @@ def _fastest(ctx: ReportContext) -> list[str]:
                 parts.append(f"{lead} is the only stack timed")
                 continue
             runner = f"{text(row['runner_up'])} ({ms(row['runner_up_p50_us'])} ms)"
-            if row["ci_method"] != "rounds":
+            if row["ci_method"] != "rounds" or pd.isna(row["ratio_low"]):
                 measured_once = True
                 parts.append(f"{lead} is {row['ratio']:.2f}× faster than {runner}")
-            elif pd.notna(row["ratio_low"]) and row["ratio_low"] <= 1.0:
+            elif row["ratio_low"] <= 1.0:
                 parts.append(f"{lead} is not significantly faster than {runner}: {row['ratio']:.2f}×, 95% interval "
                              f"{row['ratio_low']:.2f}–{row['ratio_high']:.2f} over rounds")
             else:
@@ -131,12 +131,13 @@ def _best(ctx: ReportContext) -> list[str]:
                 f"{row['throughput_sps']:,.0f} samples/s (p99 {ms(row['p99_us'])} ms)")
         if model in runner.index:
             r = runner.loc[model]
-            if r["ci_method"] == "rounds" and r["ratio_low"] <= 1.0:
+            over_rounds = r["ci_method"] == "rounds" and pd.notna(r["ratio_low"])
+            if over_rounds and r["ratio_low"] <= 1.0:
                 line += (f", not significantly more than the runner-up, {text(r['runner_up'])} ({r['ratio']:.2f}×, "
                          f"95% interval {r['ratio_low']:.2f}–{r['ratio_high']:.2f} over rounds)")
             else:
                 line += f", {r['ratio']:.2f}× the throughput of the runner-up, {text(r['runner_up'])}"
-                if r["ci_method"] == "rounds":
+                if over_rounds:
                     line += f" (95% interval {r['ratio_low']:.2f}–{r['ratio_high']:.2f} over rounds)"
         else:
             line += ", the only point that meets the bound"
