@@ -157,8 +157,11 @@ def _serving(ctx: ReportContext) -> list[str]:
         if not isinstance(row["best_policy"], str):
             lines.append(f"{where}: no policy met the bound.")
             continue
-        gain = (f", {row['gain_over_query']:.2f}× whole queries" if pd.notna(row["gain_over_query"])
-                and row["best_policy"] != "query" else "")
+        gain = ""
+        if pd.notna(row["gain_over_query"]) and not row["best_policy"].startswith("query"):
+            gain = f", {row['gain_over_query']:.2f}× whole queries"
+        elif row["query_policy_qps"] == 0:
+            gain = "; whole queries met the bound at no rate tried"
         lines.append(f"{where}: policy {text(row['best_policy'])}, {row['capacity_qps']:,.0f} queries/s "
                      f"within the bound{gain}.")
     return _capped(lines)
