@@ -203,6 +203,30 @@ def test_report_leads_with_findings_computed_from_the_run(synthetic_run, tmp_pat
     assert html.index("</details>") > options
 
 
+def test_findings_name_the_best_serving_policy(synthetic_run, tmp_path):
+    """Per model and stack: the policy with the highest capacity, its gain over whole queries, or
+    that no policy (or no whole-query rate) met the bound."""
+    from rechar.report import findings
+    from rechar.report.context import ReportContext
+
+    tables = analyze([synthetic_run])
+    tables["serving"] = pd.DataFrame({"host": ["synth-host"], "status": ["ok"]})  # the runs hold serving trials
+    tables["serving_best"] = pd.DataFrame([
+        {"host": "synth-host", "model": "ncf", "backend": "torch", "offload": None, "best_policy": "b4x1",
+         "capacity_qps": 1500.0, "query_policy_qps": 1000.0, "gain_over_query": 1.5},
+        {"host": "synth-host", "model": "ncf", "backend": "tf", "offload": None, "best_policy": "b8x2",
+         "capacity_qps": 800.0, "query_policy_qps": 0.0, "gain_over_query": None},
+        {"host": "synth-host", "model": "ncf", "backend": "ort-cpu", "offload": "torch>=10", "best_policy": None,
+         "capacity_qps": 0.0, "query_policy_qps": 0.0, "gain_over_query": None},
+    ])
+    ctx = ReportContext(tables, [synthetic_run], [json.loads((synthetic_run / "manifest.json").read_text())],
+                        tmp_path, 10.0)
+    text = "".join(_parse(findings.section(ctx)).text)
+    assert "ncf on torch: policy b4x1, 1,500 queries/s within the bound, 1.50× whole queries." in text
+    assert "ncf on tf: policy b8x2, 800 queries/s within the bound; whole queries met the bound at no rate tried." in text
+    assert "ncf on ort-cpu (offload torch>=10): no policy met the bound." in text
+
+
 def test_report_is_one_self_contained_file_under_5_mb(report, html):
     """No tag loads anything (no script src, stylesheet link, image or font URL), BokehJS is
     inlined once, and the file stays small."""
