@@ -7,7 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from rechar.analysis.breakdown import bottleneck_shift, breakdown_wide, category_breakdown, dominant_table
+from rechar.analysis.breakdown import (bottleneck_shift, breakdown_wide, category_breakdown, dominant_shifts,
+                                      dominant_table)
 from rechar.analysis.deployment import best_deployment, crossover, gpu_speedup
 from rechar.analysis.features import feature_correlation, model_features
 from rechar.analysis.ops import coverage, normalize
@@ -51,6 +52,17 @@ def test_bottleneck_shift_against_the_reference_backend():
     assert fc.delta == pytest.approx(-0.2)
     table = dominant_table(shift)
     assert table.iloc[0]["ort-cpu"] == "embedding (50%)" and table.iloc[0]["torch"] == "fc (60%)"
+
+
+def test_dominant_shifts_lists_only_points_whose_backends_disagree():
+    agree = _ops([  # at batch 1 both backends spend most in embedding: no shift there
+        ("h", "r", "dlrm", "torch", "cpu", 1, "embedding", 80.0), ("h", "r", "dlrm", "torch", "cpu", 1, "fc", 20.0),
+        ("h", "r", "dlrm", "ort-cpu", "cpu", 1, "embedding", 70.0), ("h", "r", "dlrm", "ort-cpu", "cpu", 1, "fc", 30.0),
+    ])
+    shifts = dominant_shifts(bottleneck_shift(category_breakdown(pd.concat([OPS, agree])), reference="torch"))
+    assert shifts[["batch", "backend", "dominant"]].values.tolist() == [[64, "ort-cpu", "embedding"], [64, "torch", "fc"]]
+    assert shifts["dominant_share"].tolist() == pytest.approx([0.5, 0.6])
+    assert dominant_shifts(bottleneck_shift(category_breakdown(agree))).empty
 
 
 def _points(rows):

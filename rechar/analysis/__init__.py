@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from rechar.analysis.comparison import noisy_points, runner_up, speedup_intervals, stack_comparison
-from rechar.analysis.breakdown import bottleneck_shift, breakdown_wide, category_breakdown, dominant_table
+from rechar.analysis.comparison import fastest_stacks, noisy_points, runner_up, speedup_intervals, stack_comparison
+from rechar.analysis.breakdown import (bottleneck_shift, breakdown_wide, category_breakdown, dominant_shifts,
+                                      dominant_table)
 from rechar.analysis.counters import counted_metrics, counter_support, counter_table, load_counters
 from rechar.analysis.deployment import best_deployment, crossover, gpu_speedup
 from rechar.analysis.features import feature_correlation, model_features, model_metrics
@@ -95,6 +96,7 @@ def analyze(run_dirs: list[str | Path], p99_bound_ms: float = 10.0, reference: s
         "breakdown_wide": breakdown_wide(breakdown) if not breakdown.empty else pd.DataFrame(),
         "shift": shift,
         "dominant": dominant_table(shift) if not shift.empty else pd.DataFrame(),
+        "dominant_shifts": dominant_shifts(shift),
         "speedup": speedup,
         "crossover": crossover(speedup),
         "precision": precision_table(points),
@@ -102,6 +104,7 @@ def analyze(run_dirs: list[str | Path], p99_bound_ms: float = 10.0, reference: s
         "best": best,
         "runner_up": runner_up(best, points, p99_bound_ms),
         "comparison": stack_comparison(points, reference),
+        "fastest": fastest_stacks(points),
         "noisy": noisy_points(points),
         "counters": counters,
         "counter_support": counter_support(runs.manifests),
@@ -168,6 +171,11 @@ def format_tables(tables: dict[str, pd.DataFrame]) -> str:
     add("stack against stack: p50 over the reference backend's at the same point (95% interval)",
         comparison.drop(columns=["reference"]) if not comparison.empty else comparison,
         "(no point of the reference backend to compare with)")
+    fastest = tables["fastest"]
+    add("fastest stack per model at its smallest and largest timed batch (runner-up p50 / fastest p50, 95% interval)",
+        fastest[["model", "batch", "host", "backend", "device", "p50_us", "runner_up_backend", "runner_up_p50_us",
+                 "ratio", "ratio_low", "ratio_high", "ci_method", "verdict"]] if not fastest.empty else fastest,
+        "(no timed point)")
     noisy = tables["noisy"]
     if not noisy.empty:
         add("noisy points: the machine was busy while they were timed (compare with care; --remeasure-noisy)",
