@@ -1,0 +1,198 @@
+"""A machine card (``rechar probe``'s JSON) as costs: per-row gather cost for an id stream, GEMM
+time at any shape, streaming bandwidth, a stack's fixed cost per call.
+
+Gathers: the probe measures ns per row of random gathers over a uniform working set W. Under
+uniform access an LRU cache of C bytes hits a fraction min(1, C/W) of them, so the curve is fitted
+as
+
+    cost(W) = base + sum_k penalty_k * (1 - min(1, C_k / W))
+
+over four levels k (L1, L2, last-level cache, and the TLB's reach, whose misses add page walks),
+capacities starting from the sizes sysfs reports and fitted within bounds (a shared or
+virtualised last-level cache is smaller in effect than its nominal size). For a model's id
+stream, the fraction of lookups that miss level k comes from the reuse profile
+(rechar.predict.reuse) at that level's fitted capacity: cost = base + sum_k penalty_k * miss_k.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from rechar.errors import UserError
+from rechar.predict.probe import CARD_KIND, CARD_VERSION
+from rechar.predict.reuse import TableStream, hit_ratios
+
+#: Levels fitted to a gather curve: (name, sysfs level it starts from, default bytes, bounds as
+#: multiples of the start)
+LEVELS = (("L1", 1, 32 << 10, (0.25, 4.0)), ("L2", 2, 1 << 20, (0.25, 4.0)), ("LLC", 3, 32 << 20, (1 / 16, 4.0)),
+          ("TLB", None, 128 << 20, (1 / 128, 512.0)))
+
+
+def _curve(w: np.ndarray, base: float, penalties: np.ndarray, capacities: np.ndarray) -> np.ndarray:
+    miss = 1.0 - np.minimum(1.0, capacities[None, :] / w[:, None])
+    return base + miss @ penalties
+
+
+def _monotone(y: np.ndarray) -> np.ndarray:
+    """The lower envelope that never decreases: a gather over a larger working set, or a GEMM
+    with more rows, cannot be cheaper, so a figure above a later one was slowed by something
+    else (a neighbour on a shared machine) and is lowered to it."""
+    return np.minimum.accumulate(y[::-1])[::-1]
+
+
+def fit_curve(working_sets: list[float], ns_per_row: list[float], nominal: dict[int, int]) -> dict[str, Any]:
+    """Fit base, penalties and capacities of LEVELS to one gather curve (least squares on the
+    logarithm: every point weighs by its relative error)."""
+    order = np.argsort(working_sets)
+    w, y = np.asarray(working_sets, dtype=float)[order], np.asarray(ns_per_row, dtype=float)[order]
+    if len(w) < 3 or np.any(y <= 0):
+        raise UserError("a gather curve needs at least three positive figures")
+    y = _monotone(y)
+    starts = np.array([nominal.get(level, default) if level else default for _, level, default, _ in LEVELS], float)
+    lo = np.log(starts * np.array([b[0] for *_, b in LEVELS]))
+    hi = np.log(starts * np.array([b[1] for *_, b in LEVELS]))
+    n = len(LEVELS)
+
+    def residual(x):
+        return np.log(_curve(w, x[0], x[1:n + 1], np.exp(x[n + 1:]))) - np.log(y)
+
+    x0 = np.concatenate([[y.min()], np.full(n, max(y.max() - y.min(), 1e-3) / n), np.clip(np.log(starts), lo, hi)])
+    bounds = (np.concatenate([[1e-6], np.zeros(n), lo]), np.concatenate([[np.inf], np.full(n, np.inf), hi]))
+    fit = least_squares(residual, x0, bounds=bounds, loss="soft_l1", f_scale=0.05)
+    x = fit.x
+    return {"base_ns": float(x[0]),
+            "levels": [{"name": name, "capacity_bytes": float(math.exp(c)), "penalty_ns": float(p)}
+                       for (name, *_), p, c in zip(LEVELS, x[1:n + 1], x[n + 1:])],
+            "rms_log_error": float(np.sqrt(np.mean(fit.fun ** 2)))}
+
+
+def fit_gather(card: dict) -> list[dict]:
+    """The fit of every (threads, width) gather curve of a card."""
+    nominal = {c["level"]: c["bytes"] for c in card.get("caches", [])}
+    curves: dict[tuple[int, int], list[tuple[float, float]]] = {}
+    for r in card["gather"]:
+        curves.setdefault((r["threads"], r["width"]), []).append((r["working_set_bytes"], r["ns_per_row"]))
+    out = []
+    for (threads, width), points in sorted(curves.items()):
+        ws, ns = zip(*sorted(points))
+        out.append({"threads": threads, "width": width, **fit_curve(list(ws), list(ns), nominal)})
+    return out
+
+
+class Card:
+    """A machine card, checked, with the costs a prediction asks of it."""
+
+    def __init__(self, data: dict, where: str = "card"):
+        if not isinstance(data, dict) or data.get("kind") != CARD_KIND:
+            raise UserError(f"{where} is not a rechar machine card (make one with rechar probe)")
+        if data.get("version", 0) > CARD_VERSION:
+            raise UserError(f"{where} was written by a newer rechar (card version {data['version']}); upgrade rechar")
+        for key in ("gather", "gemm", "stream", "host"):
+            if not data.get(key):
+                raise UserError(f"{where} has no {key} figures")
+        self.data = data
+        self.where = where
+        if "gather_fit" not in data:
+            data["gather_fit"] = fit_gather(data)
+        self.threads = sorted({r["threads"] for r in data["gemm"]})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Card":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"no machine card at {path}") from None
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"machine card {path} is unreadable: {e}") from None
+        return cls(data, where=str(path))
+
+    @property
+    def host(self) -> dict:
+        return self.data["host"]
+
+    def label(self) -> str:
+        h = self.host
+        return f"{h.get('hostname')} ({h.get('cpu')}, {h.get('logical_cores')} cores)"
+
+    def _threads(self, threads: int) -> int:
+        if threads in self.threads:
+            return threads
+        raise UserError(f"{self.where} has no figures for {threads} thread(s) (it has {self.threads}); "
+                        f"probe with --threads including {threads}")
+
+    # gathers
+
+    def gather_fit(self, threads: int, row_bytes: int) -> dict:
+        """The fitted curve of the nearest probed width (rows narrower than the narrowest probed
+        still cost a cache line or two: they count as the narrowest)."""
+        threads = self._threads(threads)
+        fits = [f for f in self.data["gather_fit"] if f["threads"] == threads]
+        width = row_bytes / 4
+        return min(fits, key=lambda f: (abs(math.log(max(width, 1) / f["width"])), f["width"]))
+
+    def gather_ns(self, threads: int, streams: list[TableStream], ids: str, alpha: float,
+                  pool_samples: float | None) -> dict[str, float]:
+        """Expected ns per gathered row of each table (and '' for all lookups) for this id stream,
+        all tables sharing the caches."""
+        fits = {s.row_bytes: self.gather_fit(threads, s.row_bytes) for s in streams}
+        # Capacities are a property of the machine; one width's fit gives the levels' hit ratios.
+        levels = self.gather_fit(threads, 128)["levels"]
+        hits = [_hits(tuple(streams), level["capacity_bytes"], ids, alpha, pool_samples) for level in levels]
+        out, weights = {}, {}
+        for s in streams:
+            fit = fits[s.row_bytes]
+            cost = fit["base_ns"] + sum(lv["penalty_ns"] * (1 - h[s.table]) for lv, h in zip(fit["levels"], hits))
+            w = weights.get(s.table, 0) + s.lookups
+            out[s.table] = (out.get(s.table, 0.0) * weights.get(s.table, 0) + cost * s.lookups) / w
+            weights[s.table] = w
+        total = sum(weights.values())
+        out[""] = sum(out[t] * weights[t] for t in weights) / total
+        return out
+
+    # GEMMs
+
+    def gemm_us(self, threads: int, m: int, k: int, n: int) -> float:
+        """Time of one (m x k) @ (k x n) product with bias: the probed shape nearest in (k, n)
+        (log distance), interpolated in m on log scales, rescaled by k*n over the probed k*n."""
+        table = _gemm_table(id(self), json.dumps(self.data["gemm"]))
+        threads = self._threads(threads)
+        shapes = table[threads]
+        kn = min(shapes, key=lambda s: (math.log(s[0] / k) ** 2 + math.log(s[1] / n) ** 2, s))
+        ms, us = shapes[kn]
+        if m <= ms[0]:
+            t = us[0]  # below the smallest probed m: a call's floor
+        elif m >= ms[-1]:
+            t = us[-1] * m / ms[-1]  # beyond the largest: throughput has saturated
+        else:
+            t = math.exp(np.interp(math.log(m), np.log(ms), np.log(us)))
+        return t * (k * n) / (kn[0] * kn[1])
+
+    def stream_gbps(self, threads: int) -> float:
+        threads = self._threads(threads)
+        return max(r["gb_per_s"] for r in self.data["stream"] if r["threads"] == threads)
+
+    def call_us(self, stack: str) -> float | None:
+        return self.data.get("call_us", {}).get(stack)
+
+
+@functools.lru_cache(maxsize=8)
+def _gemm_table(card_id: int, gemm_json: str) -> dict[int, dict[tuple[int, int], tuple[list, list]]]:
+    table: dict[int, dict[tuple[int, int], dict[int, float]]] = {}
+    for r in json.loads(gemm_json):
+        table.setdefault(r["threads"], {}).setdefault((r["k"], r["n"]), {})[r["m"]] = r["us"]
+    return {t: {kn: (sorted(d), list(_monotone(np.array([d[m] for m in sorted(d)])))) for kn, d in shapes.items()}
+            for t, shapes in table.items()}
+
+
+@functools.lru_cache(maxsize=4096)
+def _hits(streams: tuple[TableStream, ...], capacity: float, ids: str, alpha: float,
+          pool_samples: float | None) -> dict[str, float]:
+    return hit_ratios(list(streams), capacity, ids, alpha, pool_samples)
