@@ -43,7 +43,7 @@ def _curve(w: np.ndarray, base: float, penalties: np.ndarray, capacities: np.nda
 def _monotone(y: np.ndarray) -> np.ndarray:
     """The lower envelope that never decreases: a gather over a larger working set, or a GEMM
     with more rows, cannot be cheaper, so a figure above a later one was slowed by something
-    else (a neighbour on a shared machine) and is lowered to it."""
+    else (a neighbour on a shared machine)."""
     return np.minimum.accumulate(y[::-1])[::-1]
 
 
@@ -54,7 +54,8 @@ def fit_curve(working_sets: list[float], ns_per_row: list[float], nominal: dict[
     w, y = np.asarray(working_sets, dtype=float)[order], np.asarray(ns_per_row, dtype=float)[order]
     if len(w) < 3 or np.any(y <= 0):
         raise UserError("a gather curve needs at least three positive figures")
-    y = _monotone(y)
+    keep = y <= _monotone(y)  # a figure above a later one was slowed by something else: left out
+    w, y = w[keep], y[keep]
     starts = np.array([nominal.get(level, default) if level else default for _, level, default, _ in LEVELS], float)
     lo = np.log(starts * np.array([b[0] for *_, b in LEVELS]))
     hi = np.log(starts * np.array([b[1] for *_, b in LEVELS]))
@@ -143,13 +144,14 @@ class Card:
         """Expected ns per gathered row of each table (and '' for all lookups) for this id stream,
         all tables sharing the caches."""
         fits = {s.row_bytes: self.gather_fit(threads, s.row_bytes) for s in streams}
-        # Capacities are a property of the machine; one width's fit gives the levels' hit ratios.
-        levels = self.gather_fit(threads, 128)["levels"]
-        hits = [_hits(tuple(streams), level["capacity_bytes"], ids, alpha, pool_samples) for level in levels]
+        # Each width's fit has its own capacities: the stream's hit ratios at each of them.
+        hits = {b: [_hits(tuple(streams), lv["capacity_bytes"], ids, alpha, pool_samples) for lv in fit["levels"]]
+                for b, fit in fits.items()}
         out, weights = {}, {}
         for s in streams:
             fit = fits[s.row_bytes]
-            cost = fit["base_ns"] + sum(lv["penalty_ns"] * (1 - h[s.table]) for lv, h in zip(fit["levels"], hits))
+            cost = fit["base_ns"] + sum(lv["penalty_ns"] * (1 - h[s.table])
+                                        for lv, h in zip(fit["levels"], hits[s.row_bytes]))
             w = weights.get(s.table, 0) + s.lookups
             out[s.table] = (out.get(s.table, 0.0) * weights.get(s.table, 0) + cost * s.lookups) / w
             weights[s.table] = w
@@ -188,8 +190,14 @@ def _gemm_table(card_id: int, gemm_json: str) -> dict[int, dict[tuple[int, int],
     table: dict[int, dict[tuple[int, int], dict[int, float]]] = {}
     for r in json.loads(gemm_json):
         table.setdefault(r["threads"], {}).setdefault((r["k"], r["n"]), {})[r["m"]] = r["us"]
-    return {t: {kn: (sorted(d), list(_monotone(np.array([d[m] for m in sorted(d)])))) for kn, d in shapes.items()}
-            for t, shapes in table.items()}
+    out: dict[int, dict[tuple[int, int], tuple[list, list]]] = {}
+    for t, shapes in table.items():
+        for kn, d in shapes.items():
+            ms = np.array(sorted(d), dtype=float)
+            us = np.array([d[m] for m in sorted(d)])
+            keep = us <= _monotone(us)  # slower than a larger product: slowed by a neighbour
+            out.setdefault(t, {})[kn] = (list(ms[keep]), list(us[keep]))
+    return out
 
 
 @functools.lru_cache(maxsize=4096)
