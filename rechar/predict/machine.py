@@ -103,6 +103,8 @@ class Card:
         if "gather_fit" not in data:
             data["gather_fit"] = fit_gather(data)
         self.threads = sorted({r["threads"] for r in data["gemm"]})
+        self._gemm = _gemm_table(data["gemm"])
+        self._gemm_memo: dict[tuple[int, int, int, int], float] = {}
 
     @classmethod
     def load(cls, path: str | Path) -> "Card":
@@ -164,9 +166,13 @@ class Card:
     def gemm_us(self, threads: int, m: int, k: int, n: int) -> float:
         """Time of one (m x k) @ (k x n) product with bias: the probed shape nearest in (k, n)
         (log distance), interpolated in m on log scales, rescaled by k*n over the probed k*n."""
-        table = _gemm_table(id(self), json.dumps(self.data["gemm"]))
-        threads = self._threads(threads)
-        shapes = table[threads]
+        key = (threads, m, k, n)
+        if key not in self._gemm_memo:
+            self._gemm_memo[key] = self._gemm_us(*key)
+        return self._gemm_memo[key]
+
+    def _gemm_us(self, threads: int, m: int, k: int, n: int) -> float:
+        shapes = self._gemm[self._threads(threads)]
         kn = min(shapes, key=lambda s: (math.log(s[0] / k) ** 2 + math.log(s[1] / n) ** 2, s))
         ms, us = shapes[kn]
         if m <= ms[0]:
@@ -185,10 +191,9 @@ class Card:
         return self.data.get("call_us", {}).get(stack)
 
 
-@functools.lru_cache(maxsize=8)
-def _gemm_table(card_id: int, gemm_json: str) -> dict[int, dict[tuple[int, int], tuple[list, list]]]:
+def _gemm_table(rows: list[dict]) -> dict[int, dict[tuple[int, int], tuple[list, list]]]:
     table: dict[int, dict[tuple[int, int], dict[int, float]]] = {}
-    for r in json.loads(gemm_json):
+    for r in rows:
         table.setdefault(r["threads"], {}).setdefault((r["k"], r["n"]), {})[r["m"]] = r["us"]
     out: dict[int, dict[tuple[int, int], tuple[list, list]]] = {}
     for t, shapes in table.items():
