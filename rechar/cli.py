@@ -436,8 +436,9 @@ def _int_list(text: str, what: str) -> list[int]:
               show_default=True, help="Machine card (JSON) to write.")
 @click.option("--threads", "threads_text", default=None,
               help="Comma-separated thread counts to probe (default: 1, 2, 4, ... up to the physical cores).")
-@click.option("--max-working-set", default="1G", show_default=True,
-              help="Largest working set of the gather probe (past the last-level cache and the TLB's reach).")
+@click.option("--max-working-set", default=None,
+              help="Largest working set of the gather probe, e.g. 1G (default: 4G, or a quarter of the available "
+                   "memory if less).")
 @click.option("--stacks", "stacks_text", default="torch,ort,tf", show_default=True,
               help="Stacks whose fixed cost per call is probed (torch, ort, tf); missing ones are skipped.")
 @quiet_option
@@ -445,7 +446,9 @@ def probe_cmd(out_path, threads_text, max_working_set, stacks_text, quiet) -> No
     """Measure this machine for predictions (about a minute): gathers, bandwidth, GEMMs, call costs."""
     from rechar.predict.probe import ProbeOptions, parse_size, probe
 
-    options = ProbeOptions(max_working_set=parse_size(max_working_set), stacks=tuple(_split_names((stacks_text,))))
+    options = ProbeOptions(stacks=tuple(_split_names((stacks_text,))))
+    if max_working_set:
+        options.max_working_set = parse_size(max_working_set)
     if threads_text:
         options.threads = _int_list(threads_text, "--threads")
     echo = (lambda msg: None) if quiet else click.echo

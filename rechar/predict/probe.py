@@ -3,7 +3,8 @@ card (JSON) that ``rechar predict`` re-costs a run's operators with.
 
 - random gathers: ns per row of ``torch.index_select`` over fp32 tables of the models' row widths
   (32, 64, 128 floats), working sets from 16 KiB (inside L1) to ``max_working_set`` (default
-  1 GiB: past the last-level cache and the TLB's reach), per thread count;
+  4 GiB, or a quarter of the available memory: past the last-level cache and the TLB's reach),
+  per thread count;
 - streaming bandwidth: a large tensor copied, per thread count;
 - GEMMs: ``torch.nn.functional.linear`` at every (in, out) shape of the models' FC layers (and
   GRU projections) and a range of row counts M, per thread count;
@@ -45,7 +46,7 @@ STACKS = ("torch", "ort", "tf")
 @dataclasses.dataclass
 class ProbeOptions:
     threads: list[int] = dataclasses.field(default_factory=lambda: default_threads())
-    max_working_set: int = 1 << 30
+    max_working_set: int = dataclasses.field(default_factory=lambda: default_max_working_set())
     widths: tuple[int, ...] = WIDTHS
     gemm_rows: tuple[int, ...] = GEMM_ROWS
     gemm_shapes: list[tuple[int, int]] | None = None  # (in, out); None: every model's FC shapes
@@ -66,6 +67,12 @@ class ProbeOptions:
         unknown = set(self.stacks) - set(STACKS)
         if unknown:
             raise UserError(f"unknown stack {sorted(unknown)[0]!r} (choose from {', '.join(STACKS)})")
+
+
+def default_max_working_set() -> int:
+    """4 GiB (past the TLB's reach with 4 KiB and with 2 MiB pages, and the size of the study's
+    tables), or a quarter of the memory available now if that is less."""
+    return int(min(4 << 30, hostinfo.psutil.virtual_memory().available // 4))
 
 
 def default_threads() -> list[int]:
