@@ -121,7 +121,8 @@ def test_tiny_probe_writes_a_well_formed_card(tmp_path, monkeypatch):
     assert on_disk["kind"] == CARD_KIND and on_disk["version"] == CARD_VERSION
     assert on_disk["skipped_stacks"] == {"tf": "tensorflow is not installed"}
     assert set(on_disk["call_us"]) == {"torch", "ort"} and all(v > 0 for v in on_disk["call_us"].values())
-    sizes = sorted(r["working_set_bytes"] for r in on_disk["gather"])
+    assert {r["kernel"] for r in on_disk["gather"]} == {"index_select", "embedding_bag"}
+    sizes = sorted(r["working_set_bytes"] for r in on_disk["gather"] if r["kernel"] == "index_select")
     assert sizes[0] == 16 << 10 and sizes[-1] <= 256 << 10 and len(sizes) == 9  # 16 KiB .. 256 KiB: 4 octaves, 2 figures each
     assert {(r["m"], r["k"], r["n"]) for r in on_disk["gemm"]} == {(1, 16, 8), (16, 16, 8), (1, 64, 32), (16, 64, 32)}
     assert on_disk["host"]["logical_cores"] >= 1 and on_disk["stream"][0]["gb_per_s"] > 0
@@ -166,19 +167,22 @@ def test_gather_fit_recovers_a_planted_curve():
 # predict on a hand-made run and card
 
 BASE_NS, LEVELS = 2.0, [(64 << 10, 1.0), (1 << 20, 2.0), (4 << 20, 4.0), (64 << 20, 8.0)]
+POOLED_BASE_NS, POOLED_PENALTY = 1.0, 3.0  # the pooled gather's curve: base 1 ns, penalties x3
 
 
 def hand_card(gather_scale: float = 1.0, hostname: str = "box") -> dict:
-    """A card with a known gather curve (the fit given), GEMM time = 1 + 1e-4 * m*k*n µs."""
-    fit = {"threads": 1, "width": 32, "base_ns": BASE_NS * gather_scale, "rms_log_error": 0.0,
-           "levels": [{"name": n, "capacity_bytes": c, "penalty_ns": p * gather_scale}
-                      for n, (c, p) in zip(("L1", "L2", "LLC", "TLB"), LEVELS)]}
+    """A card with known gather curves (the fits given), GEMM time = 1 + 1e-4 * m*k*n µs."""
+    def fit(kernel, base, penalty):
+        return {"kernel": kernel, "threads": 1, "width": 32, "base_ns": base * gather_scale, "rms_log_error": 0.0,
+                "levels": [{"name": n, "capacity_bytes": c, "penalty_ns": p * penalty * gather_scale}
+                           for n, (c, p) in zip(("L1", "L2", "LLC", "TLB"), LEVELS)]}
     gemm = [{"threads": 1, "m": m, "k": k, "n": n, "us": 1 + 1e-4 * m * k * n}
             for k, n in ((4, 8), (8, 1), (72, 8), (8, 8)) for m in (1, 16, 64, 256)]
     return {"kind": CARD_KIND, "version": CARD_VERSION,
             "host": {"hostname": hostname, "cpu": "hand-made", "logical_cores": 1, "llc_bytes": 64 << 20},
             "gather": [{"threads": 1, "width": 32, "working_set_bytes": 1 << 20, "ns_per_row": 3.0}],
-            "gather_fit": [fit], "gemm": gemm, "stream": [{"threads": 1, "gb_per_s": 10.0}],
+            "gather_fit": [fit("index_select", BASE_NS, 1.0), fit("embedding_bag", POOLED_BASE_NS, POOLED_PENALTY)],
+            "gemm": gemm, "stream": [{"threads": 1, "gb_per_s": 10.0}],
             "call_us": {"torch": 5.0}}
 
 
@@ -191,9 +195,12 @@ OPS = [  # native op, layer, calls, self µs (per iteration: iterations = 1)
     ("aten::cat", "interaction", 1, 10.0),
     ("aten::view", "", 1, 1.0),  # the stack's floor: 1 µs per call
 ]
+ORT_OPS = [("Gather", "emb.tables.0", 1, 100.0), ("Gather", "emb.tables.1", 1, 100.0), ("Gemm", "top_mlp.0", 1, 50.0),
+           ("Concat", "interaction", 1, 10.0), ("Reshape", "", 1, 1.0)]
 
 
-def make_run(folder, p50_us: float = 300.0, pool_batches: int = 1000, batch: int = 64):
+def make_run(folder, p50_us: float = 300.0, pool_batches: int = 1000, batch: int = 64, backend: str = "torch",
+             ops=OPS):
     folder.mkdir()
     manifest = {"schema_version": SCHEMA_VERSION, "run_id": "hand", "status": "finished",
                 "host": {"hostname": "box", "cpu": "hand-made", "logical_cores": 1},
@@ -201,22 +208,22 @@ def make_run(folder, p50_us: float = 300.0, pool_batches: int = 1000, batch: int
                             "overrides": {}},
                 "configs": {"dlrm-rmc1": CONFIG}}
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    point = {"run_id": "hand", "model": "dlrm-rmc1", "scale": "small", "backend": "torch", "framework": "torch",
+    point = {"run_id": "hand", "model": "dlrm-rmc1", "scale": "small", "backend": backend, "framework": backend,
              "device": "cpu", "batch": batch, "status": "ok", "iterations": 100, "p50_us": p50_us, "mean_us": p50_us,
              "min_us": p50_us, "max_us": p50_us, "inputs": "fresh", "pool_batches": pool_batches}
     append_point(folder, point)
     profile = {**{k: point[k] for k in ("run_id", "model", "backend", "device", "batch")}, "status": "ok",
                "iterations": 1, "ops": [{"native_op": op, "node": "", "layer": layer, "calls": calls, "self_us": us,
-                                         "members": []} for op, layer, calls, us in OPS]}
+                                         "members": []} for op, layer, calls, us in ops]}
     append_point(folder, profile, log="profiles.jsonl")
     write_tables(folder)
     return folder
 
 
-def expected_gather_ns(total_table_bytes: float) -> float:
+def expected_gather_ns(total_table_bytes: float, base: float = BASE_NS, penalty: float = 1.0) -> float:
     """By hand: uniform lookups over two equal tables (one stream in effect): a level of C bytes
     hits min(1, C / table bytes)."""
-    return BASE_NS + sum(p * (1 - min(1.0, c / total_table_bytes)) for c, p in LEVELS)
+    return base + sum(p * penalty * (1 - min(1.0, c / total_table_bytes)) for c, p in LEVELS)
 
 
 def test_predict_matches_the_hand_computed_formula(tmp_path):
@@ -227,15 +234,21 @@ def test_predict_matches_the_hand_computed_formula(tmp_path):
     assert (same["kind"] == "prediction").all()
 
     big = predict(run, card, Target(tables_rows="100x")).iloc[0]
-    g_src, g_tgt = expected_gather_ns(2 * 1000 * 128), expected_gather_ns(2 * 100_000 * 128)
+    # PyTorch's embedding_bag: the pooled curve
+    g_src = expected_gather_ns(2 * 1000 * 128, POOLED_BASE_NS, POOLED_PENALTY)
+    g_tgt = expected_gather_ns(2 * 100_000 * 128, POOLED_BASE_NS, POOLED_PENALTY)
     # Each gather: 1 µs floor + 99 µs scaled by the ns per row; FC, cat and the view unchanged
     # (same shapes, same elements); profiled 261 µs < p50 300 µs: the change is added as is.
     expected = 300.0 + 2 * 99.0 * (g_tgt / g_src - 1)
     assert big["predicted_p50_us"] == pytest.approx(expected, rel=1e-6)
-    assert big["source_gather_ns"] == pytest.approx(g_src) and big["target_gather_ns"] == pytest.approx(g_tgt)
     assert big["target_table_bytes"] == 2 * 100_000 * 128
     t_emb = 2 * (1 + 99 * g_tgt / g_src)
     assert big["share_embedding"] == pytest.approx(t_emb / (t_emb + 50 + 10 + 1))
+    # ONNX Runtime's Gather copies rows out: the plain curve, reported as the point's gather cost
+    ort = predict(make_run(tmp_path / "ort", backend="ort-cpu", ops=ORT_OPS), card, Target(tables_rows="100x")).iloc[0]
+    p_src, p_tgt = expected_gather_ns(2 * 1000 * 128), expected_gather_ns(2 * 100_000 * 128)
+    assert ort["predicted_p50_us"] == pytest.approx(300.0 + 2 * 99.0 * (p_tgt / p_src - 1), rel=1e-6)
+    assert ort["source_gather_ns"] == pytest.approx(p_src) and ort["target_gather_ns"] == pytest.approx(p_tgt)
 
 
 def test_predict_follows_a_planted_change_of_gather_cost(tmp_path):

@@ -26,7 +26,7 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from rechar.errors import UserError
-from rechar.predict.probe import CARD_KIND, CARD_VERSION
+from rechar.predict.probe import CARD_KIND, CARD_VERSION, PLAIN
 from rechar.predict.reuse import TableStream, hit_ratios
 
 #: Levels fitted to a gather curve: (name, sysfs level it starts from, default bytes, bounds as
@@ -75,15 +75,16 @@ def fit_curve(working_sets: list[float], ns_per_row: list[float], nominal: dict[
 
 
 def fit_gather(card: dict) -> list[dict]:
-    """The fit of every (threads, width) gather curve of a card."""
+    """The fit of every (kernel, threads, width) gather curve of a card."""
     nominal = {c["level"]: c["bytes"] for c in card.get("caches", [])}
-    curves: dict[tuple[int, int], list[tuple[float, float]]] = {}
+    curves: dict[tuple[str, int, int], list[tuple[float, float]]] = {}
     for r in card["gather"]:
-        curves.setdefault((r["threads"], r["width"]), []).append((r["working_set_bytes"], r["ns_per_row"]))
+        key = (r.get("kernel", PLAIN), r["threads"], r["width"])
+        curves.setdefault(key, []).append((r["working_set_bytes"], r["ns_per_row"]))
     out = []
-    for (threads, width), points in sorted(curves.items()):
+    for (kernel, threads, width), points in sorted(curves.items()):
         ws, ns = zip(*sorted(points))
-        out.append({"threads": threads, "width": width, **fit_curve(list(ws), list(ns), nominal)})
+        out.append({"kernel": kernel, "threads": threads, "width": width, **fit_curve(list(ws), list(ns), nominal)})
     return out
 
 
@@ -133,19 +134,22 @@ class Card:
 
     # gathers
 
-    def gather_fit(self, threads: int, row_bytes: int) -> dict:
-        """The fitted curve of the nearest probed width (rows narrower than the narrowest probed
-        still cost a cache line or two: they count as the narrowest)."""
+    def gather_fit(self, threads: int, row_bytes: int, kernel: str = PLAIN) -> dict:
+        """The fitted curve of ``kernel`` (the plain gather where the card has none of it) at the
+        nearest probed width (rows narrower than the narrowest probed still cost a cache line or
+        two: they count as the narrowest)."""
         threads = self._threads(threads)
-        fits = [f for f in self.data["gather_fit"] if f["threads"] == threads]
+        fits = [f for f in self.data["gather_fit"] if f["threads"] == threads and f.get("kernel", PLAIN) == kernel]
+        if not fits:
+            fits = [f for f in self.data["gather_fit"] if f["threads"] == threads and f.get("kernel", PLAIN) == PLAIN]
         width = row_bytes / 4
         return min(fits, key=lambda f: (abs(math.log(max(width, 1) / f["width"])), f["width"]))
 
     def gather_ns(self, threads: int, streams: list[TableStream], ids: str, alpha: float,
-                  pool_samples: float | None) -> dict[str, float]:
+                  pool_samples: float | None, kernel: str = PLAIN) -> dict[str, float]:
         """Expected ns per gathered row of each table (and '' for all lookups) for this id stream,
         all tables sharing the caches."""
-        fits = {s.row_bytes: self.gather_fit(threads, s.row_bytes) for s in streams}
+        fits = {s.row_bytes: self.gather_fit(threads, s.row_bytes, kernel) for s in streams}
         # Each width's fit has its own capacities: the stream's hit ratios at each of them.
         hits = {b: [_hits(tuple(streams), lv["capacity_bytes"], ids, alpha, pool_samples) for lv in fit["levels"]]
                 for b, fit in fits.items()}

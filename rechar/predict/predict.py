@@ -40,6 +40,7 @@ from rechar.hostinfo import last_level_cache_bytes
 from rechar.models.config import SCALES
 from rechar.predict.census import census
 from rechar.predict.machine import Card
+from rechar.predict.probe import PLAIN, POOLED
 from rechar.runners.inputs import FALLBACK_CACHE_BYTES, PoolRule
 from rechar.runners.results import load_points, read_manifest, write_parquet
 
@@ -150,8 +151,11 @@ def recost_point(name: str, batch: int, stack: str, ops: pd.DataFrame, p50_us: f
     point's profile rows (native_op, op_category, category, layer, calls_per_iter,
     self_us_per_iter), averaged over rounds."""
     cs, ct = census(name, src.config, batch), census(name, tgt.config, batch)
-    g_src = src.card.gather_ns(src.threads, cs.streams, ids, alpha, src.pool_samples) if cs.streams else {}
-    g_tgt = tgt.card.gather_ns(tgt.threads, ct.streams, ids, alpha, tgt.pool_samples) if ct.streams else {}
+    def gather_ns(side, c, kernel):
+        return side.card.gather_ns(side.threads, c.streams, ids, alpha, side.pool_samples, kernel) if c.streams else {}
+
+    g_src, g_tgt = gather_ns(src, cs, PLAIN), gather_ns(tgt, ct, PLAIN)
+    pooled = {}  # PyTorch's embedding_bag sums rows as it gathers them: the pooled curve
     rows_src = _rows_per_table(cs, batch)
     rows_tgt = _rows_per_table(ct, batch)
     gemm_all_src = sum(src.card.gemm_us(src.threads, *g) for g in cs.work("", inclusive=True).gemms)
@@ -175,7 +179,12 @@ def recost_point(name: str, batch: int, stack: str, ops: pd.DataFrame, p50_us: f
         call_ratio = wt.calls / ws.calls if ws.calls else 1.0
         table = cs.table(layer)
         if op.op_category == "embedding" and table is not None and table in g_src and table in g_tgt:
-            ratio = (rows_tgt.get(table, 0) * g_tgt[table]) / (rows_src[table] * g_src[table])
+            gs, gt = g_src, g_tgt
+            if "embedding_bag" in op.native_op:
+                if not pooled:
+                    pooled.update(src=gather_ns(src, cs, POOLED), tgt=gather_ns(tgt, ct, POOLED))
+                gs, gt = pooled["src"], pooled["tgt"]
+            ratio = (rows_tgt.get(table, 0) * gt[table]) / (rows_src[table] * gs[table])
             call_ratio = 1.0
         elif op.op_category == "fc":
             gs, gt = _linear_gemms(cs, layer), _linear_gemms(ct, layer)

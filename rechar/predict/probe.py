@@ -1,8 +1,9 @@
 """``rechar probe``: about a minute of measurements on the target machine, written as a machine
 card (JSON) that ``rechar predict`` re-costs a run's operators with.
 
-- random gathers: ns per row of ``torch.index_select`` over fp32 tables of the models' row widths
-  (32, 64, 128 floats), working sets from 16 KiB (inside L1) to ``max_working_set`` (default
+- random gathers: ns per row of ``torch.index_select`` (rows copied out: ONNX Runtime's and
+  TensorFlow's Gather) and of ``embedding_bag`` (rows summed in bags of 16: PyTorch's pooled
+  lookups) over fp32 tables of the models' row widths (32, 64, 128 floats; pooled: 32, 64), working sets from 16 KiB (inside L1) to ``max_working_set`` (default
   4 GiB, or a quarter of the available memory: past the last-level cache and the TLB's reach),
   per thread count;
 - streaming bandwidth: a large tensor copied, per thread count;
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import math
 import os
 import time
@@ -40,6 +42,9 @@ MIN_WORKING_SET = 16 << 10
 GEMM_ROWS = (1, 8, 64, 256, 1024, 4096)
 GATHER_ROWS = 16_384  # rows gathered per timed call
 PASSES = 2  # sweeps over the gather sizes (the lower figure is kept)
+PLAIN, POOLED = "index_select", "embedding_bag"  # gather kernels: rows copied out, rows summed in bags
+POOL = 16  # rows per bag of the pooled gather (16,384 rows: 1,024 bags)
+POOLED_WIDTHS = (32, 64)  # the pooled tables' widths
 STACKS = ("torch", "ort", "tf")
 
 
@@ -131,25 +136,33 @@ def probe_gather(options: ProbeOptions, log: Callable[[str], None]) -> list[dict
     floats = options.max_working_set // 4
     buffer = torch.empty(floats, dtype=torch.float32)
     buffer.fill_(1.0)  # touch every page before timing
-    best: dict[tuple[int, int, int], float] = {}
+    best: dict[tuple[str, int, int, int], float] = {}
     gen = torch.Generator().manual_seed(0)
     for sweep in range(PASSES):
         for threads in options.threads:
             torch.set_num_threads(threads)
-            for width in options.widths:
-                out = torch.empty(GATHER_ROWS, width)
-                for ws in working_sets(options.max_working_set):
-                    rows = ws // (4 * width)
-                    if rows < 1:
-                        continue
-                    table = buffer[: rows * width].view(rows, width)
-                    ids = torch.randint(rows, (GATHER_ROWS,), generator=gen)
-                    seconds = _timed(lambda: torch.index_select(table, 0, ids, out=out), options.seconds_per_figure)
-                    key = (threads, width, rows * width * 4)
-                    best[key] = min(best.get(key, math.inf), seconds / GATHER_ROWS * 1e9)
+            for kernel, widths in ((PLAIN, options.widths), (POOLED, [w for w in options.widths if w in POOLED_WIDTHS])):
+                for width in widths:
+                    out = torch.empty(GATHER_ROWS, width)
+                    for ws in working_sets(options.max_working_set):
+                        rows = ws // (4 * width)
+                        if rows < 1:
+                            continue
+                        table = buffer[: rows * width].view(rows, width)
+                        ids = torch.randint(rows, (GATHER_ROWS,), generator=gen)
+                        if kernel == PLAIN:
+                            call = functools.partial(torch.index_select, table, 0, ids, out=out)
+                        else:
+                            bags = ids.view(-1, POOL)
+                            call = functools.partial(torch.nn.functional.embedding_bag, bags, table, mode="sum")
+                        with torch.inference_mode():
+                            seconds = _timed(call, options.seconds_per_figure)
+                        key = (kernel, threads, width, rows * width * 4)
+                        best[key] = min(best.get(key, math.inf), seconds / GATHER_ROWS * 1e9)
         log(f"  gathers: sweep {sweep + 1} of {PASSES} done")
     del buffer
-    return [{"threads": t, "width": w, "working_set_bytes": ws, "ns_per_row": ns} for (t, w, ws), ns in best.items()]
+    return [{"kernel": k, "threads": t, "width": w, "working_set_bytes": ws, "ns_per_row": ns}
+            for (k, t, w, ws), ns in best.items()]
 
 
 def probe_stream(options: ProbeOptions) -> list[dict]:
