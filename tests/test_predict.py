@@ -283,3 +283,25 @@ def test_predict_errors_are_one_line(run_cli, tmp_path):
     assert code == 0 and out.startswith("PREDICTED p50 (not measured)")
     written = pd.read_parquet(run / "predictions" / "box-run-trun-rows100x.parquet")
     assert list(written["kind"]) == ["prediction"]
+
+
+def test_census_reads_tables_and_products_from_the_config():
+    import rechar.models as models
+    from rechar.predict.census import census
+
+    # NCF at small scale: the user id indexes the 100,000-row GMF table within the 28,000-row MLP
+    # table's range (the generator draws it so); one lookup each.
+    ncf = census("ncf", models.resolve_config("ncf", "small"), batch=8)
+    streams = {s.table: s for s in ncf.streams}
+    assert (streams["gmf_user"].rows, streams["mlp_user"].rows, streams["gmf_user"].lookups) == (28_000, 28_000, 1)
+    assert streams["gmf_user"].row_bytes == 64 * 4
+    # DIN: the item table serves 250 behaviours and the target; the attention MLP's first layer
+    # multiplies batch x 250 rows of [h, t, h-t, h*t] (4 x 32) by 128 x 80.
+    din = census("din", models.resolve_config("din", "small"), batch=4)
+    assert sum(s.lookups for s in din.streams if s.table == "item_emb") == 251
+    assert din.work("attention.mlp.0").gemms == [(4 * 250, 128, 80)]
+    assert din.work("top_mlp.0").gemms == [(4, 128, 200)]
+    # Table weights are not elements: a pooled table's work does not grow with its rows.
+    rmc1 = [census("dlrm-rmc1", models.resolve_config("dlrm-rmc1", s), batch=2).work("emb.tables.0").elements
+            for s in ("tiny", "small")]
+    assert rmc1[0] == rmc1[1]
