@@ -151,17 +151,19 @@ def test_probe_refuses_a_folder_as_output(run_cli, tmp_path):
 
 
 def test_gather_fit_recovers_a_planted_curve():
-    # Figures made by the model's own formula with known levels; one figure slowed by a
-    # neighbour (x40) must not move the fit.
+    # Figures made by the model's own formula with known levels (capacities on the probe's grid);
+    # one figure slowed by a neighbour (x40) must not move the fit.
     levels = [(32 << 10, 1.0), (1 << 20, 2.0), (16 << 20, 6.0), (256 << 20, 3.0)]
     ws = [int((16 << 10) * 2 ** (k / 2)) for k in range(33)]
     ns = [2.0 + sum(p * (1 - min(1, c / w)) for c, p in levels) for w in ws]
-    ns[20] *= 40
-    fit = fit_curve(ws, ns, {1: 32 << 10, 2: 1 << 20, 3: 32 << 20})
+    ns[17] *= 40
+    fit = fit_curve(ws, ns)
     model = [fit["base_ns"] + sum(lv["penalty_ns"] * (1 - min(1, lv["capacity_bytes"] / w)) for lv in fit["levels"])
              for w in ws]
     clean = [2.0 + sum(p * (1 - min(1, c / w)) for c, p in levels) for w in ws]
-    assert max(abs(m / c - 1) for m, c in zip(model, clean)) < 0.03
+    assert max(abs(m / c - 1) for m, c in zip(model, clean)) < 1e-6
+    assert fit["base_ns"] == pytest.approx(2.0)
+    assert {round(lv["capacity_bytes"]): round(lv["penalty_ns"], 6) for lv in fit["levels"]} == {c: p for c, p in levels}
 
 
 # predict on a hand-made run and card
@@ -173,9 +175,8 @@ POOLED_BASE_NS, POOLED_PENALTY = 1.0, 3.0  # the pooled gather's curve: base 1 n
 def hand_card(gather_scale: float = 1.0, hostname: str = "box") -> dict:
     """A card with known gather curves (the fits given), GEMM time = 1 + 1e-4 * m*k*n µs."""
     def fit(kernel, base, penalty):
-        return {"kernel": kernel, "threads": 1, "width": 32, "base_ns": base * gather_scale, "rms_log_error": 0.0,
-                "levels": [{"name": n, "capacity_bytes": c, "penalty_ns": p * penalty * gather_scale}
-                           for n, (c, p) in zip(("L1", "L2", "LLC", "TLB"), LEVELS)]}
+        return {"kernel": kernel, "threads": 1, "width": 32, "base_ns": base * gather_scale,
+                "levels": [{"capacity_bytes": c, "penalty_ns": p * penalty * gather_scale} for c, p in LEVELS]}
     gemm = [{"threads": 1, "m": m, "k": k, "n": n, "us": 1 + 1e-4 * m * k * n}
             for k, n in ((4, 8), (8, 1), (72, 8), (8, 8)) for m in (1, 16, 64, 256)]
     return {"kind": CARD_KIND, "version": CARD_VERSION,

@@ -2,16 +2,18 @@
 time at any shape, streaming bandwidth, a stack's fixed cost per call.
 
 Gathers: the probe measures ns per row of random gathers over a uniform working set W. Under
-uniform access an LRU cache of C bytes hits a fraction min(1, C/W) of them, so the curve is fitted
-as
+uniform access an LRU cache of C bytes hits a fraction min(1, C/W) of them, so the curve is
+fitted as a hierarchy of levels, one at each working set the probe measured (capacity C_k = the
+k-th working set):
 
-    cost(W) = base + sum_k penalty_k * (1 - min(1, C_k / W))
+    cost(W) = base + sum_k penalty_k * (1 - min(1, C_k / W)),    penalty_k >= 0
 
-over four levels k (L1, L2, last-level cache, and the TLB's reach, whose misses add page walks),
-capacities starting from the sizes sysfs reports and fitted within bounds (a shared or
-virtualised last-level cache is smaller in effect than its nominal size). For a model's id
-stream, the fraction of lookups that miss level k comes from the reuse profile
-(rechar.predict.reuse) at that level's fitted capacity: cost = base + sum_k penalty_k * miss_k.
+by non-negative least squares on relative errors: no level count or capacity is assumed (an L2,
+a shared last-level cache that holds less in effect than its nominal size, the TLB's reach and
+the page-walk caches beyond it all show as penalties at the sizes where the curve rises). For a
+model's id stream, the fraction of lookups that miss each capacity comes from the reuse
+profile (rechar.predict.reuse): cost = base + sum_k penalty_k * miss_k. Past the largest working
+set probed, the cost stays at the curve's last value.
 """
 
 from __future__ import annotations
@@ -23,22 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.optimize import least_squares
+from scipy.optimize import nnls
 
 from rechar.errors import UserError
 from rechar.predict.probe import CARD_KIND, CARD_VERSION, PLAIN
 from rechar.predict.reuse import TableStream, hit_ratios
-
-#: Levels fitted to a gather curve: (name, sysfs level it starts from, default bytes, bounds as
-#: multiples of the start)
-LEVELS = (("L1", 1, 32 << 10, (0.25, 4.0)), ("L2", 2, 1 << 20, (0.25, 4.0)), ("LLC", 3, 32 << 20, (1 / 16, 4.0)),
-          ("TLB", None, 128 << 20, (1 / 128, 512.0)))
-
-
-def _curve(w: np.ndarray, base: float, penalties: np.ndarray, capacities: np.ndarray) -> np.ndarray:
-    miss = 1.0 - np.minimum(1.0, capacities[None, :] / w[:, None])
-    return base + miss @ penalties
-
 
 def _monotone(y: np.ndarray) -> np.ndarray:
     """The lower envelope that never decreases: a gather over a larger working set, or a GEMM
@@ -47,44 +38,47 @@ def _monotone(y: np.ndarray) -> np.ndarray:
     return np.minimum.accumulate(y[::-1])[::-1]
 
 
-def fit_curve(working_sets: list[float], ns_per_row: list[float], nominal: dict[int, int]) -> dict[str, Any]:
-    """Fit base, penalties and capacities of LEVELS to one gather curve (least squares on the
-    logarithm: every point weighs by its relative error)."""
+def _misses(w: np.ndarray, capacities: np.ndarray) -> np.ndarray:
+    return 1.0 - np.minimum(1.0, capacities[None, :] / w[:, None])
+
+
+def fit_curve(working_sets: list[float], ns_per_row: list[float]) -> dict[str, Any]:
+    """Base and per-capacity penalties of one gather curve (the module docstring's model)."""
     order = np.argsort(working_sets)
     w, y = np.asarray(working_sets, dtype=float)[order], np.asarray(ns_per_row, dtype=float)[order]
     if len(w) < 3 or np.any(y <= 0):
         raise UserError("a gather curve needs at least three positive figures")
     keep = y <= _monotone(y)  # a figure above a later one was slowed by something else: left out
+    capacities = w
     w, y = w[keep], y[keep]
-    starts = np.array([nominal.get(level, default) if level else default for _, level, default, _ in LEVELS], float)
-    lo = np.log(starts * np.array([b[0] for *_, b in LEVELS]))
-    hi = np.log(starts * np.array([b[1] for *_, b in LEVELS]))
-    n = len(LEVELS)
-
-    def residual(x):
-        return np.log(_curve(w, x[0], x[1:n + 1], np.exp(x[n + 1:]))) - np.log(y)
-
-    x0 = np.concatenate([[y.min()], np.full(n, max(y.max() - y.min(), 1e-3) / n), np.clip(np.log(starts), lo, hi)])
-    bounds = (np.concatenate([[1e-6], np.zeros(n), lo]), np.concatenate([[np.inf], np.full(n, np.inf), hi]))
-    fit = least_squares(residual, x0, bounds=bounds, loss="soft_l1", f_scale=0.05)
-    x = fit.x
+    design = np.hstack([np.ones((len(w), 1)), _misses(w, capacities)])
+    x, _ = nnls(design / y[:, None], np.ones(len(y)))  # relative errors: every figure weighs alike
+    fitted = design @ x
     return {"base_ns": float(x[0]),
-            "levels": [{"name": name, "capacity_bytes": float(math.exp(c)), "penalty_ns": float(p)}
-                       for (name, *_), p, c in zip(LEVELS, x[1:n + 1], x[n + 1:])],
-            "rms_log_error": float(np.sqrt(np.mean(fit.fun ** 2)))}
+            "levels": [{"capacity_bytes": float(c), "penalty_ns": float(p)} for c, p in zip(capacities, x[1:])
+                       if p > 1e-9],
+            "rms_relative_error": float(np.sqrt(np.mean((fitted / y - 1) ** 2)))}
+
+
+def _capped_by_one_thread(rows: list[dict], key: tuple[str, ...], value: str) -> list[dict]:
+    """Figures of more threads capped at the one-thread figure of the same work: a call given
+    more threads can still do the work at one thread's pace, so a slower figure was slowed by a
+    neighbour holding one of its cores (on this shared VM under load: milliseconds per call)."""
+    one = {tuple(r.get(k) for k in key): r[value] for r in rows if r["threads"] == 1}
+    return [{**r, value: min(r[value], one.get(tuple(r.get(k) for k in key), math.inf))} for r in rows]
 
 
 def fit_gather(card: dict) -> list[dict]:
     """The fit of every (kernel, threads, width) gather curve of a card."""
-    nominal = {c["level"]: c["bytes"] for c in card.get("caches", [])}
+    rows = _capped_by_one_thread(card["gather"], ("kernel", "width", "working_set_bytes"), "ns_per_row")
     curves: dict[tuple[str, int, int], list[tuple[float, float]]] = {}
-    for r in card["gather"]:
+    for r in rows:
         key = (r.get("kernel", PLAIN), r["threads"], r["width"])
         curves.setdefault(key, []).append((r["working_set_bytes"], r["ns_per_row"]))
     out = []
     for (kernel, threads, width), points in sorted(curves.items()):
         ws, ns = zip(*sorted(points))
-        out.append({"kernel": kernel, "threads": threads, "width": width, **fit_curve(list(ws), list(ns), nominal)})
+        out.append({"kernel": kernel, "threads": threads, "width": width, **fit_curve(list(ws), list(ns))})
     return out
 
 
@@ -104,7 +98,7 @@ class Card:
         if "gather_fit" not in data:
             data["gather_fit"] = fit_gather(data)
         self.threads = sorted({r["threads"] for r in data["gemm"]})
-        self._gemm = _gemm_table(data["gemm"])
+        self._gemm = _gemm_table(_capped_by_one_thread(data["gemm"], ("m", "k", "n"), "us"))
         self._gemm_memo: dict[tuple[int, int, int, int], float] = {}
 
     @classmethod
