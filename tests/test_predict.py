@@ -17,7 +17,7 @@ from scipy.optimize import brentq
 from rechar.errors import UserError
 from rechar.models.base import InputGenerator
 from rechar.predict import Card, ProbeOptions, Target, predict, probe
-from rechar.predict.machine import fit_curve
+from rechar.predict.machine import FIT_METHOD, fit_curve
 from rechar.predict.probe import CARD_KIND, CARD_VERSION
 from rechar.predict.reuse import TableStream, hit_ratios
 from rechar.runners.results import SCHEMA_VERSION, append_point, write_tables
@@ -183,6 +183,7 @@ def hand_card(gather_scale: float = 1.0, hostname: str = "box") -> dict:
             "host": {"hostname": hostname, "cpu": "hand-made", "logical_cores": 1, "llc_bytes": 64 << 20},
             "gather": [{"threads": 1, "width": 32, "working_set_bytes": 1 << 20, "ns_per_row": 3.0}],
             "gather_fit": [fit("index_select", BASE_NS, 1.0), fit("embedding_bag", POOLED_BASE_NS, POOLED_PENALTY)],
+            "gather_fit_method": FIT_METHOD,
             "gemm": gemm, "stream": [{"threads": 1, "gb_per_s": 10.0}],
             "call_us": {"torch": 5.0}}
 

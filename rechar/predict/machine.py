@@ -12,7 +12,10 @@ by non-negative least squares on relative errors: no level count or capacity is 
 a shared last-level cache that holds less in effect than its nominal size, the TLB's reach and
 the page-walk caches beyond it all show as penalties at the sizes where the curve rises). For a
 model's id stream, the fraction of lookups that miss each capacity comes from the reuse
-profile (rechar.predict.reuse): cost = base + sum_k penalty_k * miss_k. Past the largest working
+profile (rechar.predict.reuse): cost = base + sum_k penalty_k * miss_k, in rows up to the
+largest data cache and in pages beyond it (there the levels are the TLB's reach, and a sparse
+stream spends a page of reach on each row; the probe's dense working sets cannot tell the two
+apart, a model's tables far larger than its pool can). Past the largest working
 set probed, the cost stays at the curve's last value.
 """
 
@@ -29,7 +32,10 @@ from scipy.optimize import nnls
 
 from rechar.errors import UserError
 from rechar.predict.probe import CARD_KIND, CARD_VERSION, PLAIN
-from rechar.predict.reuse import TableStream, hit_ratios
+from rechar.predict.reuse import TableStream, hit_ratios, page_streams
+
+FIT_METHOD = "nnls over the probed working sets"
+
 
 def _monotone(y: np.ndarray) -> np.ndarray:
     """The lower envelope that never decreases: a gather over a larger working set, or a GEMM
@@ -95,8 +101,8 @@ class Card:
                 raise UserError(f"{where} has no {key} figures")
         self.data = data
         self.where = where
-        if "gather_fit" not in data:
-            data["gather_fit"] = fit_gather(data)
+        if data.get("gather_fit_method") != FIT_METHOD:  # fitted by another rechar: fit again
+            data["gather_fit"], data["gather_fit_method"] = fit_gather(data), FIT_METHOD
         self.threads = sorted({r["threads"] for r in data["gemm"]})
         self._gemm = _gemm_table(_capped_by_one_thread(data["gemm"], ("m", "k", "n"), "us"))
         self._gemm_memo: dict[tuple[int, int, int, int], float] = {}
@@ -144,8 +150,12 @@ class Card:
         """Expected ns per gathered row of each table (and '' for all lookups) for this id stream,
         all tables sharing the caches."""
         fits = {s.row_bytes: self.gather_fit(threads, s.row_bytes, kernel) for s in streams}
-        # Each width's fit has its own capacities: the stream's hit ratios at each of them.
-        hits = {b: [_hits(tuple(streams), lv["capacity_bytes"], ids, alpha, pool_samples) for lv in fit["levels"]]
+        # Each width's fit has its own capacities: the stream's hit ratios at each of them; past
+        # the data caches, a level's capacity is the TLB's reach, counted in pages.
+        pages = tuple(page_streams(streams))
+        beyond = self.data_cache_bytes()
+        hits = {b: [_hits(pages if lv["capacity_bytes"] > beyond else tuple(streams), lv["capacity_bytes"], ids, alpha,
+                          pool_samples) for lv in fit["levels"]]
                 for b, fit in fits.items()}
         out, weights = {}, {}
         for s in streams:
@@ -158,6 +168,11 @@ class Card:
         total = sum(weights.values())
         out[""] = sum(out[t] * weights[t] for t in weights) / total
         return out
+
+    def data_cache_bytes(self) -> float:
+        """The largest data cache the card's host reports (sysfs), or its last-level cache."""
+        sizes = [c["bytes"] for c in self.data.get("caches", [])] + [self.host.get("llc_bytes") or 0]
+        return float(max(sizes) or 32 << 20)
 
     # GEMMs
 

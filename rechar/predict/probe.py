@@ -300,7 +300,7 @@ def probe(options: ProbeOptions, out: str | Path | None = None, log: Callable[[s
         calls, skipped = probe_stacks(options, log)
     finally:
         torch.set_num_threads(saved_threads)
-    from rechar.predict.machine import fit_gather
+    from rechar.predict.machine import FIT_METHOD, fit_gather
 
     card = {
         "kind": CARD_KIND, "version": CARD_VERSION,
@@ -311,7 +311,7 @@ def probe(options: ProbeOptions, out: str | Path | None = None, log: Callable[[s
         "gather": gather, "stream": stream, "gemm": gemm, "call_us": calls, "skipped_stacks": skipped,
         "probe_seconds": round(time.perf_counter() - start, 1),
     }
-    card["gather_fit"] = fit_gather(card)
+    card["gather_fit"], card["gather_fit_method"] = fit_gather(card), FIT_METHOD
     if path is not None:
         try:
             write_json_atomic(path, card)

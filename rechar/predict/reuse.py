@@ -149,3 +149,15 @@ def footprint_bytes(streams: list[TableStream], ids: str = "uniform", alpha: flo
                     pool_samples: float | None = None) -> float:
     """Bytes of the rows the stream touches at all (the pool's expected distinct rows, or whole tables)."""
     return _footprint(_groups(streams, ids, alpha, pool_samples), math.inf)
+
+
+PAGE_BYTES = 4096
+
+
+def page_streams(streams: list[TableStream]) -> list[TableStream]:
+    """The streams as seen by the TLB: requests for the pages holding the rows. A sparse stream
+    over large tables touches one row per page, so a level that caches translations holds
+    PAGE_BYTES of reach per row it keeps, not a row's bytes (a uniform stream stays uniform over
+    pages; a Zipf stream, its hot rows scattered over the table, is taken as Zipf over pages)."""
+    return [dataclasses.replace(s, rows=max(1, math.ceil(s.rows * s.row_bytes / PAGE_BYTES)), row_bytes=PAGE_BYTES)
+            for s in streams]
