@@ -12,7 +12,8 @@ target p50 / source p50. The predicted change is ``rechar predict`` from RUN's p
 scale and threads) to the target: predicted p50 / RUN's p50. Prints both per point and the
 median and worst absolute error of the predicted change per backend; writes them to
 RUN/predictions/interleaved-<kind>.parquet. (``--kind threads``: torch and ort-cpu; TensorFlow's
-thread pools are fixed per process.)
+thread pools are fixed per process.) ``--recompute OUT.parquet ...`` times nothing: it predicts
+the points of earlier outputs again (after a change to the predictor or the card).
 """
 
 from __future__ import annotations
@@ -47,7 +48,14 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,64,1024")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=0.3, help="timed seconds per side and round, at least")
+    parser.add_argument("--out", default=None, help="parquet file (default: RUN/predictions/interleaved-<kind>.parquet)")
+    parser.add_argument("--recompute", nargs="+", default=None, metavar="PARQUET",
+                        help="time nothing: predict again the points of these earlier outputs (after a change to the "
+                             "predictor or the card) and print the errors")
     args = parser.parse_args()
+    if args.recompute:
+        recompute(args)
+        return
 
     run = Path(args.source_run)
     options = read_manifest(run)["options"]
@@ -109,14 +117,35 @@ def main() -> None:
                 del calls
             for backend, _, _ in instances.values():
                 backend.close()
-    table = pd.DataFrame(rows)
-    out = run / "predictions" / f"interleaved-{args.kind}.parquet"
+    report(pd.DataFrame(rows), Path(args.out) if args.out else run / "predictions" / f"interleaved-{args.kind}.parquet")
+
+
+def recompute(args) -> None:
+    table = pd.concat([pd.read_parquet(p) for p in args.recompute], ignore_index=True)
+    run = Path(args.source_run)
+    options = read_manifest(run)["options"]
+    target = Target(scale=args.target_scale if args.kind == "scale" else None,
+                    threads=args.target_threads if args.kind == "threads" else None,
+                    models=sorted(set(table["model"])))
+    predicted = predict(run, Card.load(args.card), target)
+    ratio = predicted.assign(predicted_change=predicted["predicted_p50_us"] / predicted["source_p50_us"])
+    table = table.drop(columns=["predicted_change", "error"]).merge(
+        ratio[["model", "backend", "batch", "predicted_change"]], on=["model", "backend", "batch"])
+    table["error"] = table["predicted_change"] / table["measured_change"] - 1
+    report(table, Path(args.out) if args.out else run / "predictions" / f"interleaved-{args.kind}-recomputed.parquet",
+           f"{options['scale']} -> {target.scale or options['scale']}")
+
+
+def report(table: pd.DataFrame, out: Path, label: str = "") -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(out)
+    for r in table.itertuples():
+        print(f"{r.model} {r.backend} b{r.batch}: measured x{r.measured_change:.2f}, predicted x{r.predicted_change:.2f}, "
+              f"error {r.error * 100:+.1f}%")
     abs_error = table.assign(abs_error=table["error"].abs()).groupby("backend")["abs_error"]
     print(pd.DataFrame({"points": abs_error.size(), "median_abs_error": abs_error.median(),
                         "worst_abs_error": abs_error.max()}).to_string(float_format=lambda v: f"{v:.3f}"))
-    print(f"all: median {table['error'].abs().median():.3f}, worst {table['error'].abs().max():.3f} "
+    print(f"{label} all: median {table['error'].abs().median():.3f}, worst {table['error'].abs().max():.3f} "
           f"({len(table)} points); written to {out}")
 
 

@@ -307,3 +307,19 @@ def test_census_reads_tables_and_products_from_the_config():
     rmc1 = [census("dlrm-rmc1", models.resolve_config("dlrm-rmc1", s), batch=2).work("emb.tables.0").elements
             for s in ("tiny", "small")]
     assert rmc1[0] == rmc1[1]
+
+
+def test_a_stalled_op_takes_the_time_of_its_identical_siblings():
+    # Three identical tables; a neighbour stalled the second one's gathers in the profile (x50):
+    # it is costed as the other two.
+    import rechar.models as models
+    from rechar.predict.census import census
+    from rechar.predict.predict import same_work_median
+
+    config = models.resolve_config("dlrm-rmc1", "paper", {**CONFIG, "table_rows": [1000, 1000, 1000]})
+    ops = pd.DataFrame({"native_op": ["aten::embedding_bag"] * 3 + ["aten::addmm"],
+                        "op_category": ["embedding"] * 3 + ["fc"], "category": ["embedding"] * 3 + ["fc"],
+                        "layer": ["emb.tables.0", "emb.tables.1", "emb.tables.2", "top_mlp.0"],
+                        "calls_per_iter": [1.0] * 4, "self_us_per_iter": [10.0, 500.0, 12.0, 40.0]})
+    fixed = same_work_median(ops, census("dlrm-rmc1", config, 64))
+    assert list(fixed["self_us_per_iter"]) == [12.0, 12.0, 12.0, 40.0]
