@@ -30,10 +30,10 @@ import rechar.models as models
 from rechar import hostinfo
 from rechar.exporters import export
 from rechar.predict import Card, Target, predict
-from rechar.runners import BackendOptions, backend_class
-from rechar.runners.inputs import FALLBACK_CACHE_BYTES, PoolSpec
-from rechar.runners.measure import TimingOptions, time_call
-from rechar.runners.results import read_manifest
+from rechar.stacks import BackendOptions, backend_class
+from rechar.measure.inputs import FALLBACK_CACHE_BYTES, PoolSpec
+from rechar.measure.timing import TimingOptions, time_call
+from rechar.results.store import read_manifest
 
 
 def main() -> None:

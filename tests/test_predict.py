@@ -20,7 +20,7 @@ from rechar.predict import Card, ProbeOptions, Target, predict, probe
 from rechar.predict.machine import FIT_METHOD, fit_curve
 from rechar.predict.probe import CARD_KIND, CARD_VERSION
 from rechar.predict.reuse import TableStream, hit_ratios
-from rechar.runners.results import SCHEMA_VERSION, append_point, write_tables
+from rechar.results.store import SCHEMA_VERSION, append_point, write_tables
 
 
 # The reuse profile

@@ -41,8 +41,8 @@ from rechar.models.config import SCALES
 from rechar.predict.census import census
 from rechar.predict.machine import Card
 from rechar.predict.probe import PLAIN, POOLED
-from rechar.runners.inputs import FALLBACK_CACHE_BYTES, PoolRule
-from rechar.runners.results import load_points, read_manifest, write_parquet
+from rechar.measure.inputs import FALLBACK_CACHE_BYTES, PoolRule
+from rechar.results.store import load_points, read_manifest, write_parquet
 
 KIND = "prediction"
 CLASSES = ("embedding", "fc", "other")  # the shares a prediction reports, by the ops' category
@@ -119,7 +119,7 @@ def _stack(backend: str) -> str:
 
 def _pool_samples(config: models.ModelConfig, name: str, batch: int, streams, cache_bytes: int, rule: PoolRule,
                   mode: str) -> float:
-    """Samples in the input pool rechar would draw for this config (rechar.runners.inputs)."""
+    """Samples in the input pool rechar would draw for this config (rechar.measure.inputs)."""
     if mode == "replay":
         return float(batch)
     gathered = batch * sum(s.lookups * s.row_bytes for s in streams)
