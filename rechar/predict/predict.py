@@ -30,13 +30,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 import rechar.models as models
 from rechar.analysis.ops import load_ops
 from rechar.errors import UserError
-from rechar.hostinfo import last_level_cache_bytes
 from rechar.models.config import SCALES
 from rechar.predict.census import census
 from rechar.predict.machine import Card
