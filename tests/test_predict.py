@@ -280,6 +280,16 @@ def test_predict_errors_are_one_line(run_cli, tmp_path):
     card.write_text(json.dumps(hand_card()))
     code, _, err = run_cli("predict", str(run), "--target", str(card), "--tables-rows", "many")
     assert code == 2 and err.startswith("error: bad --tables-rows 'many'") and err.count("\n") == 1
+    code, _, err = run_cli("predict", str(run), "--target", str(card), "--threads", "8")
+    assert code == 2 and "has no figures for 8 thread(s)" in err and err.count("\n") == 1
+    code, _, err = run_cli("predict", str(tmp_path), "--target", str(card))
+    assert code == 2 and "is not a run folder" in err and err.count("\n") == 1
+    (run / "profiles.jsonl").unlink()
+    (run / "ops.parquet").unlink()
+    code, _, err = run_cli("predict", str(run), "--target", str(card))
+    assert code == 2 and "has no operator profiles" in err and err.count("\n") == 1
+    make_run(tmp_path / "run3")
+    run = tmp_path / "run3"
     code, out, err = run_cli("predict", str(run), "--target", str(card), "--tables-rows", "100x")
     assert code == 0 and out.startswith("PREDICTED p50 (not measured)")
     written = pd.read_parquet(run / "predictions" / "box-run-trun-rows100x.parquet")
