@@ -418,6 +418,101 @@ def show_cmd(run_dir) -> None:
         click.echo(summary(load_points(member)))
 
 
+# Prediction (rechar.predict): probe a machine, re-cost a run for another scale, thread count or machine.
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"bad {what} {text!r}: give comma-separated positive integers") from None
+    if not values or any(v < 1 for v in values):
+        raise UserError(f"bad {what} {text!r}: give comma-separated positive integers")
+    return values
+
+
+@cli.command("probe")
+@click.option("--out", "-o", "out_path", type=click.Path(dir_okay=False), default="machine-card.json",
+              show_default=True, help="Machine card (JSON) to write.")
+@click.option("--threads", "threads_text", default=None,
+              help="Comma-separated thread counts to probe (default: 1, 2, 4, ... up to the physical cores).")
+@click.option("--max-working-set", default=None,
+              help="Largest working set of the gather probe, e.g. 1G (default: 4G, or a quarter of the available "
+                   "memory if less).")
+@click.option("--stacks", "stacks_text", default="torch,ort,tf", show_default=True,
+              help="Stacks whose fixed cost per call is probed (torch, ort, tf); missing ones are skipped.")
+@quiet_option
+def probe_cmd(out_path, threads_text, max_working_set, stacks_text, quiet) -> None:
+    """Measure this machine for predictions (about a minute): gathers, bandwidth, GEMMs, call costs."""
+    from rechar.predict.probe import ProbeOptions, parse_size, probe
+
+    options = ProbeOptions(stacks=tuple(_split_names((stacks_text,))))
+    if max_working_set:
+        options.max_working_set = parse_size(max_working_set)
+    if threads_text:
+        options.threads = _int_list(threads_text, "--threads")
+    echo = (lambda msg: None) if quiet else click.echo
+    card = probe(options, out_path, log=echo)
+    for stack, reason in card["skipped_stacks"].items():
+        click.echo(f"skipped stack {stack}: {reason}")
+    click.echo(f"machine card: {out_path} ({card['probe_seconds']} s)")
+
+
+@cli.command("predict")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--target", "card_path", required=True, type=click.Path(dir_okay=False),
+              help="Machine card of the target machine (rechar probe).")
+@click.option("--source-card", "source_path", type=click.Path(dir_okay=False), default=None,
+              help="Card of the machine the run was measured on (default: the target card if it is the same "
+                   "machine, else RUN/machine-card.json).")
+@click.option("--scale", type=click.Choice(list(models.SCALES)), default=None, help="Target scale (default: the run's).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Target threads (default: the run's).")
+@click.option("--tables-rows", default=None,
+              help="Every embedding table's rows at the target: a factor (10x) or a row count (5000000).")
+@config_option
+@model_option
+@click.option("--against", "measured_run", type=click.Path(file_okay=False), default=None,
+              help="Validate: predict this measured run's scale, threads and configs, and compare with its p50s.")
+@click.option("--out", "-o", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Parquet file for the predictions (default: RUN/predictions/<target>.parquet).")
+def predict_cmd(run_dir, card_path, source_path, scale, threads, tables_rows, config_path, model_names,
+                measured_run, out_path) -> None:
+    """Predict p50 latency of a profiled run's points at another scale, thread count or machine."""
+    from rechar.predict import Card, Target, error_summary, format_predictions, predict, validate, write_predictions
+
+    card = Card.load(card_path)
+    source = Card.load(source_path) if source_path else None
+    chosen = _split_names(model_names) or None
+    if measured_run:
+        if scale or threads or tables_rows or config_path:
+            raise UserError("--against takes the target from the measured run: drop --scale, --threads, "
+                            "--tables-rows and --config")
+        table = validate(run_dir, measured_run, card, source_card=source)
+        if chosen:
+            table = table[table["model"].isin(chosen)]
+        path = Path(out_path or Path(run_dir) / "predictions" / f"validation-{Path(measured_run).name}.parquet")
+        write_predictions(table, path)
+        view = table[["model", "backend", "batch", "measured_p50_us", "predicted_p50_us", "error"]].copy()
+        view["measured_p50_us"] = (view["measured_p50_us"] / 1e3).round(3)
+        view["predicted_p50_us"] = (view["predicted_p50_us"] / 1e3).round(3)
+        view = view.rename(columns={"measured_p50_us": "measured p50 ms", "predicted_p50_us": "PREDICTED p50 ms"})
+        view["error"] = (view["error"] * 100).round(1).astype(str) + "%"
+        click.echo(f"PREDICTED from {run_dir}, MEASURED in {measured_run}:")
+        click.echo(view.to_string(index=False))
+        click.echo(error_summary(table, ["validation", "backend"]).to_string(index=False))
+        click.echo(error_summary(table).to_string(index=False))
+        click.echo(f"validation: {path}")
+        return
+    overrides = load_overrides(config_path, models.names()) if config_path else {}
+    target = Target(scale=scale, threads=threads, tables_rows=tables_rows, overrides=overrides, models=chosen)
+    table = predict(run_dir, card, target, source_card=source)
+    default_name = f"{card.host.get('hostname')}-{scale or 'run'}-t{threads or 'run'}" + (
+        f"-rows{tables_rows}" if tables_rows else "")
+    path = write_predictions(table, out_path or Path(run_dir) / "predictions" / f"{default_name}.parquet")
+    click.echo(format_predictions(table))
+    click.echo(f"predictions: {path}")
+
+
 def main() -> None:
     """Entry point: user errors are one line on stderr and exit status 2, never a traceback."""
     try:
