@@ -18,9 +18,10 @@ def section(ctx: ReportContext) -> str:
     out = ["<p>Each reduced-precision variant of a stack against the same stack in fp32, same host, "
            "model and batch: speedup is fp32 p50 over the variant's p50, memory the model's weights as "
            "the stack holds them. Reduced precision passes a quality gate instead of bit parity: "
-           "against eager fp32 PyTorch on 2,048 seeded samples, the largest and mean absolute "
-           "difference of the predicted probabilities and the share of sample pairs ordered the same "
-           "way (checked where fp32's predictions spread; a point that fails is not timed).</p>",
+           "against eager fp32 PyTorch on 2,048 seeded samples run through the model timed at the "
+           "point's batch size, the mean and largest logit error as fractions of the spread (std) of "
+           "fp32's logits, and the share of sample pairs ordered the same way (a point that fails is "
+           "not timed; runs before this gate show probability errors instead).</p>",
            table(prec, [
                ("model", "model", None), ("stack", "stack", None), ("precision", "precision", None),
                ("batch", "batch", None), ("status", "status", None),
@@ -28,6 +29,8 @@ def section(ctx: ReportContext) -> str:
                ("fp32 p50 ms", "fp32_p50_us", lambda v: "–" if pd.isna(v) else f"{v / 1e3:.3f}"),
                ("speedup", "speedup", ratio), ("weights MB", "weight_bytes", mb),
                ("fp32 weights MB", "fp32_weight_bytes", mb), ("memory", "memory_ratio", ratio),
+               ("mean |Δlogit| / spread", "quality_logit_mean", lambda v: "–" if pd.isna(v) else f"{v:.2g}"),
+               ("max |Δlogit| / spread", "quality_logit_max", lambda v: "–" if pd.isna(v) else f"{v:.2g}"),
                ("max |Δp|", "quality_max_abs", lambda v: "–" if pd.isna(v) else f"{v:.2g}"),
                ("pairs ordered alike", "quality_pair_agreement", lambda v: "–" if pd.isna(v) else f"{v:.1%}"),
            ])]
