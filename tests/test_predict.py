@@ -16,8 +16,7 @@ from scipy.optimize import brentq
 from rechar.errors import UserError
 from rechar.models.base import InputGenerator
 from rechar.predict import Card, ProbeOptions, Target, predict, probe
-from rechar.predict.machine import FIT_METHOD, fit_curve
-from rechar.predict.probe import CARD_KIND, CARD_VERSION
+from rechar.predict.machine import CARD_KIND, CARD_VERSION, FIT_METHOD, fit_curve
 from rechar.predict.reuse import TableStream, hit_ratios
 from rechar.results.store import SCHEMA_VERSION, append_point, write_tables
 

@@ -19,16 +19,11 @@ export's hashes against the driver's).
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 from torch import nn
 
 from rechar.models.outputs import logits
-
-if TYPE_CHECKING:
-    from rechar.models.base import RecModel
 
 TARGET_LOGIT_STD = 1.5
 TARGET_LOGIT_MEAN = 0.0
@@ -46,8 +41,8 @@ class LogitLayer:
     biases: list[tuple[nn.Parameter, int]]
 
 
-def calibrate(model: "RecModel", seed: int) -> dict[str, float] | None:
-    """Scale and centre ``model``'s output logits in place (see the module's doc); the scale and
+def calibrate(model: nn.Module, seed: int) -> dict[str, float] | None:
+    """Scale and centre a RecModel's output logits in place (see the module's doc); the scale and
     shifts applied, or None for a model without a ``logit_layer``."""
     layer = model.logit_layer()
     if layer is None or any(p.device.type == "meta" for p in layer.scaled):  # a shell has no values

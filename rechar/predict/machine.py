@@ -31,8 +31,12 @@ import numpy as np
 from scipy.optimize import nnls
 
 from rechar.errors import UserError
-from rechar.predict.probe import CARD_KIND, CARD_VERSION, PLAIN
 from rechar.predict.reuse import TableStream, hit_ratios, page_streams
+
+#: A machine card (rechar.predict.probe writes it) says what it is and in which format.
+CARD_KIND = "rechar machine card"
+CARD_VERSION = 1
+PLAIN, POOLED = "index_select", "embedding_bag"  # gather kernels: rows copied out, rows summed in bags
 
 FIT_METHOD = "nnls over the probed working sets"
 

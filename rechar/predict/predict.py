@@ -37,8 +37,7 @@ from rechar.analysis.ops import load_ops
 from rechar.errors import UserError
 from rechar.models.config import SCALES
 from rechar.predict.census import census
-from rechar.predict.machine import Card
-from rechar.predict.probe import PLAIN, POOLED
+from rechar.predict.machine import PLAIN, POOLED, Card
 from rechar.measure.inputs import FALLBACK_CACHE_BYTES, PoolRule
 from rechar.results.store import load_points, read_manifest, write_parquet
 

@@ -34,15 +34,13 @@ import torch
 from rechar import hostinfo
 from rechar.errors import UserError
 from rechar.jsonfile import write_json_atomic
+from rechar.predict.machine import CARD_KIND, CARD_VERSION, FIT_METHOD, PLAIN, POOLED, fit_gather
 
-CARD_KIND = "rechar machine card"
-CARD_VERSION = 1
 WIDTHS = (32, 64, 128)  # floats per row: the models' embedding widths (1-wide wide tables: as 32)
 MIN_WORKING_SET = 16 << 10
 GEMM_ROWS = (1, 8, 64, 256, 1024, 4096)
 GATHER_ROWS = 16_384  # rows gathered per timed call
 PASSES = 2  # sweeps over the gather sizes (the lower figure is kept)
-PLAIN, POOLED = "index_select", "embedding_bag"  # gather kernels: rows copied out, rows summed in bags
 POOL = 16  # rows per bag of the pooled gather (16,384 rows: 1,024 bags)
 POOLED_WIDTHS = (32, 64)  # the pooled tables' widths
 STACKS = ("torch", "ort", "tf")
@@ -264,7 +262,7 @@ def caches() -> list[dict]:
             if kind == "Instruction":
                 continue
             out.append({"level": int((index / "level").read_text()), "type": kind,
-                        "bytes": hostinfo._parse_size((index / "size").read_text().strip())})
+                        "bytes": hostinfo.parse_size((index / "size").read_text().strip())})
         except (OSError, ValueError):
             continue
     return sorted(out, key=lambda c: c["level"])
@@ -300,7 +298,6 @@ def probe(options: ProbeOptions, out: str | Path | None = None, log: Callable[[s
         calls, skipped = probe_stacks(options, log)
     finally:
         torch.set_num_threads(saved_threads)
-    from rechar.predict.machine import FIT_METHOD, fit_gather
 
     card = {
         "kind": CARD_KIND, "version": CARD_VERSION,
