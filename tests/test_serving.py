@@ -191,9 +191,11 @@ def test_search_finds_the_rate_queueing_theory_gives_for_a_fixed_service_time(tm
     found = server.loc[server["passed"] == True, "target_qps"].max()  # noqa: E712
     # LoadGen's early stopping confirms the p99 with confidence from ~500 queries, so the search
     # lands at or somewhat under the exact M/D/2 figure; sleep overshoot and this VM's slow wake-up
-    # of an idle vCPU cost more: landings seen here 0.65-0.95 of theory (0.65 once in a CI run,
-    # when its first trial at 387/s missed the bound by 1.2 ms).
-    assert 0.6 * theory <= found <= 1.05 * theory, (found, theory, server[["target_qps", "p99_ms", "result"]])
+    # of an idle vCPU cost more. A near miss (within 10% of a passing rate) or a noisy failure is
+    # run again before it bounds the search, so one unlucky trial no longer sinks the landing.
+    print(f"landing {found / theory:.3f} of M/D/2 capacity {theory:.1f}/s "
+          f"(trials: {server[['target_qps', 'passed', 'noisy', 'retry']].values.tolist()})")
+    assert 0.75 * theory <= found <= 1.05 * theory, (found, theory, server[["target_qps", "p99_ms", "result"]])
     offline = trials[trials["scenario"] == "offline"].iloc[0]
     assert offline["achieved_qps"] == pytest.approx(workers / (service_ms / 1e3), rel=0.15)  # saturation: c / D
     assert offline["predicted_saturation_qps"] == pytest.approx(workers / (service_ms / 1e3), rel=0.15)

@@ -35,7 +35,7 @@ TRIAL_COLUMNS = [
     "overlatency_queries", "min_queries", "queries_wanted", "shed", "offloaded_queries", "test_seconds",
     "predicted_qps", "predicted_saturation_qps", "predicted_p99_ms", "query_sizes", "pool_queries",
     "mean_query_items", "p99_query_items", "pool_gathered_bytes", "input_hash", "others_cpu_share", "steal_share",
-    "noisy", "log_dir", "started", "finished",
+    "noisy", "retry", "log_dir", "started", "finished",
 ]
 NUMERIC = [
     "batch", "workers", "threads_per_executor", "trial", "target_qps", "achieved_qps", "scheduled_qps", "p99_bound_ms",
