@@ -127,6 +127,30 @@ def test_search_gives_up_below_the_floor_and_retries_an_inconclusive_trial():
     assert len(retry) == 2 and retry[1]["min_queries"] == 1024 and retry[1]["passed"]
 
 
+def _t(qps: float, passed: bool, noisy: bool = False) -> dict:
+    return {"target_qps": qps, "passed": passed, "inconclusive": False, "noisy": noisy, "p99_ms": 5.0}
+
+
+def test_a_doubtful_failure_is_run_again_once_before_it_bounds_the_search():
+    # a failure 7% above a passing rate: the same rate again, then (failed twice) the bisection
+    near = [_t(400.0, True), _t(500.0, False), _t(447.0, True), _t(478.0, False)]
+    plan = next_trial(near, 500.0, 512)
+    assert (plan.qps, plan.retry) == (478.0, "failure within 10% of a passing rate")
+    assert next_trial([*near, _t(478.0, False)], 500.0, 512).qps == 462.0  # sqrt(447 * 478), 3 digits
+    # 11.9% above the passing rate and quiet: it bounds at once (sqrt(447 * 500) = 472.8)
+    assert next_trial([_t(400.0, True), _t(500.0, False), _t(447.0, True)], 500.0, 512).qps == 473.0
+    # a noisy failure is run again however far it is from a passing rate, in the halving phase too
+    plan = next_trial([_t(400.0, True), _t(500.0, False, noisy=True)], 500.0, 512)
+    assert (plan.qps, plan.retry) == (500.0, "noisy failure")
+    assert next_trial([_t(800.0, False, noisy=True)], 1000.0, 512).qps == 800.0
+    assert next_trial([_t(800.0, False, noisy=True), _t(800.0, False, noisy=True)], 1000.0, 512).qps == 400.0
+    # the retry passed: the rate no longer bounds, and the search grows past it (1.25 x 500)
+    assert next_trial([_t(400.0, True), _t(500.0, False, noisy=True), _t(500.0, True)], 500.0, 512).qps == 625.0
+    # an inconclusive trial's rerun already repeated the rate: a failure there bounds at once
+    rerun = [_t(400.0, True), {**_t(420.0, False), "inconclusive": True}, _t(420.0, False)]
+    assert next_trial(rerun, 500.0, 512) is None  # 420 / 400 = 1.05: within the search's precision
+
+
 # -- LoadGen -------------------------------------------------------------------------------------
 
 
