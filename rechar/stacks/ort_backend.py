@@ -42,7 +42,7 @@ import onnx
 import onnxruntime as ort
 
 from rechar import hostinfo
-from rechar.stacks.ort_trace import ort_device_ops, ort_ops, ort_start_on_wall_clock
+from rechar.stacks.ort_trace import device_view_refusal, ort_device_ops, ort_ops, ort_start_on_wall_clock
 from rechar.stacks.tracing import PROFILE_WARMUP
 from rechar.exporters import ExportResult, node_modules
 from rechar.memory import prefault_mappings
@@ -204,10 +204,10 @@ class OrtCudaBackend(OrtCpuBackend):
         except ValueError as e:  # no CUPTI records: the host-side view, said so
             return ProfileResult(path, ort_ops(path, modules, runs=iterations), iterations,
                                  {"time_basis": "host", "device_trace_error": str(e)})
-        if info["attributed_share"] < MIN_ATTRIBUTED_SHARE:  # the clocks did not line up: no device view
+        refusal = device_view_refusal(info)
+        if refusal:  # the kernels were not matched to their nodes: the host-side view, said so
             return ProfileResult(path, ort_ops(path, modules, runs=iterations), iterations,
-                                 {"time_basis": "host", **info, "device_trace_error":
-                                  f"only {info['attributed_share']:.0%} of the device time matched a node"})
+                                 {"time_basis": "host", **info, "device_trace_error": refusal})
         return ProfileResult(path, ops, iterations, {"time_basis": "host+device", **info})
 
     def settings(self) -> dict[str, Any]:
@@ -311,9 +311,6 @@ def onnx_weight_bytes(path: Path) -> dict[str, int]:
             dense += size
     return weight_record(embedding, dense)
 
-
-#: Below this share of its device time matched to nodes, an ORT CUDA profile stays host-side.
-MIN_ATTRIBUTED_SHARE = 0.5
 
 #: numpy dtypes of ONNX tensor types (the buffers that a CUDA graph's outputs are bound to)
 _NUMPY_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
