@@ -32,6 +32,7 @@ from rechar.report.charts import CATEGORY_COLORS
 from rechar.sweep.cluster import member_runs
 from rechar.report.page import definitions, ms, note, num, page, pct, section, swatch, table, text
 from rechar.measure.counters import HARDWARE
+from rechar.results.annotations import corrections
 from rechar.results.store import POINTS, POINTS_LOG, read_manifest
 from rechar.serving.trials import TRIALS_LOG
 
@@ -205,13 +206,20 @@ class _Report:
                                    + [("rechar commit", software.get("rechar_commit"))])
             skipped = m.get("skipped_backends") or {}
             skipped_html = (definitions(skipped.items()) if skipped else note("No backend was skipped."))
+            fixes = corrections(run_dir)
+            fixes_html = "" if fixes.empty else (
+                "<h4>Corrections applied to this run's records</h4><p>From the run folder's "
+                "<code>annotations.json</code>: the analysis reads these fields as set here; the logs keep "
+                "what the workers wrote.</p>" + table(fixes, [
+                    ("log", "log", None), ("match", "match", None), ("set", "set", None),
+                    ("records", "records", None), ("why", "why", None)], mono=("match", "set")))
             cards.append(
                 f'<div class="run"><h3>run {text(m.get("run_id"))} ({text(m.get("status"))})</h3>'
                 + definitions([("folder", run_dir), ("started", m.get("started")), ("finished", m.get("finished")),
                                ("resumed", ", ".join(map(str, m.get("resumed") or [])) or "never")])
                 + "<h4>Machine</h4>" + machine + "<h4>Software</h4>" + versions
                 + "<h4>Options</h4>" + definitions(_flatten(m.get("options", {})))
-                + "<h4>Skipped backends</h4>" + skipped_html + "</div>")
+                + "<h4>Skipped backends</h4>" + skipped_html + fixes_html + "</div>")
         return '<div class="runs">' + "".join(cards) + "</div>"
 
     def not_timed(self) -> str:

@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from rechar.errors import UserError
+from rechar.results.annotations import apply_to_table
 
 from rechar.results.store import SCHEMA_VERSION, read_log, read_manifest, write_parquet
 
@@ -77,7 +78,7 @@ def load_trials(run_dir: Path) -> pd.DataFrame:
         table = pd.read_parquet(path)
     else:
         table = write_trials(run_dir) if (run_dir / TRIALS_LOG).exists() else None
-    table = _typed(table if table is not None else pd.DataFrame())
+    table = apply_to_table(_typed(table if table is not None else pd.DataFrame()), run_dir, "trials")
     table["host"] = manifest.get("host", {}).get("hostname")
     return table
 
