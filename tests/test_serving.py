@@ -274,6 +274,41 @@ def test_static_shape_stack_serves_padded_sub_batches(tmp_path, tiny_exports, ba
                         tmp_path / "run")
     trials = load_trials(run_dir)
     assert (trials["status"] == "ok").all() and trials["passed"].eq(True).any(), trials[["policy", "error"]]
+    # what padding alone makes true: the stack was given only its buckets' sizes (4 items for
+    # b4x1; powers of two for whole queries), where unpadded sub-batches of normal(6, 2) queries
+    # come in every size from 1 up (test_only_static_shape_stacks_get_padded_sub_batches)
+    sizes = trials.groupby("policy")["sub_batch_sizes"].agg(set)
+    assert sizes["b4x1"] == {"4"}, sizes
+    assert len(sizes["queryx1"]) == 1 and set(map(int, next(iter(sizes["queryx1"])).split(","))) <= {1, 2, 4, 8, 16, 32}
+
+
+class _SizeRecorder:
+    """A backend that records nothing but the sub-batches it is given."""
+    static_shapes = True
+
+    def prepare(self, batches):
+        return lambda: None
+
+    def enter_thread(self):
+        pass
+
+
+def test_only_static_shape_stacks_get_padded_sub_batches(monkeypatch):
+    from types import SimpleNamespace
+
+    from rechar.serving.worker import _executors
+
+    shell = models.shell("ncf", models.resolve_config("ncf", "tiny"))
+    pool = make_pool(shell, QuerySizes("normal:6,2", 64), seed=0, ids="uniform", zipf_alpha=1.05, cache_bytes=1 << 16)
+    real = sorted({int(n) for n in pool.sizes})
+    backend = _SizeRecorder()
+    loaded = SimpleNamespace(instances=[backend], offload=None, executor=lambda w: backend)
+    offloaded = [False] * len(pool.queries)
+    assert _executors(loaded, pool, Policy(4, 1), offloaded)[1] == [4]
+    assert set(_executors(loaded, pool, Policy(None, 1), offloaded)[1]) == {1 << (n - 1).bit_length() for n in real}
+    monkeypatch.setattr(_SizeRecorder, "static_shapes", False)  # padding off: the real sizes reach the stack
+    assert _executors(loaded, pool, Policy(4, 1), offloaded)[1] == [1, 2, 3, 4]
+    assert _executors(loaded, pool, Policy(None, 1), offloaded)[1] == real
 
 
 @pytest.mark.parametrize("args, message", [
@@ -288,6 +323,27 @@ def test_static_shape_stack_serves_padded_sub_batches(tmp_path, tiny_exports, ba
 def test_bad_serve_options_are_one_line_errors(run_cli, args, message):
     code, _, err = run_cli("serve", "-m", "ncf", "--scale", "tiny", *args)
     assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_serve_draws_its_queries_ids_as_asked(tmp_path, run_cli, tiny_exports):
+    """--ids zipf --zipf-alpha 1.3 reach the worker: its query pool is the one those draw (a bound
+    no idle query meets keeps it to the Offline test)."""
+    from rechar.measure.inputs import FALLBACK_CACHE_BYTES
+
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli("serve", "-m", "ncf", "-b", "ort-cpu", "--scale", "tiny", "--batch", "query",
+                           "--query-sizes", "fixed:2", "--min-duration", "0.5", "--p99-ms", "0.001", "--ids", "zipf",
+                           "--zipf-alpha", "1.3", "--exports", _exports(tiny_exports), "--out", str(run_dir), "-q")
+    assert code == 0, err
+    spec = json.loads((run_dir / "specs" / "ncf__ort-cpu.json").read_text())
+    assert (spec["ids"], spec["zipf_alpha"]) == ("zipf", 1.3)
+    shell = models.shell("ncf", models.resolve_config("ncf", "tiny"))
+    cache = backend_class("ort-cpu").cache_bytes() or FALLBACK_CACHE_BYTES
+    pool = lambda ids, alpha: make_pool(shell, QuerySizes("fixed:2", 1024), 0, ids, alpha, cache).hash
+    assert set(load_trials(run_dir)["input_hash"]) == {pool("zipf", 1.3)}
+    assert pool("zipf", 1.3) not in {pool("zipf", 1.05), pool("uniform", 1.05)}
+    code, _, err = run_cli("serve", "-m", "ncf", "--scale", "tiny", "--zipf-alpha", "0")
+    assert code == 2 and "zipf-alpha" in err
 
 
 def test_interrupted_serve_resumes_without_repeating_trials(tmp_path, tiny_exports):
