@@ -46,6 +46,8 @@ from rechar.stacks.ort_trace import device_view_refusal, ort_device_ops, ort_ops
 from rechar.stacks.tracing import PROFILE_WARMUP
 from rechar.exporters import ExportResult, node_modules
 from rechar.memory import prefault_mappings
+import rechar.models as models
+from rechar.errors import one_line
 from rechar.models import RecModel
 from rechar.stacks.base import Backend, ProfileResult
 
@@ -323,20 +325,56 @@ def _device_buffer(shape: Sequence[int], dtype: np.dtype):
     return torch.empty(list(shape), dtype=torch.from_numpy(np.empty(0, dtype)).dtype, device="cuda")
 
 
-#: ONNX Runtime's CUDA Concat kernel takes at most this many inputs while a graph is captured
-#: (seen with 1.31: "CUDA Concat supports at most 32 inputs during CUDA Graph capture").
-CUDA_GRAPH_MAX_CONCAT_INPUTS = 32
+#: Runs of the load-time capture probe: a regular run (ONNX Runtime allocates), the capture, a replay.
+CAPTURE_PROBE_RUNS = 3
 
 
-def _check_cuda_graph_capture(onnx_path: Path) -> None:
-    """Refuse, in one line, a graph that ONNX Runtime cannot capture (found at load, not at the
-    first timed call): DLRM-RMC2's interaction (33 inputs) and MT-WnD's (44) concatenate more
-    tensors than its CUDA Concat takes under capture."""
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    for node in graph.node:
-        if node.op_type == "Concat" and len(node.input) > CUDA_GRAPH_MAX_CONCAT_INPUTS:
-            raise RuntimeError(f"ONNX Runtime cannot capture this graph as a CUDA graph: Concat {node.name} has "
-                               f"{len(node.input)} inputs (at most {CUDA_GRAPH_MAX_CONCAT_INPUTS} under capture)")
+def _check_cuda_graph_capture(open_session: Callable[[], Any], bind: Callable[[Any, dict], Callable[[], Any]],
+                              inputs: dict[str, np.ndarray]) -> None:
+    """Refuse, in one line, a graph that ONNX Runtime cannot capture as a CUDA graph, found at
+    load (not at the first timed call) by trying: a throwaway session runs ``inputs`` through
+    ``bind(session, inputs)`` (the fixed device buffers a captured graph needs) CAPTURE_PROBE_RUNS
+    times. What ORT refuses depends on its version (1.31's CUDA Concat took at most 32 inputs under
+    capture, which DLRM-RMC2's interaction (33) and MT-WnD's (44) exceed), so the capture is tried
+    rather than predicted from a limit written down here."""
+    session = None
+    try:
+        session = open_session()
+        call = bind(session, inputs)
+        for _ in range(CAPTURE_PROBE_RUNS):
+            call()
+    except Exception as e:
+        raise RuntimeError(f"ONNX Runtime cannot capture this graph as a CUDA graph: {one_line(e)}") from None
+    finally:
+        del session  # its graph and weights leave the device before the timed session is made
+
+
+def _capture_probe_call(session: ort.InferenceSession, inputs: dict[str, np.ndarray], stream) -> Callable[[], Any]:
+    """One call of ``session`` on ``inputs`` bound to device buffers, on ``stream``."""
+    import torch
+
+    binding, buffers = session.io_binding(), {}
+    for name, value in inputs.items():
+        buffer = buffers[name] = torch.from_numpy(np.ascontiguousarray(value)).to("cuda")
+        binding.bind_input(name, "cuda", 0, value.dtype, list(buffer.shape), buffer.data_ptr())
+    for o in session.get_outputs():
+        shape = [d if isinstance(d, int) else len(next(iter(inputs.values()))) for d in o.shape]
+        buffer = buffers[o.name] = _device_buffer(shape, _NUMPY_DTYPES[o.type])
+        binding.bind_output(o.name, "cuda", 0, _NUMPY_DTYPES[o.type], shape, buffer.data_ptr())
+    torch.cuda.synchronize()  # the copies are done before the session's stream reads them
+
+    def call():
+        session.run_with_iobinding(binding)
+        stream.synchronize()
+
+    call.buffers = buffers
+    return call
+
+
+def _probe_inputs(export: ExportResult) -> dict[str, np.ndarray]:
+    """Batch-1 inputs of the exported model (from its shell: no weights)."""
+    name = export.manifest["model"]
+    return models.shell(name, models.resolve_config(name, "paper", export.manifest["config"])).make_inputs(1, seed=0)
 
 
 class OrtCudaGraphBackend(OrtCudaBackend):
@@ -351,7 +389,8 @@ class OrtCudaGraphBackend(OrtCudaBackend):
         # cannot be captured on the legacy default stream).
         self.stream = torch.cuda.Stream()
         self.captured: dict[int, tuple] = {}  # batch size -> (session, binding, inputs, outputs)
-        _check_cuda_graph_capture(export.onnx_path)
+        _check_cuda_graph_capture(self._session, lambda session, inputs: _capture_probe_call(session, inputs, self.stream),
+                                  _probe_inputs(export))
         self.session = self._session()  # made here so that a graph the provider refuses fails the load
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._unused = self.session
