@@ -19,7 +19,8 @@ The quantized graph is cached beside the export (``<export>/int8``).
 (``enable_cuda_graph``: one launch per call instead of one per kernel; 30 against 72 µs per call
 on a small MLP on the GPU machine). A graph reads fixed addresses, so each call copies its batch
 of the pool, already on the device, into the bound input buffers on the session's stream before
-the replay: the copy a server makes of a request, timed with the call.
+the replay: the copy a server makes of a request, timed with the call. Whether ORT can capture a
+graph is found at load by capturing it once (``_check_cuda_graph_capture``).
 
 ``ort-trt`` hands the graph to TensorRT (fp32, engines cached beside the export, one per batch
 size), with the CUDA provider for what TensorRT does not take.
@@ -27,6 +28,9 @@ size), with the CUDA provider for what TensorRT does not take.
 Profiles on CUDA: ONNX Runtime's profiler records host-side node events only, so the profiling
 pass also runs under PyTorch's profiler, whose CUPTI collection sees every kernel of the process:
 each kernel is given to the node whose host-side span its launch fell in (``ort_device_ops``).
+The clock shift that aligns the two traces is checked against the clocks' reading and by the
+kernels' names fitting their nodes' operators; a profile that fails a check stays host-side,
+saying why (``device_view_refusal``).
 """
 
 from __future__ import annotations
