@@ -218,7 +218,7 @@ def test_search_finds_the_rate_queueing_theory_gives_for_a_fixed_service_time(tm
     # of an idle vCPU cost more. A near miss (within 10% of a passing rate) or a noisy failure is
     # run again before it bounds the search, so one unlucky trial no longer sinks the landing.
     print(f"landing {found / theory:.3f} of M/D/2 capacity {theory:.1f}/s "
-          f"(trials: {server[['target_qps', 'passed', 'noisy', 'retry']].values.tolist()})")
+          f"(trials: {server[['target_qps', 'passed', 'noisy', 'retry_reason']].values.tolist()})")
     assert 0.75 * theory <= found <= 1.05 * theory, (found, theory, server[["target_qps", "p99_ms", "result"]])
     offline = trials[trials["scenario"] == "offline"].iloc[0]
     assert offline["achieved_qps"] == pytest.approx(workers / (service_ms / 1e3), rel=0.15)  # saturation: c / D

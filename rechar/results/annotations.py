@@ -14,6 +14,9 @@ record's (a list: any of its values; numbers compare as numbers, so batch 1 matc
 analysis apply them on read (``apply_to_records``, ``apply_to_table``), later annotations over
 earlier ones, and the report lists each with how many records it changed (``corrections``).
 A record's identity (IDENTITY) is not correctable: a record of another point belongs in the log.
+The ``points`` log is read as two tables, one row per round (rounds.parquet) and one per point
+(points.parquet, figures over the rounds): a correction applies to the rows of each it matches,
+so one that names a ``round`` corrects that round's row, not the point's figures over its rounds.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ TRIALS = "trials.parquet"
 #: status values: ok (LoadGen ran: see ``result``), invalid (the gate failed: nothing timed),
 #: failed (an error or a crashed worker), timeout (the worker was killed). sub_batch_sizes: the
 #: distinct sub-batch sizes the stack was given ("4,8": a static-shape stack's padded buckets);
-#: retry: why a Server trial repeats a rate (rechar.serving.search)
+#: retry_reason: why a Server trial repeats a rate (rechar.serving.search)
 TRIAL_COLUMNS = [
     "run_id", "model", "scale", "backend", "offload", "policy", "batch", "workers", "threads_per_executor",
     "trial", "scenario", "status", "error", "target_qps", "achieved_qps", "scheduled_qps", "result", "reason",
@@ -38,7 +38,7 @@ TRIAL_COLUMNS = [
     "overlatency_queries", "min_queries", "queries_wanted", "shed", "offloaded_queries", "test_seconds",
     "predicted_qps", "predicted_saturation_qps", "predicted_p99_ms", "query_sizes", "sub_batch_sizes", "pool_queries",
     "mean_query_items", "p99_query_items", "pool_gathered_bytes", "input_hash", "others_cpu_share", "steal_share",
-    "noisy", "retry", "log_dir", "started", "finished",
+    "noisy", "retry_reason", "log_dir", "started", "finished",
 ]
 NUMERIC = [
     "batch", "workers", "threads_per_executor", "trial", "target_qps", "achieved_qps", "scheduled_qps", "p99_bound_ms",

@@ -221,7 +221,7 @@ def serve_policy(spec: ServeSpec, loaded: _Loaded, pool: QueryPool, policy: Poli
         settings = loadgen.TrialSettings("server", plan.qps, spec.p99_ms, spec.min_duration_s, plan.min_queries,
                                          spec.seed + len(server), shed_after_s=max(20 * spec.p99_ms / 1e3, 0.5),
                                          keep_trace=spec.keep_trace)
-        history.append(_trial(spec, policy, len(server) + 1, executors, settings, {**base, "retry": plan.retry}))
+        history.append(_trial(spec, policy, len(server) + 1, executors, settings, {**base, "retry_reason": plan.retry}))
 
 
 def _gate_subs(pool: QueryPool, policy: Policy, offloaded: list[bool]) -> list[tuple[dict, int]]:
