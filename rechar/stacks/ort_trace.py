@@ -102,11 +102,12 @@ MIN_KERNEL_NAME_SHARE = 0.8
 #: ONNX operator types -> what the names of the CUDA kernels they launch contain (lower case).
 #: cuBLAS names its GEMM/GEMV kernels after the routine ({ampere,sm90}_sgemm..., gemv2T_kernel,
 #: gemmSN..., splitKreduce after a split-K GEMM, cutlass/xmma tensor-core kernels, nvjet on
-#: Hopper); ONNX Runtime's own kernels are named after the op (_GatherKernel, _ConcatKernel,
+#: Hopper; dot_kernel and reduce_1Block_kernel when a one-column GEMM becomes a dot product);
+#: ONNX Runtime's own kernels are named after the op (_GatherKernel, _ConcatKernel,
 #: _BinaryElementWise, _UnaryElementWise). Operator types not listed are not checked.
 ORT_OP_KERNEL_NAMES: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(["Gemm", "FusedGemm", "MatMul", "FusedMatMul"],
-                    ("gemm", "gemv", "cutlass", "xmma", "nvjet", "splitkreduce")),
+                    ("gemm", "gemv", "cutlass", "xmma", "nvjet", "splitkreduce", "dot_kernel", "reduce_1block_kernel")),
     **dict.fromkeys(["Gather", "GatherElements", "GatherND"], ("gather", "index")),
     "Concat": ("concat",),
     **dict.fromkeys(["Add", "Sub", "Mul", "Div"], ("elementwise",)),
