@@ -62,6 +62,10 @@ config_option = click.option(
     help="TOML or JSON file overriding config fields, one table per model (e.g. [dlrm-rmc1] lookups = 40).",
 )
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+ids_option = click.option("--ids", type=click.Choice(["uniform", "zipf"]), default="uniform", show_default=True,
+                          help="Distribution of sparse ids.")
+zipf_alpha_option = click.option("--zipf-alpha", type=click.FloatRange(min=0, min_open=True), default=1.05,
+                                 show_default=True, help="Zipf exponent with --ids zipf.")
 profile_iters_option = click.option("--profile-iters", type=click.IntRange(min=1), default=20, show_default=True,
                                     help="Iterations per profiling pass.")
 counter_seconds_option = click.option("--counter-seconds", type=click.FloatRange(min=0, min_open=True), default=1.0,
@@ -174,10 +178,8 @@ class ProgressBar:
 @click.option("--exports", "exports_dir", default="exports", show_default=True, type=click.Path(file_okay=False),
               help="Export cache folder (models are exported on demand).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights and inputs.")
-@click.option("--ids", type=click.Choice(["uniform", "zipf"]), default="uniform", show_default=True,
-              help="Distribution of sparse ids.")
-@click.option("--zipf-alpha", type=click.FloatRange(min=0, min_open=True), default=1.05, show_default=True,
-              help="Zipf exponent with --ids zipf.")
+@ids_option
+@zipf_alpha_option
 @click.option("--inputs", type=click.Choice(["fresh", "replay"]), default="fresh", show_default=True,
               help="fresh: each call runs the next batch of a pool sized to overflow the last-level cache; "
                    "replay: every call runs one batch (the cache-warm best case).")
@@ -357,7 +359,8 @@ def report_cmd(run_dirs, out_path, p99_bound_ms) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Threads in all, divided among the executors (default: physical cores).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights, queries and arrivals.")
-@click.option("--ids", type=click.Choice(["uniform", "zipf"]), default="uniform", show_default=True)
+@ids_option
+@zipf_alpha_option
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (default: runs/<timestamp>-<id>).")
 @click.option("--exports", "exports_dir", default="exports", show_default=True, type=click.Path(file_okay=False))
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600, show_default=True,
@@ -368,8 +371,8 @@ def report_cmd(run_dirs, out_path, p99_bound_ms) -> None:
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
               help="Continue an interrupted serving run: finished tests are kept, searches go on.")
 def serve_cmd(model_names, all_models, backend_names, batches, workers, p99_ms, query_sizes, max_query, min_duration,
-              min_queries, offload_backend, offload_threshold, scale, config_path, threads, seed, ids, out, exports_dir,
-              timeout, keep_trace, quiet, write_html, resume_dir) -> None:
+              min_queries, offload_backend, offload_threshold, scale, config_path, threads, seed, ids, zipf_alpha, out,
+              exports_dir, timeout, keep_trace, quiet, write_html, resume_dir) -> None:
     """Serve models under load with MLPerf LoadGen: the highest query rate per stack and batching
     policy whose p99 latency meets the bound (default model: dlrm-rmc1; --all for all eight)."""
     echo = (lambda msg: None) if quiet else click.echo
@@ -384,7 +387,8 @@ def serve_cmd(model_names, all_models, backend_names, batches, workers, p99_ms, 
             raise UserError(f"bad --workers {workers!r}: give positive integers") from None
         options = ServeOptions(
             models=chosen, backends=_split_names(backend_names), batches=parse_batches(batches), workers=worker_counts,
-            scale=scale, overrides=load_overrides(config_path, chosen), seed=seed, ids=ids, query_sizes=query_sizes,
+            scale=scale, overrides=load_overrides(config_path, chosen), seed=seed, ids=ids, zipf_alpha=zipf_alpha,
+            query_sizes=query_sizes,
             max_query=max_query, p99_ms=p99_ms, min_duration_s=min_duration, min_queries=min_queries,
             offload_backend=offload_backend, offload_threshold=offload_threshold, exports_dir=exports_dir,
             timeout=timeout, keep_trace=keep_trace)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -150,9 +151,40 @@ def test_a_sweep_over_precisions(tmp_path):
     for batch in (1, 8):
         assert per_batch[("ort-cpu@int8", batch)] == pytest.approx(per_batch[("ort-cpu", batch)] / 4, rel=1e-3)
     table = analyze([run_dir])["precision"]
-    assert len(table) == 4 and table["speedup"].notna().all() and (table["memory_ratio"] < 0.5).all()
+    assert len(table) == 4 and (table["memory_ratio"] < 0.5).all()
+    p50 = points.set_index(["backend", "batch"])["p50_us"]
+    for row in table.itertuples():  # each int8 point against its own stack's fp32 point, same batch
+        assert row.speedup == pytest.approx(p50[(row.stack, row.batch)] / p50[(f"{row.stack}@int8", row.batch)])
     shift = analyze([run_dir])["precision_shift"]
     assert {"fc", "embedding"} <= set(shift["category"])
+
+
+def test_precision_table_pairs_each_variant_with_its_own_fp32_point():
+    """Known p50s and weights: speedup = fp32 p50 / variant p50 of the same host, model, stack and
+    batch; a variant that was not timed has none; an fp32 point of another host is no partner."""
+    from rechar.analysis.precision import precision_table
+
+    cols = ["host", "model", "backend", "batch", "status", "p50_us", "weight_bytes", "embedding_weight_bytes",
+            "quality_max_abs", "quality_mean_abs", "quality_pair_agreement", "error"]
+    points = pd.DataFrame([
+        ("a", "m", "torch", 1, "ok", 200.0, 4000, 3000, None, None, None, None),
+        ("a", "m", "torch@int8", 1, "ok", 80.0, 1100, 800, 0.01, 0.002, 0.99, None),
+        ("a", "m", "torch@bf16", 1, "ok", 250.0, 2000, 1500, 0.003, 0.001, 0.999, None),
+        ("a", "m", "ort-cpu", 1, "ok", 150.0, 4000, 3000, None, None, None, None),
+        ("a", "m", "ort-cpu@int8", 1, "invalid", None, 1000, 750, 0.2, 0.1, 0.6, "quality below threshold"),
+        ("a", "m", "torch", 64, "ok", 1000.0, 4000, 3000, None, None, None, None),
+        ("a", "m", "torch@int8", 64, "ok", 400.0, 1100, 800, 0.01, 0.002, 0.99, None),
+        ("b", "m", "torch@int8", 64, "ok", 300.0, 1100, 800, 0.01, 0.002, 0.99, None),  # host b has no fp32
+    ], columns=cols)
+    table = precision_table(points).set_index(["host", "stack", "precision", "batch"])
+    assert len(table) == 5
+    assert table.loc[("a", "torch", "int8", 1), "speedup"] == pytest.approx(2.5)  # 200 / 80
+    assert table.loc[("a", "torch", "bf16", 1), "speedup"] == pytest.approx(0.8)  # 200 / 250: slower
+    assert table.loc[("a", "torch", "int8", 64), "speedup"] == pytest.approx(2.5)  # 1000 / 400
+    assert table.loc[("a", "torch", "int8", 1), "memory_ratio"] == pytest.approx(1100 / 4000)
+    untimed = table.loc[("a", "ort-cpu", "int8", 1)]
+    assert untimed["status"] == "invalid" and pd.isna(untimed["speedup"]) and untimed["fp32_p50_us"] == 150.0
+    assert pd.isna(table.loc[("b", "torch", "int8", 64), "speedup"])
 
 
 def test_bad_precision_is_a_one_line_error(run_cli, tmp_path):

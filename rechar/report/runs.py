@@ -6,12 +6,18 @@ from __future__ import annotations
 import json
 
 from rechar.report.context import ReportContext
-from rechar.report.page import definitions, note, text
+from rechar.report.page import definitions, note, table, text
+from rechar.results.annotations import corrections
 
 
 def section(ctx: ReportContext) -> str:
-    cards = []
+    cards, fixed = [], []
     for run_dir, m in zip(ctx.run_dirs, ctx.manifests):
+        fixes = corrections(run_dir)
+        if not fixes.empty:  # shown open, not in the collapsed details: they change what the page reads
+            fixed.append(f"<h4>Corrections applied to run {text(m.get('run_id'))}'s records</h4>" + table(fixes, [
+                ("log", "log", None), ("match", "match", None), ("set", "set", None),
+                ("records", "records", None), ("why", "why", None)], mono=("match", "set")))
         host = m.get("host", {})
         gpus = "; ".join(f"{g.get('name')} ({g.get('memory')}, driver {g.get('driver')})"
                          for g in host.get("gpus") or []) or "none"
@@ -34,7 +40,9 @@ def section(ctx: ReportContext) -> str:
             + "<h4>Machine</h4>" + machine + "<h4>Software</h4>" + versions
             + "<h4>Options</h4>" + definitions(_flatten(m.get("options", {})))
             + "<h4>Skipped backends</h4>" + skipped_html + "</div>")
-    return (f"<details><summary>Machine, software versions, options and skipped backends of {len(cards)} "
+    lead = ("<p>From the run folders' <code>annotations.json</code>: the analysis reads these fields as set "
+            "here; the logs keep what the workers wrote.</p>" + "".join(fixed)) if fixed else ""
+    return lead + (f"<details><summary>Machine, software versions, options and skipped backends of {len(cards)} "
             f'run(s)</summary><div class="runs">{"".join(cards)}</div></details>')
 
 
