@@ -15,7 +15,8 @@ from rechar.analysis import analyze
 from rechar.analysis.ops import load_ops, profile_time_basis, read_profiles
 from rechar.errors import UserError
 from rechar.report import write_report
-from rechar.results.annotations import ANNOTATIONS, apply_to_records, corrections, matches, read_annotations
+from rechar.analysis.corrections import corrections
+from rechar.results.annotations import ANNOTATIONS, apply_to_records, matches, read_annotations
 from rechar.results.store import load_points, load_rounds
 from rechar.serving.trials import load_trials
 

@@ -26,7 +26,7 @@ from rechar.analysis.ops import OPS_COLUMNS, coverage, load_ops, profile_time_ba
 from rechar.analysis.serving import best_policy, load_curve, serving_capacity
 from rechar.errors import UserError
 from rechar.measure.counters import HARDWARE
-from rechar.results.annotations import corrections
+from rechar.analysis.corrections import corrections
 from rechar.results.store import load_points, read_manifest
 from rechar.sweep.cluster import member_runs
 from rechar.serving.trials import TRIAL_COLUMNS, is_serve_run, load_trials

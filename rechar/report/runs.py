@@ -7,7 +7,7 @@ import json
 
 from rechar.report.context import ReportContext
 from rechar.report.page import definitions, note, table, text
-from rechar.results.annotations import corrections
+from rechar.analysis.corrections import corrections
 
 
 def section(ctx: ReportContext) -> str:

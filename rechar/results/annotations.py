@@ -117,23 +117,3 @@ def apply_to_table(table: pd.DataFrame, run_dir: str | Path, log: str) -> pd.Dat
                 table.iat[i, column] = value
                 rows[i][field] = value
     return table
-
-
-def corrections(run_dir: str | Path) -> pd.DataFrame:
-    """One row per annotation of the run: log, match and set as text, why, and how many records
-    of its log it matches (0 says it corrects nothing: a typo in its match)."""
-    from rechar.results.store import read_log  # the store applies annotations: imported at call time
-    from rechar.serving.trials import trial_key
-
-    keys = {"trials": trial_key}  # the others' records are one per point (and round): the store's key
-    rows = []
-    for a in read_annotations(run_dir):
-        log = a["match"]["log"]
-        records = read_log(Path(run_dir), LOGS[log], key=keys.get(log))
-        rows.append({"log": log, "match": _text({k: v for k, v in a["match"].items() if k != "log"}),
-                     "set": _text(a["set"]), "why": a["why"], "records": sum(matches(a["match"], r) for r in records)})
-    return pd.DataFrame(rows, columns=["log", "match", "set", "why", "records"])
-
-
-def _text(fields: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v if isinstance(v, list) else json.dumps(v)}" for k, v in fields.items())
