@@ -1,4 +1,5 @@
-"""The eight recommendation models of the study, each defined once in PyTorch.
+"""The eight recommendation models of the study and three of today's (DLRM-DCNv2, SASRec, HSTU),
+each defined once in PyTorch.
 
     >>> import rechar.models
     >>> model = rechar.models.get("dlrm-rmc1", scale="tiny")
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import psutil
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -19,10 +21,13 @@ from rechar.errors import UserError
 from rechar.models.base import RecModel
 from rechar.models.calibration import calibrate
 from rechar.models.config import DEFAULT_SCALE, SCALE_HELP, SCALES, ModelConfig, load_config_file
+from rechar.models.dcnv2 import DLRM_DCNV2, DLRMDCNv2
 from rechar.models.dien import DIEN, DIENConfig
 from rechar.models.din import DIN, DINConfig
 from rechar.models.dlrm import DLRM, RMC1, RMC2, RMC3
+from rechar.models.hstu import HSTU, HSTUConfig
 from rechar.models.ncf import NCF, NCFConfig
+from rechar.models.sasrec import SASRec, SASRecConfig
 from rechar.models.wide_deep import MultiTaskWideDeep, MultiTaskWideDeepConfig, WideDeep, WideDeepConfig
 
 __all__ = [
@@ -31,13 +36,14 @@ __all__ = [
 ]
 
 EMBEDDING, MLP, SEQUENCE = "embedding-dominated", "MLP-dominated", "attention/sequence"
+CROSS = "cross-network/MLP"
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
     cls: type[RecModel]
-    paper: ModelConfig  # the study's sizes
-    category: str  # what the study found to dominate CPU time
+    paper: ModelConfig  # the study's sizes (for the three later models: their reference sizes)
+    category: str  # what the study found to dominate CPU time (later models: their architecture's class)
 
 
 MODELS: dict[str, ModelEntry] = {
@@ -49,6 +55,10 @@ MODELS: dict[str, ModelEntry] = {
     "mt-wnd": ModelEntry(MultiTaskWideDeep, MultiTaskWideDeepConfig(), MLP),
     "din": ModelEntry(DIN, DINConfig(), SEQUENCE),
     "dien": ModelEntry(DIEN, DIENConfig(), SEQUENCE),
+    # After the study: MLPerf's DLRM-v2, and sequential transformers over a user's history
+    "dlrm-dcnv2": ModelEntry(DLRMDCNv2, DLRM_DCNV2, CROSS),
+    "sasrec": ModelEntry(SASRec, SASRecConfig(), SEQUENCE),
+    "hstu": ModelEntry(HSTU, HSTUConfig(), SEQUENCE),
 }
 
 
@@ -76,15 +86,34 @@ def get(
     seed: int = 0,
     config: ModelConfig | None = None,
 ) -> RecModel:
-    """Build a model in eval mode with weights drawn deterministically from ``seed``."""
+    """Build a model in eval mode with weights drawn deterministically from ``seed``.
+
+    Refuses (UserError) before allocating anything when the weights alone exceed the memory
+    available now (MLPerf's DLRM-DCNv2 tables are 98 GB)."""
     cls = _entry(name).cls
     config = config or resolve_config(name, scale, overrides)
+    check_fits_in_memory(name, config, scale)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = cls(name, config)
     model.eval()
     calibrate(model, seed)  # outputs that spread like a trained model's (rechar.models.calibration)
     return model
+
+
+def weight_bytes(name: str, config: ModelConfig) -> int:
+    """Bytes of the model's parameters, computed on the meta device (nothing allocated)."""
+    return sum(p.numel() * p.element_size() for p in shell(name, config).parameters())
+
+
+def check_fits_in_memory(name: str, config: ModelConfig, scale: str = "") -> None:
+    need = weight_bytes(name, config)
+    available = psutil.virtual_memory().available
+    if need > available:
+        where = f" at scale {scale!r}" if scale else ""
+        raise UserError(
+            f"{name}{where} needs {need / 1e9:.1f} GB for its weights but this machine has {available / 1e9:.1f} GB "
+            f"available; choose a smaller scale (--scale small) or cap table_rows in a config file")
 
 
 def shell(name: str, config: ModelConfig) -> RecModel:
