@@ -12,6 +12,7 @@ Linear layers, which is what this is. Dropout is off at inference and omitted.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch import nn
@@ -54,17 +55,38 @@ class FeedForward(nn.Module):
         return self.outer(torch.relu(self.inner(x))) + x
 
 
+class CausalSelfAttention(nn.Module):
+    """Multi-head softmax attention, the map of torch.nn.MultiheadAttention (which the reference
+    uses; a test compares the two on shared weights), written out so that each projection is an
+    nn.Linear that a profile attributes: query [B, S, D] attends to keys/values [B, S, D];
+    ``mask`` [S, S] is 0 where step i may attend to step j and -1e9 where it may not."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.query, self.key, self.value, self.out = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, S, D = query.shape
+        H = self.heads
+        q, k, v = (t.reshape(B, S, H, D // H).transpose(1, 2) for t in
+                   (self.query(query), self.key(keys), self.value(keys)))  # [B, H, S, d]
+        scores = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(D // H) + mask
+        attended = torch.matmul(torch.softmax(scores, dim=-1), v)
+        return self.out(attended.transpose(1, 2).reshape(B, S, D))
+
+
 class SASRecBlock(nn.Module):
     def __init__(self, dim: int, heads: int, ffn_hidden: int):
         super().__init__()
         self.query_norm = nn.LayerNorm(dim, eps=LN_EPS, elementwise_affine=False)
-        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.attention = CausalSelfAttention(dim, heads)
         self.ffn_norm = nn.LayerNorm(dim, eps=LN_EPS, elementwise_affine=False)
         self.ffn = FeedForward(dim, ffn_hidden)
 
     def forward(self, x: torch.Tensor, causal: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         q = self.query_norm(x)
-        attended, _ = self.attention(q, x, x, attn_mask=causal, need_weights=False)
+        attended = self.attention(q, x, causal)
         return self.ffn(self.ffn_norm(q + attended)) * valid
 
 
@@ -79,8 +101,8 @@ class SASRec(RecModel):
         self.input = SequenceInput(c.seq_len, c.embedding_dim)
         self.blocks = nn.ModuleList(SASRecBlock(c.embedding_dim, c.heads, c.ffn_hidden) for _ in range(c.blocks))
         self.scoring = CandidateScoring()
-        # True above the diagonal: step i does not attend to later steps
-        self.register_buffer("causal", torch.ones(c.seq_len, c.seq_len, dtype=torch.bool).triu(1), persistent=False)
+        # -1e9 above the diagonal: step i does not attend to later steps
+        self.register_buffer("causal", torch.full((c.seq_len, c.seq_len), -1e9).triu(1), persistent=False)
         if self.causal.device.type != "meta":
             for block in self.blocks:  # the reference's initialisation of its attention and FFN
                 for p in block.parameters():
