@@ -21,17 +21,30 @@ as the FC it is).
 
 ``runtime`` is framework work outside any operator: entering a compiled region, checking its
 guards, launching the compiled graph.
+
+The models after the study add layer categories of their own: ``cross-network`` (DCNv2's low-rank
+cross layers), ``self-attention`` (SASRec's softmax attention, its q/k/v/output projections
+included), ``pointwise-attention`` (HSTU's SiLU attention core with its relative bias; its
+fused u/v/q/k projection and output layer stay ``fc``), ``feed-forward`` (SASRec's position-wise
+FFN), ``candidate-scoring`` (candidates scored against the user's state) and ``normalisation``
+(layer norm, also an op category: each framework's layer-norm ops).
 """
 
 from __future__ import annotations
 
 CATEGORIES = (
-    "fc", "embedding", "interaction", "attention", "recurrent", "activation", "elementwise", "softmax",
-    "data-movement", "quantize", "runtime", "other",
+    "fc", "embedding", "interaction", "attention", "recurrent", "cross-network", "self-attention",
+    "pointwise-attention", "feed-forward", "candidate-scoring", "normalisation", "activation", "elementwise",
+    "softmax", "data-movement", "quantize", "runtime", "other",
 )
-#: Fused kernels count in the first of these categories that one of their member ops has.
-FUSION_RANK = ("fc", "embedding", "recurrent", "attention", "softmax", "interaction", "activation", "elementwise",
-               "data-movement", "quantize", "runtime", "other")
+#: The categories that the models after the study added.
+LATER_CATEGORIES = ("cross-network", "self-attention", "pointwise-attention", "feed-forward", "candidate-scoring",
+                    "normalisation")
+#: Fused kernels count in the first of these categories that one of their member ops has (the
+#: layer categories never are an op's own, so their rank does not matter; normalisation is).
+FUSION_RANK = ("fc", "embedding", "recurrent", "attention", "cross-network", "self-attention", "pointwise-attention",
+               "feed-forward", "candidate-scoring", "normalisation", "softmax", "interaction", "activation",
+               "elementwise", "data-movement", "quantize", "runtime", "other")
 
 _FC = "fc"
 _EMB = "embedding"
@@ -43,6 +56,7 @@ _SMX = "softmax"
 _MOV = "data-movement"
 _RUN = "runtime"
 _QNT = "quantize"  # quantizing activations and dequantizing results of reduced-precision kernels
+_NRM = "normalisation"
 
 #: Native op name -> category, for every framework (names do not collide across frameworks).
 OP_CATEGORY: dict[str, str] = {
@@ -144,10 +158,16 @@ OP_CATEGORY: dict[str, str] = {
 
 #: Model layer (PyTorch module class) -> category that everything inside it counts as.
 LAYER_CATEGORY: dict[str, str] = {
-    "EmbeddingTable": _EMB, "PooledEmbeddings": _EMB, "SingleEmbeddings": _EMB,
-    "Interaction": _INT,
+    "EmbeddingTable": _EMB, "PooledEmbeddings": _EMB, "SingleEmbeddings": _EMB, "MultiHotEmbeddings": _EMB,
+    "Interaction": _INT, "FeatureConcat": _INT,
     "ActivationUnit": "attention", "InterestAttention": "attention",
     "GRU": _REC, "AUGRUCell": _REC,
+    "LowRankCrossNet": "cross-network",
+    "CausalSelfAttention": "self-attention",
+    "PointwiseAttention": "pointwise-attention",
+    "FeedForward": "feed-forward",
+    "CandidateScoring": "candidate-scoring",
+    "LayerNorm": _NRM,
 }
 
 
