@@ -71,6 +71,11 @@ class LowRankCrossNet(nn.Module):
         super().__init__()
         self.down = nn.ModuleList(nn.Linear(features, rank, bias=False) for _ in range(layers))  # V_l
         self.up = nn.ModuleList(nn.Linear(rank, features) for _ in range(layers))  # W_l, b_l
+        if features and self.up[0].weight.device.type != "meta":  # torchrec's initialisation
+            for down, up in zip(self.down, self.up):
+                nn.init.xavier_normal_(down.weight)
+                nn.init.xavier_normal_(up.weight)
+                nn.init.zeros_(up.bias)
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
         x = x0
