@@ -24,7 +24,8 @@ guards, launching the compiled graph.
 
 The models after the study add layer categories of their own: ``cross-network`` (DCNv2's low-rank
 cross layers), ``self-attention`` (SASRec's softmax attention, its q/k/v/output projections
-included), ``pointwise-attention`` (HSTU's SiLU attention core with its relative bias; its
+included), ``pointwise-attention`` (HSTU's SiLU attention core with its relative bias and the
+bucketing of action times that feeds it; its
 fused u/v/q/k projection and output layer stay ``fc``), ``feed-forward`` (SASRec's position-wise
 FFN), ``candidate-scoring`` (candidates scored against the user's state) and ``normalisation``
 (layer norm, also an op category: each framework's layer-norm ops).
@@ -154,6 +155,15 @@ OP_CATEGORY: dict[str, str] = {
     "RNNSequence": _REC, "LSTMSequence": _REC, "Convert": _MOV, "Reorder": _MOV, "Broadcast": _MOV,
     "VariadicSplit": _MOV, "StridedSlice": _MOV, "ShapeOf": _MOV, "Parameter": _MOV, "Result": _MOV,
     "Input": _MOV, "Output": _MOV,
+    # Ops of the later models (layer norm, SiLU, attention kernels, time bucketing), every framework
+    "aten::layer_norm": _NRM, "aten::native_layer_norm": _NRM, "aten::var_mean": _NRM, "LayerNormalization": _NRM,
+    "SimplifiedLayerNormalization": _NRM, "SkipLayerNormalization": _NRM, "MVN": _NRM,
+    "aten::silu": _ACT, "aten::silu_": _ACT, "QuickGelu": _ACT, "_MklSwish": _ACT, "Swish": _ACT,
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "attention",
+    "aten::scaled_dot_product_attention": "attention",
+    "aten::ne": _ELT, "aten::sqrt": _ELT, "aten::rsqrt": _ELT, "aten::clamp_max": _ELT, "Abs": _ELT, "Clip": _ELT,
+    "Clamp": _ELT, "NotEqual": _ELT, "AddN": _ELT, "Rsqrt": _ELT, "SquaredDifference": _ELT,
+    "aten::zeros_like": _MOV, "aten::split_with_sizes": _MOV, "prims::convert_element_type": _MOV, "Pad": _MOV,
 }
 
 #: Model layer (PyTorch module class) -> category that everything inside it counts as.
@@ -164,7 +174,7 @@ LAYER_CATEGORY: dict[str, str] = {
     "GRU": _REC, "AUGRUCell": _REC,
     "LowRankCrossNet": "cross-network",
     "CausalSelfAttention": "self-attention",
-    "PointwiseAttention": "pointwise-attention",
+    "PointwiseAttention": "pointwise-attention", "TimeBuckets": "pointwise-attention",
     "FeedForward": "feed-forward",
     "CandidateScoring": "candidate-scoring",
     "LayerNorm": _NRM,

@@ -62,6 +62,13 @@ def time_buckets(timestamps: torch.Tensor) -> torch.Tensor:
     return buckets.clamp(min=0, max=TIME_BUCKETS)
 
 
+class TimeBuckets(nn.Module):
+    """A module only so that profiles attribute the bucketing to the attention bias it feeds."""
+
+    def forward(self, timestamps: torch.Tensor) -> torch.Tensor:
+        return time_buckets(timestamps)
+
+
 class RelativeBias(nn.Module):
     """rab[b, i, j] = w_pos[j - i + N - 1] + w_time[bucket[b, i, j]]."""
 
@@ -126,11 +133,12 @@ class HSTU(RecModel):
         self.input = SequenceInput(c.seq_len, c.embedding_dim)
         self.layers = nn.ModuleList(
             HSTULayer(c.embedding_dim, c.seq_len, c.heads, c.qk_dim, c.v_dim) for _ in range(c.blocks))
+        self.time_buckets = TimeBuckets()
         self.scoring = CandidateScoring()
 
     def forward(self, history: torch.Tensor, timestamps: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         x, valid = self.input(history, self.item_emb(history))
-        buckets = time_buckets(timestamps)
+        buckets = self.time_buckets(timestamps)
         for layer in self.layers:
             x = layer(x, buckets)
         return self.scoring(x, valid, self.item_emb(candidates))
