@@ -345,7 +345,8 @@ def report_cmd(run_dirs, out_path, p99_bound_ms) -> None:
               help="Parallel executors sharing the threads (comma-separated to compare several).")
 @click.option("--p99-ms", type=float, default=10.0, show_default=True, help="Bound on the p99 query latency.")
 @click.option("--query-sizes", default="lognormal:5.1,0.2", show_default=True,
-              help="Items per query: fixed:N, lognormal:MU,SIGMA, normal:MEAN,STD or file:PATH.")
+              help="Items per query: fixed:N, lognormal:MU,SIGMA, normal:MEAN,STD, file:PATH or mlperf-dlrm "
+                   "(MLPerf's DLRM query sizes, 100-700).")
 @click.option("--max-query", type=int, default=1024, show_default=True, help="Query sizes are clipped to this.")
 @click.option("--min-duration", type=float, default=2.0, show_default=True, help="Seconds per LoadGen test, at least.")
 @click.option("--min-queries", type=int, default=512, show_default=True,
