@@ -31,7 +31,7 @@ from rechar.models.sasrec import SASRec, SASRecConfig
 from rechar.models.wide_deep import MultiTaskWideDeep, MultiTaskWideDeepConfig, WideDeep, WideDeepConfig
 
 __all__ = [
-    "MODELS", "SCALES", "SCALE_HELP", "DEFAULT_SCALE", "RecModel", "ModelConfig",
+    "MODELS", "STUDY_MODELS", "SCALES", "SCALE_HELP", "DEFAULT_SCALE", "RecModel", "ModelConfig",
     "get", "shell", "resolve_config", "describe", "names", "load_config_file",
 ]
 
@@ -62,7 +62,12 @@ MODELS: dict[str, ModelEntry] = {
 }
 
 
+#: The study's eight: what a run measures when no model is named.
+STUDY_MODELS = ("dlrm-rmc1", "dlrm-rmc2", "dlrm-rmc3", "ncf", "wnd", "mt-wnd", "din", "dien")
+
+
 def names() -> list[str]:
+    """Every model: the study's eight and the three after it."""
     return list(MODELS)
 
 
