@@ -365,3 +365,10 @@ def dataclasses_replace(config, **changes):
     import dataclasses
 
     return dataclasses.replace(config, **changes)
+
+
+def test_export_of_paper_dcnv2_is_one_line_exit_2_and_writes_nothing(run_cli, tmp_path):
+    code, out, err = run_cli("export", "-m", "dlrm-dcnv2", "--scale", "paper", "--out", str(tmp_path / "e"))
+    assert code == 2 and out == ""
+    assert err.strip().count("\n") == 0 and "dlrm-dcnv2 at scale 'paper' needs 104.6 GB" in err
+    assert not (tmp_path / "e" / "dlrm-dcnv2").exists()

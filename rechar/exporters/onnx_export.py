@@ -121,6 +121,7 @@ def export(
             return ExportResult(name, target, cached, cached=True)
     _ensure_writable(target.parent)
 
+    models.check_fits_in_memory(name, config, scale)  # before any folder or log line
     log(f"{name}: exporting ({scale}, {options.exporter}, opset {options.resolved_opset()}) ...")
     _remove_abandoned(target.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))

@@ -96,8 +96,9 @@ def get(
     Refuses (UserError) before allocating anything when the weights alone exceed the memory
     available now (MLPerf's DLRM-DCNv2 tables are 98 GB)."""
     cls = _entry(name).cls
+    named_scale = "" if config is not None else scale  # a config passed in may come from any scale
     config = config or resolve_config(name, scale, overrides)
-    check_fits_in_memory(name, config, scale)
+    check_fits_in_memory(name, config, named_scale)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = cls(name, config)
