@@ -372,3 +372,15 @@ def test_export_of_paper_dcnv2_is_one_line_exit_2_and_writes_nothing(run_cli, tm
     assert code == 2 and out == ""
     assert err.strip().count("\n") == 0 and "dlrm-dcnv2 at scale 'paper' needs 104.6 GB" in err
     assert not (tmp_path / "e" / "dlrm-dcnv2").exists()
+
+
+def test_model_feature_table_covers_the_later_models():
+    from rechar.analysis.features import model_features
+
+    f = model_features({n: models.resolve_config(n, "small").to_dict() for n in ("dlrm-dcnv2", "sasrec", "hstu")})
+    f = f.set_index("model")
+    assert f.loc["dlrm-dcnv2", "lookups_per_sample"] == 214 and f.loc["dlrm-dcnv2", "seq_len"] == 0
+    assert f.loc["dlrm-dcnv2", "embedding_bytes_read_per_sample"] == 214 * 128 * 4
+    assert f.loc["hstu", "seq_len"] == 200 and f.loc["sasrec", "seq_len"] == 200
+    assert f.loc["hstu", "embedding_bytes_read_per_sample"] == (200 + 100) * 50 * 4  # history + candidates
+    assert f.loc["hstu", "macs_per_sample"] > f.loc["sasrec", "macs_per_sample"] > 0
