@@ -8,6 +8,7 @@ which runs the same float32 math in its own order."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 from pathlib import Path
@@ -357,14 +358,9 @@ def test_hstu_dlrm_v3_config_file_is_mlperfs_shape():
     assert list(overrides) == ["hstu"]
     c = models.resolve_config("hstu", "tiny", overrides["hstu"])
     assert (c.blocks, c.heads, c.qk_dim, c.v_dim, c.embedding_dim, c.candidates) == (5, 4, 128, 128, 512, 2048)
-    model = models.get("hstu", config=dataclasses_replace(c, seq_len=8, item_rows=1000))
+    model = models.get("hstu", config=dataclasses.replace(c, seq_len=8, item_rows=1000))
     assert model.predict(model.make_inputs(2)).shape == (2, 2048)
 
-
-def dataclasses_replace(config, **changes):
-    import dataclasses
-
-    return dataclasses.replace(config, **changes)
 
 
 def test_export_of_paper_dcnv2_is_one_line_exit_2_and_writes_nothing(run_cli, tmp_path):

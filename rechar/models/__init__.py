@@ -94,7 +94,7 @@ def get(
     """Build a model in eval mode with weights drawn deterministically from ``seed``.
 
     Refuses (UserError) before allocating anything when the weights alone exceed the memory
-    available now (MLPerf's DLRM-DCNv2 tables are 98 GB)."""
+    available now (MLPerf's DLRM-DCNv2 tables are 104.5 GB)."""
     cls = _entry(name).cls
     named_scale = "" if config is not None else scale  # a config passed in may come from any scale
     config = config or resolve_config(name, scale, overrides)

@@ -14,9 +14,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
+from rechar.errors import UserError
 from rechar.models.base import InputGenerator, RecModel
 from rechar.models.config import ModelConfig, rows, seq
 from rechar.models.layers import EmbeddingTable
@@ -37,8 +39,6 @@ class SASRecConfig(ModelConfig):
 
     def validate(self) -> None:
         super().validate()
-        from rechar.errors import UserError
-
         if self.embedding_dim % self.heads:
             raise UserError(f"embedding_dim {self.embedding_dim} is not divisible by heads {self.heads}")
         if self.item_rows < 2:
@@ -116,8 +116,6 @@ class SASRec(RecModel):
         return self.scoring(x, valid, self.item_emb(candidates))
 
     def lookups(self, inputs):
-        import numpy as np
-
         return {"item_emb": np.concatenate([inputs["history"], inputs["candidates"]], axis=1)}
 
     def generate(self, gen: InputGenerator):
