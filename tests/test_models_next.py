@@ -281,8 +281,9 @@ def test_hstu_relative_position_bias_is_the_references_toeplitz_matrix():
 
 
 def test_hstu_time_buckets_by_hand():
-    from rechar.models.hstu import time_buckets
+    from rechar.models.hstu import TimeBuckets
 
+    time_buckets = TimeBuckets()
     ts = torch.tensor([[0, 1, 10, 1000, 1000 + 86_400]])
     b = time_buckets(ts)[0]
     # bucket(ts[i + 1] - ts[j]): floor(ln(max(|dt|, 1)) / 0.301)
@@ -293,6 +294,22 @@ def test_hstu_time_buckets_by_hand():
     assert b[3, 0] == int(math.log(86_400 + 1000) / 0.301) == 37
     far = time_buckets(torch.tensor([[0, 10**18]]))[0]
     assert far[0, 0] == 128  # clamped to the last bucket
+
+
+def test_hstu_time_buckets_are_exact_at_bucket_boundaries():
+    """Gaps either side of every boundary up to a year (T_k = ceil(exp(0.301 k))): buckets equal
+    float64's floor(ln(dt) / 0.301), where float32's log alone puts some on the wrong side."""
+    from rechar.models.hstu import TimeBuckets
+
+    k = np.arange(1, 60)
+    edges = np.ceil(np.exp(0.301 * k)).astype(np.int64)
+    gaps = np.unique(np.concatenate([edges - 1, edges, edges + 1]).clip(1, None))
+    ts = torch.from_numpy(np.concatenate([[0], gaps]))[None]  # ts[i + 1] - ts[0] = gaps[i]
+    got = TimeBuckets()(ts)[0, :-1, 0].numpy()
+    want = np.floor(np.log(gaps.astype(np.float64)) / 0.301).astype(np.int64)
+    np.testing.assert_array_equal(got, want)
+    float32 = (np.log(gaps.astype(np.float32)) / np.float32(0.301)).astype(np.int64)
+    assert (float32 != want).any(), "no boundary case that float32 gets wrong: the test would not see a regression"
 
 
 @pytest.mark.parametrize("heads", [1, 2])

@@ -162,7 +162,7 @@ OP_CATEGORY: dict[str, str] = {
     "aten::_scaled_dot_product_flash_attention_for_cpu": "attention",
     "aten::scaled_dot_product_attention": "attention",
     "aten::ne": _ELT, "aten::sqrt": _ELT, "aten::rsqrt": _ELT, "aten::clamp_max": _ELT, "Abs": _ELT, "Clip": _ELT,
-    "Clamp": _ELT, "NotEqual": _ELT, "AddN": _ELT, "Rsqrt": _ELT, "SquaredDifference": _ELT,
+    "Clamp": _ELT, "NotEqual": _ELT, "GreaterOrEqual": _ELT, "LessOrEqual": _ELT, "AddN": _ELT, "Rsqrt": _ELT, "SquaredDifference": _ELT,
     "aten::zeros_like": _MOV, "aten::split_with_sizes": _MOV, "prims::convert_element_type": _MOV, "Pad": _MOV,
 }
 

@@ -12,13 +12,14 @@ padded steps that the causal mask keeps out of every valid step anyway):
 
 where N is the (fixed) history length, rab_pos[i, j] a learned weight per offset j - i, and
 rab_time[i, j] a learned weight per bucket of the time between step j and step i + 1,
-floor(ln(max(|dt|, 1)) / 0.301) clamped to [0, 128]. LN has no learned scale (eps 1e-6). The
+floor(ln(max(|dt|, 1)) / 0.301) clamped to [0, 128] (computed exactly: see time_buckets). LN has no learned scale (eps 1e-6). The
 bucket matrix depends only on the timestamps, so it is computed once, not in every layer.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import torch
@@ -54,19 +55,37 @@ class HSTUConfig(ModelConfig):
             raise UserError("item_rows must be at least 2 (id 0 is padding)")
 
 
-def time_buckets(timestamps: torch.Tensor) -> torch.Tensor:
-    """[B, N] int64 seconds -> [B, N, N] bucket of ts[i + 1] - ts[j] (ts[N] := ts[N - 1])."""
+def _bucket_thresholds() -> list[int]:
+    """T[k]: the smallest gap in bucket k or above, ceil(exp(0.301 k)), k = 0..128 (exact in float64
+    up to k = 122, 2^53; no real gap comes near), and T[129] = int64 max (no bucket 129)."""
+    return [1] + [math.ceil(math.exp(TIME_BUCKET_DIVISOR * k)) for k in range(1, TIME_BUCKETS + 1)] + [2**63 - 1]
+
+
+def time_buckets(timestamps: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """[B, N] int64 seconds -> [B, N, N] bucket of ts[i + 1] - ts[j] (ts[N] := ts[N - 1]),
+    floor(ln(max(|dt|, 1)) / 0.301) clamped to [0, 128].
+
+    The float estimate alone differs between stacks: a gap within a rounding error of a bucket
+    boundary lands on either side depending on the log implementation (and always in bf16), and
+    a bucket is a different bias, not a rounding error. So the estimate, never off by more than
+    one bucket, is corrected against the integer thresholds: every stack gets the same buckets."""
     following = torch.cat([timestamps[:, 1:], timestamps[:, -1:]], dim=1)
     dt = (following.unsqueeze(2) - timestamps.unsqueeze(1)).abs().clamp(min=1)
-    buckets = (torch.log(dt.to(torch.float32)) / TIME_BUCKET_DIVISOR).to(torch.int64)
-    return buckets.clamp(min=0, max=TIME_BUCKETS)
+    estimate = (torch.log(dt.to(torch.float32)) / TIME_BUCKET_DIVISOR).to(torch.int64).clamp(min=0, max=TIME_BUCKETS)
+    up = (dt >= thresholds[estimate + 1]).to(torch.int64)
+    down = (dt < thresholds[estimate]).to(torch.int64)
+    return estimate + up - down
 
 
 class TimeBuckets(nn.Module):
-    """A module only so that profiles attribute the bucketing to the attention bias it feeds."""
+    """A module so that profiles attribute the bucketing to the attention bias it feeds."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("thresholds", torch.tensor(_bucket_thresholds(), dtype=torch.int64), persistent=False)
 
     def forward(self, timestamps: torch.Tensor) -> torch.Tensor:
-        return time_buckets(timestamps)
+        return time_buckets(timestamps, self.thresholds)
 
 
 class RelativeBias(nn.Module):

@@ -371,7 +371,8 @@ def _gru(node, inputs, attrs):
 OP_LOWERINGS: dict[str, Callable] = {
     **{op: _elementwise(fn) for op, fn in {
         "Add": tf.math.add, "Sub": tf.math.subtract, "Mul": tf.math.multiply,
-        "Equal": tf.math.equal, "Less": tf.math.less, "Greater": tf.math.greater, "Not": tf.math.logical_not,
+        "Equal": tf.math.equal, "Less": tf.math.less, "Greater": tf.math.greater,
+        "GreaterOrEqual": tf.math.greater_equal, "LessOrEqual": tf.math.less_equal, "Not": tf.math.logical_not,
         "Where": tf.where, "Relu": tf.nn.relu, "Sigmoid": tf.math.sigmoid, "Tanh": tf.math.tanh,
         "Neg": tf.math.negative, "Abs": tf.math.abs, "Exp": tf.math.exp, "Log": tf.math.log, "Sqrt": tf.math.sqrt,
         "Identity": tf.identity, "Tile": tf.tile, "Range": tf.range,
