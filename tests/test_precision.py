@@ -41,13 +41,6 @@ def _evaluation(name, batch=256):
     return chunks, np.concatenate([model.predict(c) for c in chunks]), model.output_kind
 
 
-#: (model, variant) that the gate refuses, and why. HSTU buckets the time between actions by
-#: ln(dt) / 0.301; OpenVINO's bf16 hint computes that in bf16 (dt carries 8 significant bits), so
-#: gaps near a bucket boundary change bucket and the relative bias: with the time bias zeroed the
-#: same point's largest error is 0.006 instead of 0.16-0.17.
-KNOWN_QUALITY_FAILURES = {("hstu", "openvino@bf16"): "largest prediction error"}
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("name", models.names())
 def test_every_offered_precision_passes_the_quality_gate(tiny_exports, name, variant):
@@ -56,10 +49,6 @@ def test_every_offered_precision_passes_the_quality_gate(tiny_exports, name, var
         figures = quality_gate(backend, *_evaluation(name))
     finally:
         backend.close()
-    known = KNOWN_QUALITY_FAILURES.get((name, variant))
-    if known:  # refused, for the reason above; a fix would make this fail and the entry go
-        assert figures["quality_error"] and figures["quality_error"].startswith(known), figures
-        return
     assert figures["quality_error"] is None, figures
     assert 0 < figures["quality_logit_max"] <= QualityThresholds().max_logit  # not fp32 in disguise
     assert figures["quality_pair_agreement"] >= QualityThresholds().pair_agreement

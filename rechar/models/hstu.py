@@ -12,8 +12,9 @@ padded steps that the causal mask keeps out of every valid step anyway):
 
 where N is the (fixed) history length, rab_pos[i, j] a learned weight per offset j - i, and
 rab_time[i, j] a learned weight per bucket of the time between step j and step i + 1,
-floor(ln(max(|dt|, 1)) / 0.301) clamped to [0, 128] (computed exactly: see time_buckets). LN has no learned scale (eps 1e-6). The
-bucket matrix depends only on the timestamps, so it is computed once, not in every layer.
+floor(ln(max(|dt|, 1)) / 0.301) clamped to [0, 128] (computed exactly: see time_buckets). LN has
+no learned scale (eps 1e-6). The bucket matrix depends only on the timestamps, so it is computed
+once, not in every layer.
 """
 
 from __future__ import annotations

@@ -58,8 +58,8 @@ class QuerySizes:
             return "file", [float(v) for v in QUERY_SIZE_PRESETS[self.spec]]
         kind, _, args = self.spec.partition(":")
         if kind not in QUERY_SIZE_KINDS or not args:
-            raise UserError(f"bad query sizes {self.spec!r}: use fixed:N, lognormal:MU,SIGMA, normal:MEAN,STD, file:PATH "
-                            f"or a preset ({', '.join(QUERY_SIZE_PRESETS)})")
+            raise UserError(f"bad query sizes {self.spec!r}: use fixed:N, lognormal:MU,SIGMA, normal:MEAN,STD, "
+                            f"file:PATH or a preset ({', '.join(QUERY_SIZE_PRESETS)})")
         if kind == "file":
             return kind, self._file_sizes(args)
         try:
