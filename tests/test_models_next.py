@@ -217,7 +217,8 @@ def _sasrec_numpy(model, inputs):
         x = (_linear(np.maximum(_linear(y, block.ffn.inner), 0), block.ffn.outer) + y) * valid
     last = valid[:, :, 0].sum(1).astype(int) - 1
     state = _l2(x[np.arange(len(x)), last])
-    return np.einsum("bd,bkd->bk", state, _l2(table[candidates]))
+    cosine = np.einsum("bd,bkd->bk", state, _l2(table[candidates]))
+    return cosine * _np(model.scoring.scale) + _np(model.scoring.bias)
 
 
 @pytest.mark.parametrize("heads", [1, 2])
@@ -264,7 +265,8 @@ def _hstu_numpy(model, inputs):
         x = _linear(u * _layer_norm(np.concatenate(heads, -1), 1e-6), layer.output) + x
     last = valid[:, :, 0].sum(1).astype(int) - 1
     state = _l2(x[np.arange(len(x)), last])
-    return np.einsum("bd,bkd->bk", state, _l2(table[candidates]))
+    cosine = np.einsum("bd,bkd->bk", state, _l2(table[candidates]))
+    return cosine * _np(model.scoring.scale) + _np(model.scoring.bias)
 
 
 def test_hstu_relative_position_bias_is_the_references_toeplitz_matrix():
@@ -348,13 +350,17 @@ def test_padded_history_steps_do_not_change_the_scores(name):
 
 
 @pytest.mark.parametrize("name", ["sasrec", "hstu"])
-def test_scores_are_cosine_similarities_of_the_candidates(name):
+def test_scores_are_calibrated_cosine_similarities_of_the_candidates(name):
     model = models.get(name, scale="tiny")
-    inputs = model.make_inputs(4, seed=1)
+    inputs = model.make_inputs(64, seed=1)
     inputs["candidates"][:, 1] = inputs["candidates"][:, 0]  # the same item twice scores the same
     out = model.predict(inputs)
-    assert out.shape == (4, model.config.candidates) and (np.abs(out) <= 1 + 1e-6).all()
+    assert out.shape == (64, model.config.candidates)
     np.testing.assert_array_equal(out[:, 0], out[:, 1])
+    scale, bias = float(model.scoring.scale), float(model.scoring.bias)
+    cosine = (out - bias) / scale
+    assert np.abs(cosine).max() <= 1 + 1e-5 and scale > 0
+    assert 1.0 <= out.std() <= 2.0  # calibrated like the other models' logits
 
 
 def test_sequential_describe_counts_attention_work_by_hand():

@@ -18,6 +18,7 @@ from torch import nn
 
 from rechar.errors import UserError
 from rechar.models.base import InputGenerator, RecModel
+from rechar.models.calibration import LogitLayer
 from rechar.models.config import ModelConfig, rows
 from rechar.models.layers import EmbeddingTable, mlp
 
@@ -103,6 +104,10 @@ class DLRMDCNv2(RecModel):
         self.interaction = FeatureConcat()
         self.cross = LowRankCrossNet(features, c.cross_layers, c.cross_rank)
         self.top_mlp = mlp(features, c.top_mlp, last_activation=False)
+
+    def logit_layer(self) -> LogitLayer:
+        last = self.top_mlp[-1]
+        return LogitLayer([last.weight, last.bias], [(last.bias, 0)])
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         x0 = self.interaction(self.bot_mlp(dense), self.emb(sparse))

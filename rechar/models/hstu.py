@@ -29,6 +29,7 @@ from torch import nn
 
 from rechar.errors import UserError
 from rechar.models.base import InputGenerator, RecModel
+from rechar.models.calibration import LogitLayer
 from rechar.models.config import ModelConfig, rows, seq
 from rechar.models.layers import EmbeddingTable
 from rechar.models.sequential import CandidateScoring, SequenceInput, generate_candidates, generate_history
@@ -145,6 +146,7 @@ class HSTULayer(nn.Module):
 class HSTU(RecModel):
     input_names = ("history", "timestamps", "candidates")
     output_names = ("scores",)
+    output_kind = "score"
 
     def __init__(self, name: str, config: HSTUConfig):
         super().__init__(name, config)
@@ -162,6 +164,9 @@ class HSTU(RecModel):
         for layer in self.layers:
             x = layer(x, buckets)
         return self.scoring(x, valid, self.item_emb(candidates))
+
+    def logit_layer(self) -> LogitLayer:
+        return LogitLayer([self.scoring.scale, self.scoring.bias], [(self.scoring.bias, 0)])
 
     def lookups(self, inputs):
         return {"item_emb": np.concatenate([inputs["history"], inputs["candidates"]], axis=1)}

@@ -20,6 +20,7 @@ from torch import nn
 
 from rechar.errors import UserError
 from rechar.models.base import InputGenerator, RecModel
+from rechar.models.calibration import LogitLayer
 from rechar.models.config import ModelConfig, rows, seq
 from rechar.models.layers import EmbeddingTable
 from rechar.models.sequential import CandidateScoring, SequenceInput, generate_candidates, generate_history
@@ -93,6 +94,7 @@ class SASRecBlock(nn.Module):
 class SASRec(RecModel):
     input_names = ("history", "candidates")
     output_names = ("scores",)
+    output_kind = "score"
 
     def __init__(self, name: str, config: SASRecConfig):
         super().__init__(name, config)
@@ -114,6 +116,9 @@ class SASRec(RecModel):
         for block in self.blocks:
             x = block(x, self.causal, valid)
         return self.scoring(x, valid, self.item_emb(candidates))
+
+    def logit_layer(self) -> LogitLayer:
+        return LogitLayer([self.scoring.scale, self.scoring.bias], [(self.scoring.bias, 0)])
 
     def lookups(self, inputs):
         return {"item_emb": np.concatenate([inputs["history"], inputs["candidates"]], axis=1)}

@@ -1,7 +1,7 @@
 """Pieces shared by the sequential recommenders (SASRec, HSTU), following the generative-recommenders
 reference code: the input stage (item embeddings scaled by sqrt(d) plus learned positions, padded
 steps zeroed), the L2-normalised output, and candidate scoring by dot product with the state at
-the last valid step.
+the last valid step, as logits (``output_kind = "score"``).
 
 A history is left-aligned: ``history[b, :n_b]`` are the user's items, oldest first, and id 0 pads
 the rest (the reference's convention; real ids start at 1). Everything is written with fixed
@@ -20,6 +20,8 @@ from rechar.models.base import InputGenerator
 
 #: The reference's L2-normalisation floor (l2_norm_eps in its ML-1M configs).
 L2_EPS = 1e-6
+#: The temperature of the reference's sampled-softmax loss (its ML-1M configs): logits are cos / 0.05.
+TEMPERATURE = 0.05
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -47,9 +49,16 @@ class SequenceInput(nn.Module):
 
 
 class CandidateScoring(nn.Module):
-    """Scores K candidate items against the user's state at the last valid step: the dot product of
+    """Scores K candidate items against the user's state at the last valid step: the cosine of
     the L2-normalised state with each L2-normalised candidate embedding (the reference's DotProduct
-    interaction with item_l2_norm and user_embedding_norm = l2_norm), in [-1, 1]."""
+    interaction with item_l2_norm and user_embedding_norm = l2_norm), as a logit: divided by the
+    temperature its sampled-softmax loss trains with (0.05), plus a bias. Scale and bias are the
+    output layer that rechar.models.calibration sets, as it sets the other models' last layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor([1.0 / TEMPERATURE]))
+        self.bias = nn.Parameter(torch.zeros(1))
 
     def forward(self, states: torch.Tensor, valid: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """states [B, S, D], valid [B, S, 1] (a prefix of ones), candidate embeddings [B, K, D] -> [B, K]."""
@@ -57,7 +66,8 @@ class CandidateScoring(nn.Module):
         following = torch.cat([valid[:, 1:], torch.zeros_like(valid[:, :1])], dim=1)
         last = (states * (valid - following)).sum(dim=1, keepdim=True)  # [B, 1, D]
         items = l2_normalize(candidates)
-        return torch.matmul(l2_normalize(last), items.transpose(1, 2)).squeeze(1)
+        cosine = torch.matmul(l2_normalize(last), items.transpose(1, 2)).squeeze(1)
+        return cosine * self.scale + self.bias
 
 
 def generate_history(gen: InputGenerator, item_rows: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
