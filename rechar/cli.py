@@ -33,10 +33,14 @@ def _split_names(values: tuple[str, ...]) -> list[str]:
     return [v.strip() for value in values for v in value.split(",") if v.strip()]
 
 
-def select_models(names: tuple[str, ...], all_models: bool) -> list[str]:
+def select_models(names: tuple[str, ...], all_models: bool, default_all: bool = False) -> list[str]:
+    """The models named; with ``--all`` every model; with neither the study's eight (or every
+    model with ``default_all``)."""
     chosen = _split_names(names)
-    if all_models or not chosen:
+    if all_models or (not chosen and default_all):
         return models.names()
+    if not chosen:
+        return list(models.STUDY_MODELS)
     for name in chosen:
         models.resolve_config(name, "tiny")  # raises UserError naming an unknown model
     return list(dict.fromkeys(chosen))
@@ -89,7 +93,7 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON records instead of a table.")
 def models_cmd(model_names, scale, config_path, as_json) -> None:
     """List the models with their size and per-sample cost, computed from the config."""
-    chosen = select_models(model_names, all_models=False)
+    chosen = select_models(model_names, all_models=False, default_all=True)
     overrides = load_overrides(config_path, chosen)
     rows = [models.describe(n, models.resolve_config(n, scale, overrides.get(n))) for n in chosen]
     if as_json:
@@ -109,7 +113,8 @@ def models_cmd(model_names, scale, config_path, as_json) -> None:
 
 @cli.command("export")
 @model_option
-@click.option("--all", "all_models", is_flag=True, help="Export all eight models (the default without --model).")
+@click.option("--all", "all_models", is_flag=True,
+              help="Export every model, the three after the study included (without --model: the study's eight).")
 @scale_option
 @config_option
 @click.option("--out", default="exports", show_default=True, type=click.Path(file_okay=False),
@@ -163,7 +168,8 @@ class ProgressBar:
 
 @cli.command("run")
 @model_option
-@click.option("--all", "all_models", is_flag=True, help="All eight models (the default without --model).")
+@click.option("--all", "all_models", is_flag=True,
+              help="Every model, the three after the study included (without --model: the study's eight).")
 @click.option("--backend", "-b", "backend_names", multiple=True,
               help=f"Backend, repeatable or comma-separated: {', '.join(BACKENDS)}, or all (every one available "
                    f"here). Default: {', '.join(DEFAULT_BACKENDS)}, those available here.")
@@ -337,7 +343,7 @@ def report_cmd(run_dirs, out_path, p99_bound_ms) -> None:
 
 @cli.command("serve")
 @model_option
-@click.option("--all", "all_models", is_flag=True, help="All eight models.")
+@click.option("--all", "all_models", is_flag=True, help="Every model, the three after the study included.")
 @click.option("--backend", "-b", "backend_names", multiple=True,
               help=f"Backend, repeatable or comma-separated (default: {', '.join(DEFAULT_BACKENDS)}, those available).")
 @click.option("--batch", "batches", default="16,64,256,query", show_default=True,
@@ -347,7 +353,8 @@ def report_cmd(run_dirs, out_path, p99_bound_ms) -> None:
               help="Parallel executors sharing the threads (comma-separated to compare several).")
 @click.option("--p99-ms", type=float, default=10.0, show_default=True, help="Bound on the p99 query latency.")
 @click.option("--query-sizes", default="lognormal:5.1,0.2", show_default=True,
-              help="Items per query: fixed:N, lognormal:MU,SIGMA, normal:MEAN,STD or file:PATH.")
+              help="Items per query: fixed:N, lognormal:MU,SIGMA, normal:MEAN,STD, file:PATH or mlperf-dlrm "
+                   "(MLPerf's DLRM query sizes, 100-700).")
 @click.option("--max-query", type=int, default=1024, show_default=True, help="Query sizes are clipped to this.")
 @click.option("--min-duration", type=float, default=2.0, show_default=True, help="Seconds per LoadGen test, at least.")
 @click.option("--min-queries", type=int, default=512, show_default=True,
@@ -374,7 +381,7 @@ def serve_cmd(model_names, all_models, backend_names, batches, workers, p99_ms, 
               min_queries, offload_backend, offload_threshold, scale, config_path, threads, seed, ids, zipf_alpha, out,
               exports_dir, timeout, keep_trace, quiet, write_html, resume_dir) -> None:
     """Serve models under load with MLPerf LoadGen: the highest query rate per stack and batching
-    policy whose p99 latency meets the bound (default model: dlrm-rmc1; --all for all eight)."""
+    policy whose p99 latency meets the bound (default model: dlrm-rmc1; --all for every model)."""
     echo = (lambda msg: None) if quiet else click.echo
     progress = ProgressBar(not quiet, unit="configurations")
     if resume_dir:

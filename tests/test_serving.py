@@ -53,8 +53,20 @@ def test_query_size_distributions_have_their_moments(tmp_path):
     assert (QuerySizes("lognormal:5.1,0.2", 1024).sample(50, 3) == QuerySizes("lognormal:5.1,0.2", 1024).sample(50, 3)).all()
 
 
+def test_mlperf_dlrm_query_sizes_follow_mlperfs_quantile_table():
+    """MLPerf's DLRM dataset draws a query's size uniformly from its 20 five-percent quantiles
+    (dist_quantile.txt: 100 x2, 200 x12, 300 x2, 400, 500, 600, 700): P(200) = 0.6, mean 270."""
+    sizes = QuerySizes("mlperf-dlrm", 1024).sample(40_000, seed=0)
+    values, counts = np.unique(sizes, return_counts=True)
+    assert values.tolist() == [100, 200, 300, 400, 500, 600, 700]
+    np.testing.assert_allclose(counts / len(sizes), [0.1, 0.6, 0.1, 0.05, 0.05, 0.05, 0.05], atol=0.01)
+    assert sizes.mean() == pytest.approx(270, rel=0.02)
+    assert QuerySizes("mlperf-dlrm", 256).sample(1000, seed=0).max() == 256  # clipped like any spec
+
+
 @pytest.mark.parametrize("spec, message", [
-    ("lognormal:5.1", "takes 2 number"), ("gamma:1,2", "use fixed:N"), ("fixed:0", "positive integer"),
+    ("mlperf", "or a preset \\(mlperf-dlrm\\)"), ("lognormal:5.1", "takes 2 number"), ("gamma:1,2", "use fixed:N"),
+    ("fixed:0", "positive integer"),
     ("normal:10,-1", "must not be negative"), ("fixed:x", "not a list of numbers"), ("file:/nonexistent", "cannot read"),
 ])
 def test_bad_query_sizes_are_named(spec, message):

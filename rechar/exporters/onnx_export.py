@@ -107,6 +107,7 @@ def export(
     if options.exporter not in EXPORTERS:
         raise UserError(f"unknown exporter {options.exporter!r} (choose from {', '.join(EXPORTERS)})")
     config = models.resolve_config(name, scale, overrides)
+    models.check_fits_in_memory(name, config, scale)  # before any folder or log line
     target = export_dir(Path(out), name, scale, overrides)
     key = cache_key(name, config, options)
     if not options.force:
