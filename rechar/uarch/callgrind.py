@@ -114,6 +114,7 @@ class Simulation:
                       label: str = "rechar") -> tuple[Path, float]:
         """Simulate ``calls`` calls after ``warm_calls`` simulated but uncounted ones; the dump
         file and the wall seconds the simulated calls took."""
+        text = client.label(label)
         start = time.perf_counter()
         client.start_instrumentation()
         try:
@@ -122,7 +123,7 @@ class Simulation:
             client.zero_stats()
             for _ in range(calls):
                 call()
-            client.dump_stats_at(label)
+            client.dump_stats_at(text)
         finally:
             client.stop_instrumentation()
         seconds = time.perf_counter() - start

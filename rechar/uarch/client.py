@@ -61,9 +61,12 @@ def _function():
     return _request
 
 
+_block = (ctypes.c_ulong * 6)()  # the request's argument block, made once: no allocation inside a window
+
+
 def request(code: int, *args: int, default: int = 0) -> int:
-    block = (ctypes.c_ulong * 6)(code, *(list(args) + [0] * (5 - len(args))))
-    return int(_function()(block, default))
+    _block[:] = [code, *args, *[0] * (5 - len(args))]
+    return int(_function()(_block, default))
 
 
 def running_on_valgrind() -> bool:
@@ -82,7 +85,12 @@ def zero_stats() -> None:
     request(ZERO_STATS)
 
 
-def dump_stats_at(label: str) -> None:
-    """Dump the counts since the last zero/dump to a new file; ``label`` is its ``desc: Trigger``."""
-    text = ctypes.create_string_buffer(label.encode())
+def label(text: str) -> ctypes.Array:
+    """A dump's label as a C string, made before the counted window opens."""
+    return ctypes.create_string_buffer(text.encode())
+
+
+def dump_stats_at(text: ctypes.Array) -> None:
+    """Dump the counts since the last zero/dump to a new file labelled ``text`` (from ``label``:
+    its ``desc: Trigger``)."""
     request(DUMP_STATS_AT, ctypes.addressof(text))

@@ -79,29 +79,37 @@ class Elf:
     def executable_ranges(self) -> list[tuple[int, int]]:
         return [(s["addr"], s["addr"] + s["size"]) for s in self.sections if s["flags"] & _SHF_EXECINSTR]
 
-    def dynamic_symbols(self) -> list[str]:
+    def dynamic_symbols(self) -> list[tuple[str, int | None]]:
+        """(name, address or None where the symbol is not defined here) per dynamic symbol."""
         for s in self.sections:
             if s["type"] == _SHT_DYNSYM:
                 strtab = self.sections[s["link"]]
-                return [self._cstring(strtab["offset"] + name)
-                        for name, *_ in struct.iter_unpack("<IBBHQQ", self.data[s["offset"]:s["offset"] + s["size"]])]
+                return [(self._cstring(strtab["offset"] + name), value if shndx else None)
+                        for name, _, _, shndx, value, _ in
+                        struct.iter_unpack("<IBBHQQ", self.data[s["offset"]:s["offset"] + s["size"]])]
         return []
 
     def relocations(self) -> tuple[dict[int, int], dict[int, str]]:
-        """(offset -> addend of R_X86_64_RELATIVE, offset -> symbol of R_X86_64_64)."""
+        """(offset -> the address stored there, for relative relocations and absolute ones
+        against symbols defined here; offset -> symbol name, for absolute ones against symbols
+        defined elsewhere)."""
         symbols = self.dynamic_symbols()
-        relative: dict[int, int] = {}
-        absolute: dict[int, str] = {}
+        pointers: dict[int, int] = {}
+        external: dict[int, str] = {}
         for s in self.sections:
             if s["type"] != _SHT_RELA:
                 continue
             for offset, info, addend in struct.iter_unpack("<QQq", self.data[s["offset"]:s["offset"] + s["size"]]):
-                kind = info & 0xFFFFFFFF
+                kind, index = info & 0xFFFFFFFF, info >> 32
                 if kind == _R_X86_64_RELATIVE:
-                    relative[offset] = addend
-                elif kind == _R_X86_64_64 and (info >> 32) < len(symbols):
-                    absolute[offset] = symbols[info >> 32]
-        return relative, absolute
+                    pointers[offset] = addend
+                elif kind == _R_X86_64_64 and index < len(symbols):
+                    name, value = symbols[index]
+                    if value is not None and name not in _TYPEINFO_VTABLES:
+                        pointers[offset] = value + addend
+                    else:
+                        external[offset] = name
+        return pointers, external
 
 
 def virtual_function_classes(path: str | Path) -> dict[int, str]:
