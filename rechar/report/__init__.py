@@ -27,7 +27,7 @@ from rechar.analysis.counters import counted_metrics
 from rechar.analysis.ops import read_profiles
 from rechar.analysis.taxonomy import CATEGORIES
 from rechar.errors import UserError
-from rechar.report import charts, serving
+from rechar.report import charts, serving, uarch
 from rechar.report.charts import CATEGORY_COLORS
 from rechar.sweep.cluster import member_runs
 from rechar.report.page import definitions, ms, note, num, page, pct, section, swatch, table, text
@@ -158,6 +158,7 @@ class _Report:
         ]) + ([("serving", "Serving under load", serving.section(self.t, self._chart))]
               if not self.t["serving"].empty else []) + ([] if serving_only else [
             ("counters", "CPU event counts", self.counters()),
+            ("uarch", "Microarchitecture (simulated)", uarch.section(self.run_dirs)),
             ("correlation", "Model features vs measured behaviour", self.correlation()),
             ("operators", "Top operators per model", self.operators()),
             ("coverage", "Profile coverage", self.coverage()),

@@ -75,7 +75,7 @@ def point_rows(record: dict[str, Any], host: str | None) -> list[dict[str, Any]]
     base = {"host": host, "run_id": record.get("run_id"), "model": record.get("model"),
             "backend": record.get("backend"), "batch": record.get("batch"),
             "machine": (record.get("machine") or {}).get("machine"), "status": record.get("status"),
-            "error": record.get("error"), "calls": record.get("calls"), "isa": record.get("isa"),
+            "error": record.get("error"), "calls": record.get("calls"), "isa": isa_text(record.get("isa")),
             "valgrind": record.get("valgrind"), "seconds": record.get("seconds"),
             "coverage": record.get("coverage")}
     if record.get("status") != "ok":
@@ -88,6 +88,16 @@ def point_rows(record: dict[str, Any], host: str | None) -> list[dict[str, Any]]
         rows.append({**base, "category": category, "samples": samples, **{e: costs.get(e, 0) for e in EVENTS},
                      **metrics(costs, samples, constants)})
     return rows
+
+
+def isa_text(isa: dict[str, Any] | None) -> str | None:
+    """The widest SIMD extension the simulated process was offered, and PyTorch's choice if any."""
+    if not isa:
+        return None
+    text = str(isa.get("widest"))
+    if isa.get("torch_cpu_capability"):
+        text += f" (PyTorch kernels: {isa['torch_cpu_capability']})"
+    return text
 
 
 def uarch_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
