@@ -295,3 +295,14 @@ def test_uarch_pass_attributes_resumes_and_repeats(tiny_run, run_cli):
     assert json.loads(torch_line) == again[0]
     # deterministic: the same point simulated twice agrees within 1% in instructions
     assert again[1]["total"]["Ir"] == pytest.approx(before["total"]["Ir"], rel=0.01)
+
+
+def test_summary_in_a_native_child_matches_the_in_process_one(tmp_path):
+    from rechar.uarch.callgrind import summarize, summarize_natively
+
+    dump = tmp_path / "callgrind.out.1.1"
+    dump.write_text(HAND_DUMP)
+    record = machines.BROADWELL.record()
+    native = summarize_natively(dump, 2, 4, record)
+    assert native == json.loads(json.dumps(summarize(dump, 2, 4, record)))
+    assert native["total"]["Ir"] == 322 and native["categories"]["fc"]["Ir"] == 260

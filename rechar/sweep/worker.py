@@ -265,7 +265,7 @@ def uarch_point(spec, backend, base, batch, pool: InputPool, simulation) -> None
         label = f"{spec.model} {spec.backend} b{batch}"
         dump, seconds = simulation.simulate_call(call, calls, label=label)
         del call
-        summary = callgrind.summarize(dump, calls, batch, machine(spec.uarch_machine).record(), simulation.resolver)
+        summary = callgrind.summarize_natively(dump, calls, batch, machine(spec.uarch_machine).record())
         record.update(status="ok", dump=str(dump.relative_to(spec.run_dir)) if dump.is_relative_to(spec.run_dir)
                       else str(dump), simulated_seconds=seconds, **summary)
     except Exception as e:
