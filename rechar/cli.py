@@ -248,7 +248,7 @@ def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_p
         overrides=load_overrides(config_path, chosen), seed=seed, ids=ids, zipf_alpha=zipf_alpha, inputs=inputs,
         malloc=malloc, exports_dir=exports_dir, timeout=timeout, profile_iters=profile_iters if profile else 0,
         counter_seconds=counter_seconds if count else 0.0, rounds=rounds, remeasure_noisy=remeasure_noisy,
-        uarch_machine=(uarch_machine or "host") if simulate else "",
+        uarch_machine=(uarch_machine or "host") if simulate or uarch_machine else "",  # a machine implies the pass
         noise=NoiseThresholds(others_share=noisy_others, steal_share=noisy_steal),
         ray_address=ray_address, nodes=node_selector, each_node=each_node,
         precisions=_split_names((precisions,)),
