@@ -305,3 +305,22 @@ def test_summary_in_a_native_child_matches_the_in_process_one(tmp_path):
     native = summarize_natively(dump, 2, 4, record)
     assert native == json.loads(json.dumps(summarize(dump, 2, 4, record)))
     assert native["total"]["Ir"] == 322 and native["categories"]["fc"]["Ir"] == 260
+
+
+def test_embedding_lookup_cost_counts_gather_and_its_pooling():
+    from rechar.analysis.uarch import embedding_lookup_cost
+
+    def row(backend, op, category, ir, d1, ll):
+        return {"host": "h", "model": "m", "backend": backend, "batch": 4, "samples": 8, "op": op,
+                "category": category, "Ir": ir, "D1mr": d1, "D1mw": 0, "DLmr": ll, "DLmw": 0, "ILmr": 0}
+
+    ops = pd.DataFrame([
+        row("ort-cpu", "Gather", "embedding", 1000, 40, 16), row("ort-cpu", "ReduceSum", "elementwise", 600, 24, 0),
+        row("ort-cpu", "Gemm", "fc", 5000, 10, 1),
+        row("torch", "aten::_embedding_bag", "embedding", 480, 16, 16), row("torch", "runtime", "runtime", 900, 5, 0),
+    ])
+    got = embedding_lookup_cost(ops, {"m": 2}).set_index("backend")  # 8 samples x 2 lookups = 16 lookups
+    assert got.loc["ort-cpu", "instructions_per_lookup"] == pytest.approx((1000 + 600) / 16)
+    assert got.loc["ort-cpu", "d1_misses_per_lookup"] == pytest.approx(64 / 16)
+    assert got.loc["ort-cpu", "ll_misses_per_lookup"] == pytest.approx(1.0)
+    assert got.loc["torch", "instructions_per_lookup"] == pytest.approx(30.0)

@@ -66,13 +66,42 @@ def lookups_per_sample(run_dirs: list[str | Path]) -> dict[str, int]:
     return out
 
 
-def embedding_lookup_cost(df: pd.DataFrame, lookups: dict[str, int]) -> pd.DataFrame:
-    """Per point: instructions and last-level misses of the embedding category per embedding
-    row looked up (PyTorch's fused embedding_bag vs ONNX Runtime's Gather + ReduceSum vs ...)."""
+#: ONNX ops that pool embedding rows in these graphs (PyTorch's embedding_bag pools inside the
+#: embedding op): a lookup's cost on ONNX Runtime is its Gather's and its share of these.
+POOLING_OPS = ("ReduceSum", "ReduceMean")
+
+
+def load_ops(run_dirs: list[str | Path]) -> pd.DataFrame:
+    """One row per simulated point and native op (uarch.jsonl's ``ops``), with its category."""
+    from rechar.results.store import read_log
+    from rechar.uarch.symbols import RUNTIME, UNATTRIBUTED, op_category
+
+    rows = []
+    for run_dir in map(Path, run_dirs):
+        host = read_manifest(run_dir).get("host", {}).get("hostname")
+        for rec in read_log(run_dir, UARCH_LOG):
+            if rec.get("status") != "ok":
+                continue
+            for op, costs in rec["ops"].items():
+                category = op if op in (RUNTIME, UNATTRIBUTED) else op_category(op)
+                rows.append({"host": host, "model": rec["model"], "backend": rec["backend"], "batch": rec["batch"],
+                             "samples": rec["calls"] * rec["batch"], "op": op, "category": category, **costs})
+    return pd.DataFrame(rows)
+
+
+def embedding_lookup_cost(ops: pd.DataFrame, lookups: dict[str, int]) -> pd.DataFrame:
+    """Per point: simulated instructions and misses per embedding row looked up, of the
+    embedding ops and the pooling reductions (POOLING_OPS): PyTorch's fused embedding_bag
+    against ONNX Runtime's Gather + ReduceSum. A model whose graph also reduces outside its
+    embedding stage would be overcharged here."""
     cols = [*POINT, "lookups_per_sample", "instructions_per_lookup", "ll_misses_per_lookup", "d1_misses_per_lookup"]
-    ok = df[(df["status"] == "ok") & (df["category"] == "embedding")] if not df.empty else df
-    if ok.empty:
+    if ops.empty:
         return pd.DataFrame(columns=cols)
+    chosen = ops[(ops["category"] == "embedding") | ops["op"].isin(POOLING_OPS)]
+    if chosen.empty:
+        return pd.DataFrame(columns=cols)
+    ok = chosen.groupby(POINT, as_index=False).agg(
+        {"samples": "first", **{e: "sum" for e in ("Ir", "D1mr", "D1mw", "DLmr", "DLmw", "ILmr")}})
     per = ok["model"].map(lookups).astype(float)
     lookups_done = ok["samples"] * per
     out = ok.assign(

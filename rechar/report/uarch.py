@@ -42,11 +42,11 @@ def section(run_dirs: list[Path]) -> str:
                 ("model", "model", None), ("backend", "backend", None), ("batch", "batch", None),
                 ("category", "category", None), ("instructions", "instruction_share", pct),
                 ("LL misses", "ll_miss_share", pct), ("cycles (est.)", "cycle_share", pct)]))
-    lookups = analysis.embedding_lookup_cost(df, analysis.lookups_per_sample(run_dirs))
+    lookups = analysis.embedding_lookup_cost(analysis.load_ops(run_dirs), analysis.lookups_per_sample(run_dirs))
     if not lookups.empty:
-        out.append("<h3>Cost of one embedding lookup</h3><p>The embedding category's simulated events per "
-                   "embedding row read: PyTorch's embedding_bag against ONNX Runtime's Gather + ReduceSum at the "
-                   "same point.</p>" + table(lookups, [
+        out.append("<h3>Cost of one embedding lookup</h3><p>Simulated events of the embedding ops and the "
+                   "pooling reductions per embedding row read: PyTorch's embedding_bag against ONNX Runtime's "
+                   "Gather + ReduceSum at the same point.</p>" + table(lookups, [
                        ("model", "model", None), ("backend", "backend", None), ("batch", "batch", None),
                        ("lookups/sample", "lookups_per_sample", num(".0f")),
                        ("instructions/lookup", "instructions_per_lookup", num(",.1f")),
