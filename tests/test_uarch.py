@@ -324,3 +324,14 @@ def test_embedding_lookup_cost_counts_gather_and_its_pooling():
     assert got.loc["ort-cpu", "d1_misses_per_lookup"] == pytest.approx(64 / 16)
     assert got.loc["ort-cpu", "ll_misses_per_lookup"] == pytest.approx(1.0)
     assert got.loc["torch", "instructions_per_lookup"] == pytest.approx(30.0)
+
+
+def test_a_call_running_when_counts_were_zeroed_carries_nothing():
+    # callgrind writes the inclusive cost of such a call wrapped around 2**64 (here -5)
+    dump = HAND_DUMP.replace("calls=1 0\n* 7\n", f"calls=1 0\n* 7\ncfn=(2)\ncalls=1 0\n* {2**64 - 5}\n")
+    assert dump != HAND_DUMP
+    profile = parse_lines(dump.splitlines(True))
+    main = ("/usr/lib/libpython3.11.so.1.0", "main")
+    assert profile.arcs[(main, ("/usr/lib/libpython3.11.so.1.0", "at::_ops::addmm::call(at::Tensor const&)"))][0] == -5
+    ir = {op: float(cost[0]) for op, cost in attribute(profile, Resolver()).by_op.items()}
+    assert ir == pytest.approx({"aten::addmm": 260, RUNTIME: 55, UNATTRIBUTED: 7})

@@ -56,7 +56,9 @@ def attribute(profile: CallgrindProfile, resolver: Resolver | None = None) -> At
     for (caller, callee), cost in profile.arcs.items():
         functions.update((caller, callee))
         if caller != callee:  # direct recursion adds no new context
-            incoming.setdefault(callee, []).append((caller, cost.astype(float)))
+            # a call already running when the counts were zeroed has a negative inclusive cost
+            # (rechar.uarch.profile._signed): it carried nothing counted into its callee
+            incoming.setdefault(callee, []).append((caller, np.maximum(cost, 0).astype(float)))
     labels: dict[Function, Label] = {f: resolver.label(*f) for f in functions}
 
     def own_context(f: Function) -> str:

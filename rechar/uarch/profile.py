@@ -58,6 +58,13 @@ class FormatError(ValueError):
     pass
 
 
+def _signed(value: int) -> int:
+    """A 64-bit counter as written: callgrind prints unsigned values, and the inclusive cost of a
+    call that was already running when the counts were zeroed (the frames around the simulated
+    calls) comes out negative, i.e. wrapped around 2**64."""
+    return value - (1 << 64) if value >= (1 << 63) else value
+
+
 def parse(path: str | Path) -> CallgrindProfile:
     with open(path, "r", errors="replace") as f:
         return parse_lines(f)
@@ -100,7 +107,7 @@ def parse_lines(lines) -> CallgrindProfile:
         values = fields[positions:]
         out = np.zeros(len(events), np.int64)
         for i, v in enumerate(values[:len(events)]):
-            out[i] = int(v)
+            out[i] = _signed(int(v))
         return out
 
     for lineno, raw in enumerate(lines, 1):
@@ -133,7 +140,7 @@ def parse_lines(lines) -> CallgrindProfile:
             elif key == "positions":
                 positions = len(value.split())
             elif key == "totals":
-                totals = np.array([int(v) for v in value.split()] + [0] * (len(events) - len(value.split())), np.int64)
+                totals = np.array([_signed(int(v)) for v in value.split()] + [0] * (len(events) - len(value.split())), np.int64)
             elif key == "desc":
                 k, _, v = value.partition(":")
                 header[k.strip()] = v.strip()
