@@ -282,6 +282,11 @@ def test_uarch_pass_attributes_resumes_and_repeats(tiny_run, run_cli):
     assert all(r["machine"]["simulated_geometry"]["LL"] == {"size": 1441792, "ways": 11, "line": 64} for r in records)
     assert all(r["simulated_geometry"]["LL"] == "1441792 B, 64 B, 11-way associative" for r in records)
     assert "AVX512F" not in records[0]["isa"]["cpuid_simd"]  # Valgrind emulates AVX2 at most
+    from rechar.report.uarch import section
+
+    html = section([run_dir])
+    assert "simulated machine: cascadelake" in html and "Cost of one embedding lookup" in html
+    assert "No simulation pass" in section([run_dir.parent])  # a folder without the pass says so
 
     # an interrupted pass resumes: drop ort-cpu's record, the pass simulates that point only
     torch_line = next(line for line in (run_dir / "uarch.jsonl").read_text().splitlines() if '"torch"' in line)
