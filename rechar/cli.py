@@ -33,10 +33,14 @@ def _split_names(values: tuple[str, ...]) -> list[str]:
     return [v.strip() for value in values for v in value.split(",") if v.strip()]
 
 
-def select_models(names: tuple[str, ...], all_models: bool) -> list[str]:
+def select_models(names: tuple[str, ...], all_models: bool, default_all: bool = False) -> list[str]:
+    """The models named; with ``--all`` every model; with neither the study's eight (or every
+    model with ``default_all``)."""
     chosen = _split_names(names)
-    if all_models or not chosen:
+    if all_models or (not chosen and default_all):
         return models.names()
+    if not chosen:
+        return list(models.STUDY_MODELS)
     for name in chosen:
         models.resolve_config(name, "tiny")  # raises UserError naming an unknown model
     return list(dict.fromkeys(chosen))
@@ -62,6 +66,10 @@ config_option = click.option(
     help="TOML or JSON file overriding config fields, one table per model (e.g. [dlrm-rmc1] lookups = 40).",
 )
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+ids_option = click.option("--ids", type=click.Choice(["uniform", "zipf"]), default="uniform", show_default=True,
+                          help="Distribution of sparse ids.")
+zipf_alpha_option = click.option("--zipf-alpha", type=click.FloatRange(min=0, min_open=True), default=1.05,
+                                 show_default=True, help="Zipf exponent with --ids zipf.")
 profile_iters_option = click.option("--profile-iters", type=click.IntRange(min=1), default=20, show_default=True,
                                     help="Iterations per profiling pass.")
 uarch_machine_option = click.option(
@@ -89,7 +97,7 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON records instead of a table.")
 def models_cmd(model_names, scale, config_path, as_json) -> None:
     """List the models with their size and per-sample cost, computed from the config."""
-    chosen = select_models(model_names, all_models=False)
+    chosen = select_models(model_names, all_models=False, default_all=True)
     overrides = load_overrides(config_path, chosen)
     rows = [models.describe(n, models.resolve_config(n, scale, overrides.get(n))) for n in chosen]
     if as_json:
@@ -109,7 +117,8 @@ def models_cmd(model_names, scale, config_path, as_json) -> None:
 
 @cli.command("export")
 @model_option
-@click.option("--all", "all_models", is_flag=True, help="Export all eight models (the default without --model).")
+@click.option("--all", "all_models", is_flag=True,
+              help="Export every model, the three after the study included (without --model: the study's eight).")
 @scale_option
 @config_option
 @click.option("--out", default="exports", show_default=True, type=click.Path(file_okay=False),
@@ -163,7 +172,8 @@ class ProgressBar:
 
 @cli.command("run")
 @model_option
-@click.option("--all", "all_models", is_flag=True, help="All eight models (the default without --model).")
+@click.option("--all", "all_models", is_flag=True,
+              help="Every model, the three after the study included (without --model: the study's eight).")
 @click.option("--backend", "-b", "backend_names", multiple=True,
               help=f"Backend, repeatable or comma-separated: {', '.join(BACKENDS)}, or all (every one available "
                    f"here). Default: {', '.join(DEFAULT_BACKENDS)}, those available here.")
@@ -178,10 +188,8 @@ class ProgressBar:
 @click.option("--exports", "exports_dir", default="exports", show_default=True, type=click.Path(file_okay=False),
               help="Export cache folder (models are exported on demand).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights and inputs.")
-@click.option("--ids", type=click.Choice(["uniform", "zipf"]), default="uniform", show_default=True,
-              help="Distribution of sparse ids.")
-@click.option("--zipf-alpha", type=click.FloatRange(min=0, min_open=True), default=1.05, show_default=True,
-              help="Zipf exponent with --ids zipf.")
+@ids_option
+@zipf_alpha_option
 @click.option("--inputs", type=click.Choice(["fresh", "replay"]), default="fresh", show_default=True,
               help="fresh: each call runs the next batch of a pool sized to overflow the last-level cache; "
                    "replay: every call runs one batch (the cache-warm best case).")
@@ -360,7 +368,7 @@ def report_cmd(run_dirs, out_path, p99_bound_ms) -> None:
 
 @cli.command("serve")
 @model_option
-@click.option("--all", "all_models", is_flag=True, help="All eight models.")
+@click.option("--all", "all_models", is_flag=True, help="Every model, the three after the study included.")
 @click.option("--backend", "-b", "backend_names", multiple=True,
               help=f"Backend, repeatable or comma-separated (default: {', '.join(DEFAULT_BACKENDS)}, those available).")
 @click.option("--batch", "batches", default="16,64,256,query", show_default=True,
@@ -370,7 +378,8 @@ def report_cmd(run_dirs, out_path, p99_bound_ms) -> None:
               help="Parallel executors sharing the threads (comma-separated to compare several).")
 @click.option("--p99-ms", type=float, default=10.0, show_default=True, help="Bound on the p99 query latency.")
 @click.option("--query-sizes", default="lognormal:5.1,0.2", show_default=True,
-              help="Items per query: fixed:N, lognormal:MU,SIGMA, normal:MEAN,STD or file:PATH.")
+              help="Items per query: fixed:N, lognormal:MU,SIGMA, normal:MEAN,STD, file:PATH or mlperf-dlrm "
+                   "(MLPerf's DLRM query sizes, 100-700).")
 @click.option("--max-query", type=int, default=1024, show_default=True, help="Query sizes are clipped to this.")
 @click.option("--min-duration", type=float, default=2.0, show_default=True, help="Seconds per LoadGen test, at least.")
 @click.option("--min-queries", type=int, default=512, show_default=True,
@@ -382,7 +391,8 @@ def report_cmd(run_dirs, out_path, p99_bound_ms) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Threads in all, divided among the executors (default: physical cores).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights, queries and arrivals.")
-@click.option("--ids", type=click.Choice(["uniform", "zipf"]), default="uniform", show_default=True)
+@ids_option
+@zipf_alpha_option
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (default: runs/<timestamp>-<id>).")
 @click.option("--exports", "exports_dir", default="exports", show_default=True, type=click.Path(file_okay=False))
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600, show_default=True,
@@ -393,10 +403,10 @@ def report_cmd(run_dirs, out_path, p99_bound_ms) -> None:
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
               help="Continue an interrupted serving run: finished tests are kept, searches go on.")
 def serve_cmd(model_names, all_models, backend_names, batches, workers, p99_ms, query_sizes, max_query, min_duration,
-              min_queries, offload_backend, offload_threshold, scale, config_path, threads, seed, ids, out, exports_dir,
-              timeout, keep_trace, quiet, write_html, resume_dir) -> None:
+              min_queries, offload_backend, offload_threshold, scale, config_path, threads, seed, ids, zipf_alpha, out,
+              exports_dir, timeout, keep_trace, quiet, write_html, resume_dir) -> None:
     """Serve models under load with MLPerf LoadGen: the highest query rate per stack and batching
-    policy whose p99 latency meets the bound (default model: dlrm-rmc1; --all for all eight)."""
+    policy whose p99 latency meets the bound (default model: dlrm-rmc1; --all for every model)."""
     echo = (lambda msg: None) if quiet else click.echo
     progress = ProgressBar(not quiet, unit="configurations")
     if resume_dir:
@@ -409,7 +419,8 @@ def serve_cmd(model_names, all_models, backend_names, batches, workers, p99_ms, 
             raise UserError(f"bad --workers {workers!r}: give positive integers") from None
         options = ServeOptions(
             models=chosen, backends=_split_names(backend_names), batches=parse_batches(batches), workers=worker_counts,
-            scale=scale, overrides=load_overrides(config_path, chosen), seed=seed, ids=ids, query_sizes=query_sizes,
+            scale=scale, overrides=load_overrides(config_path, chosen), seed=seed, ids=ids, zipf_alpha=zipf_alpha,
+            query_sizes=query_sizes,
             max_query=max_query, p99_ms=p99_ms, min_duration_s=min_duration, min_queries=min_queries,
             offload_backend=offload_backend, offload_threshold=offload_threshold, exports_dir=exports_dir,
             timeout=timeout, keep_trace=keep_trace)
@@ -441,6 +452,101 @@ def show_cmd(run_dir) -> None:
         if member != Path(run_dir):
             click.echo(f"node {member.name}:")
         click.echo(summary(load_points(member)))
+
+
+# Prediction (rechar.predict): probe a machine, re-cost a run for another scale, thread count or machine.
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"bad {what} {text!r}: give comma-separated positive integers") from None
+    if not values or any(v < 1 for v in values):
+        raise UserError(f"bad {what} {text!r}: give comma-separated positive integers")
+    return values
+
+
+@cli.command("probe")
+@click.option("--out", "-o", "out_path", type=click.Path(dir_okay=False), default="machine-card.json",
+              show_default=True, help="Machine card (JSON) to write.")
+@click.option("--threads", "threads_text", default=None,
+              help="Comma-separated thread counts to probe (default: 1, 2, 4, ... up to the physical cores).")
+@click.option("--max-working-set", default=None,
+              help="Largest working set of the gather probe, e.g. 1G (default: 4G, or a quarter of the available "
+                   "memory if less).")
+@click.option("--stacks", "stacks_text", default="torch,ort,tf", show_default=True,
+              help="Stacks whose fixed cost per call is probed (torch, ort, tf); missing ones are skipped.")
+@quiet_option
+def probe_cmd(out_path, threads_text, max_working_set, stacks_text, quiet) -> None:
+    """Measure this machine for predictions (about a minute): gathers, bandwidth, GEMMs, call costs."""
+    from rechar.predict.probe import ProbeOptions, parse_size, probe
+
+    options = ProbeOptions(stacks=tuple(_split_names((stacks_text,))))
+    if max_working_set:
+        options.max_working_set = parse_size(max_working_set)
+    if threads_text:
+        options.threads = _int_list(threads_text, "--threads")
+    echo = (lambda msg: None) if quiet else click.echo
+    card = probe(options, out_path, log=echo)
+    for stack, reason in card["skipped_stacks"].items():
+        click.echo(f"skipped stack {stack}: {reason}")
+    click.echo(f"machine card: {out_path} ({card['probe_seconds']} s)")
+
+
+@cli.command("predict")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--target", "card_path", required=True, type=click.Path(dir_okay=False),
+              help="Machine card of the target machine (rechar probe).")
+@click.option("--source-card", "source_path", type=click.Path(dir_okay=False), default=None,
+              help="Card of the machine the run was measured on (default: the target card if it is the same "
+                   "machine, else RUN/machine-card.json).")
+@click.option("--scale", type=click.Choice(list(models.SCALES)), default=None, help="Target scale (default: the run's).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Target threads (default: the run's).")
+@click.option("--tables-rows", default=None,
+              help="Every embedding table's rows at the target: a factor (10x) or a row count (5000000).")
+@config_option
+@model_option
+@click.option("--against", "measured_run", type=click.Path(file_okay=False), default=None,
+              help="Validate: predict this measured run's scale, threads and configs, and compare with its p50s.")
+@click.option("--out", "-o", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Parquet file for the predictions (default: RUN/predictions/<target>.parquet).")
+def predict_cmd(run_dir, card_path, source_path, scale, threads, tables_rows, config_path, model_names,
+                measured_run, out_path) -> None:
+    """Predict p50 latency of a profiled run's points at another scale, thread count or machine."""
+    from rechar.predict import Card, Target, error_summary, format_predictions, predict, validate, write_predictions
+
+    card = Card.load(card_path)
+    source = Card.load(source_path) if source_path else None
+    chosen = _split_names(model_names) or None
+    if measured_run:
+        if scale or threads or tables_rows or config_path:
+            raise UserError("--against takes the target from the measured run: drop --scale, --threads, "
+                            "--tables-rows and --config")
+        table = validate(run_dir, measured_run, card, source_card=source)
+        if chosen:
+            table = table[table["model"].isin(chosen)]
+        path = Path(out_path or Path(run_dir) / "predictions" / f"validation-{Path(measured_run).name}.parquet")
+        write_predictions(table, path)
+        view = table[["model", "backend", "batch", "measured_p50_us", "predicted_p50_us", "error"]].copy()
+        view["measured_p50_us"] = (view["measured_p50_us"] / 1e3).round(3)
+        view["predicted_p50_us"] = (view["predicted_p50_us"] / 1e3).round(3)
+        view = view.rename(columns={"measured_p50_us": "measured p50 ms", "predicted_p50_us": "PREDICTED p50 ms"})
+        view["error"] = (view["error"] * 100).round(1).astype(str) + "%"
+        click.echo(f"PREDICTED from {run_dir}, MEASURED in {measured_run}:")
+        click.echo(view.to_string(index=False))
+        click.echo(error_summary(table, ["validation", "backend"]).to_string(index=False))
+        click.echo(error_summary(table).to_string(index=False))
+        click.echo(f"validation: {path}")
+        return
+    overrides = load_overrides(config_path, models.names()) if config_path else {}
+    target = Target(scale=scale, threads=threads, tables_rows=tables_rows, overrides=overrides, models=chosen)
+    table = predict(run_dir, card, target, source_card=source)
+    default_name = f"{card.host.get('hostname')}-{scale or 'run'}-t{threads or 'run'}" + (
+        f"-rows{tables_rows}" if tables_rows else "")
+    path = write_predictions(table, out_path or Path(run_dir) / "predictions" / f"{default_name}.parquet")
+    click.echo(format_predictions(table))
+    click.echo(f"predictions: {path}")
 
 
 def main() -> None:

@@ -50,7 +50,7 @@ def last_level_cache_bytes() -> int | None:
             if (index / "type").read_text().strip() == "Instruction":
                 continue
             level = int((index / "level").read_text())
-            caches.append((level, _parse_size((index / "size").read_text().strip())))
+            caches.append((level, parse_size((index / "size").read_text().strip())))
         except (OSError, ValueError):
             continue
     return max(caches)[1] if caches else None
@@ -66,7 +66,7 @@ def gpu_l2_cache_bytes() -> int | None:
     return torch.cuda.get_device_properties(0).L2_cache_size
 
 
-def _parse_size(text: str) -> int:
+def parse_size(text: str) -> int:
     """sysfs cache sizes: '32768K', '2M', or bytes."""
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     return int(text[:-1]) * units[text[-1]] if text and text[-1] in units else int(text)

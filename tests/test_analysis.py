@@ -7,7 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from rechar.analysis.breakdown import bottleneck_shift, breakdown_wide, category_breakdown, dominant_table
+from rechar.analysis.breakdown import (bottleneck_shift, breakdown_wide, category_breakdown, dominant_shifts,
+                                      dominant_table)
 from rechar.analysis.deployment import best_deployment, crossover, gpu_speedup
 from rechar.analysis.features import feature_correlation, model_features
 from rechar.analysis.ops import coverage, normalize
@@ -51,6 +52,17 @@ def test_bottleneck_shift_against_the_reference_backend():
     assert fc.delta == pytest.approx(-0.2)
     table = dominant_table(shift)
     assert table.iloc[0]["ort-cpu"] == "embedding (50%)" and table.iloc[0]["torch"] == "fc (60%)"
+
+
+def test_dominant_shifts_lists_only_points_whose_backends_disagree():
+    agree = _ops([  # at batch 1 both backends spend most in embedding: no shift there
+        ("h", "r", "dlrm", "torch", "cpu", 1, "embedding", 80.0), ("h", "r", "dlrm", "torch", "cpu", 1, "fc", 20.0),
+        ("h", "r", "dlrm", "ort-cpu", "cpu", 1, "embedding", 70.0), ("h", "r", "dlrm", "ort-cpu", "cpu", 1, "fc", 30.0),
+    ])
+    shifts = dominant_shifts(bottleneck_shift(category_breakdown(pd.concat([OPS, agree])), reference="torch"))
+    assert shifts[["batch", "backend", "dominant"]].values.tolist() == [[64, "ort-cpu", "embedding"], [64, "torch", "fc"]]
+    assert shifts["dominant_share"].tolist() == pytest.approx([0.5, 0.6])
+    assert dominant_shifts(bottleneck_shift(category_breakdown(agree))).empty
 
 
 def _points(rows):
@@ -179,3 +191,35 @@ def test_taxonomy_tables():
     from rechar.analysis.taxonomy import LAYER_CATEGORY, OP_CATEGORY
 
     assert set(OP_CATEGORY.values()) | set(LAYER_CATEGORY.values()) <= set(CATEGORIES)
+
+
+def test_layers_of_the_later_models_refine_to_their_categories():
+    """The real module trees of dlrm-dcnv2, sasrec and hstu: each new layer kind counts in its
+    category, layer norm included, and an FC outside those layers stays fc."""
+    from rechar.analysis.ops import layer_classes
+    from rechar.models import resolve_config
+
+    def cats(name):
+        classes = layer_classes(name, resolve_config(name, "tiny").to_dict())
+        return lambda op, layer: categorize(op, layer, classes)
+
+    dcn, sas, hstu = cats("dlrm-dcnv2"), cats("sasrec"), cats("hstu")
+    assert dcn("aten::addmm", "cross.up.2") == ("fc", "cross-network")
+    assert dcn("Mul", "cross") == ("elementwise", "cross-network")
+    assert dcn("Gather", "emb.tables.20") == ("embedding", "embedding")
+    assert dcn("Concat", "interaction") == ("interaction", "interaction")
+    assert dcn("Gemm", "top_mlp.0") == ("fc", "fc")
+    assert sas("MatMul", "blocks.1.attention.query") == ("fc", "self-attention")
+    assert sas("Softmax", "blocks.0.attention") == ("softmax", "self-attention")
+    assert sas("Gemm", "blocks.0.ffn.inner") == ("fc", "feed-forward")
+    assert sas("aten::native_layer_norm", "blocks.0.ffn_norm") == ("normalisation", "normalisation")
+    assert sas("MatMul", "scoring") == ("fc", "candidate-scoring")
+    assert hstu("aten::silu", "layers.3.attention") == ("activation", "pointwise-attention")
+    assert hstu("Gather", "layers.0.attention.bias") == ("embedding", "pointwise-attention")
+    assert hstu("Log", "time_buckets") == ("elementwise", "pointwise-attention")
+    assert hstu("MVN", "layers.2.output_norm") == ("normalisation", "normalisation")
+    assert hstu("MatMul", "layers.2.uvqk") == ("fc", "fc")  # the u/v/q/k projection stays fc
+    for op in ("LayerNormalization", "MVN", "aten::native_layer_norm", "aten::var_mean"):
+        assert categorize(op, "", {})[0] == "normalisation"
+    for op in ("aten::silu", "QuickGelu", "_MklSwish"):
+        assert categorize(op, "", {})[0] == "activation"

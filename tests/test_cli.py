@@ -7,14 +7,16 @@ import json
 import pytest
 
 
-def test_models_lists_all_eight_with_figures(run_cli):
+def test_models_lists_all_eleven_with_figures(run_cli):
     code, out, err = run_cli("models", "--scale", "paper", "--json")
     assert code == 0, err
     rows = json.loads(out)
-    assert [r["model"] for r in rows] == ["dlrm-rmc1", "dlrm-rmc2", "dlrm-rmc3", "ncf", "wnd", "mt-wnd", "din", "dien"]
+    assert [r["model"] for r in rows] == ["dlrm-rmc1", "dlrm-rmc2", "dlrm-rmc3", "ncf", "wnd", "mt-wnd", "din", "dien",
+                                          "dlrm-dcnv2", "sasrec", "hstu"]
     by_name = {r["model"]: r for r in rows}
     assert by_name["dlrm-rmc2"]["embedding_bytes"] == 32 * 500_000 * 64 * 4
     assert by_name["din"]["category"] == "attention/sequence"
+    assert by_name["dlrm-dcnv2"]["category"] == "cross-network/MLP" and by_name["hstu"]["seq_len"] == 200
     assert all(r["macs_per_sample"] > 0 and r["params"] > 0 for r in rows)
     code, out, _ = run_cli("models", "--scale", "tiny")
     assert code == 0 and "embedding-dominated" in out and "dien" in out

@@ -62,12 +62,30 @@ def _valid(run_dir):
     return {(r["model"], r["backend"], r["batch"]) for r in read_point_log(run_dir) if r["status"] == "ok"}
 
 
+#: what a point's record holds that does not depend on where or when it ran: the inputs it was
+#: timed on, how they were drawn and sized, the stack's settings, the number of timed calls
+DETERMINISTIC = ["input_hash", "inputs", "pool_batches", "pool_gathered_bytes", "pool_distinct_rows", "cache_bytes",
+                 "settings", "iterations", "precision", "device"]
+
+
+def _values(run_dir):
+    return {(r["model"], r["backend"], r["batch"]): r for r in read_point_log(run_dir)}
+
+
 def test_points_go_to_the_selected_nodes_and_match_a_local_sweep(tmp_path, cluster):
     local = run_sweep(_options(tmp_path, cluster, ray_address=None), tmp_path / "local")
     by_resource = run_sweep(_options(tmp_path, cluster, nodes="fast"), tmp_path / "fast")
     by_label = run_sweep(_options(tmp_path, cluster, nodes="tier=b"), tmp_path / "tier-b")
     want = {("ncf", b, n) for b in ("ort-cpu", "torch") for n in (1, 4)}
     assert _valid(local) == _valid(by_resource) == _valid(by_label) == want
+    # the same points, not only the same keys: same inputs, settings and call counts, and the gate
+    # saw the same outputs (the same weights and inputs on the same machine, one thread)
+    mine = _values(local)
+    for remote in (_values(by_resource), _values(by_label)):
+        for key, rec in remote.items():
+            assert {f: rec.get(f) for f in DETERMINISTIC} == {f: mine[key].get(f) for f in DETERMINISTIC}, key
+            assert rec["iterations"] == FAST.min_iters
+            assert rec["max_abs_error"] == pytest.approx(mine[key]["max_abs_error"], abs=1e-7), key
     assert {r["node"] for r in read_point_log(by_resource)} == {cluster[1]["fast"]}
     assert {r["node"] for r in read_point_log(by_label)} == {cluster[1]["slow"]}
     assert "node" not in read_point_log(local)[0]

@@ -26,12 +26,12 @@ def test_export_passes_checker_and_matches_pytorch(tiny_exports, name):
     onnx.checker.check_model(str(result.onnx_path), full_check=True)
     parity = result.manifest["parity"]
     assert parity["batches"] == [1, 16, 37]
-    assert parity["max_abs_error"] <= parity["atol"] == 1e-5
+    assert parity["max_logit_error"] <= parity["atol"] == 1e-4 and parity["margin"] <= 1
     # independent re-check at a batch size the export did not use, with fresh inputs
     model = models.get(name, scale="tiny")
     feed = model.make_inputs(batch=5, seed=11)
     got = ort.InferenceSession(str(result.onnx_path)).run(None, feed)[0]
-    np.testing.assert_allclose(got, model.predict(feed), atol=1e-5)
+    np.testing.assert_allclose(got, model.predict(feed), atol=1e-5)  # probabilities (spread ~0.3): 1e-5 is tight
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -150,7 +150,7 @@ def test_large_models_use_one_external_data_file(tmp_path, monkeypatch):
 def test_dynamo_exporter(tmp_path):
     pytest.importorskip("onnxscript")
     result = export("dlrm-rmc1", "tiny", out=tmp_path, options=ExportOptions(exporter="dynamo"))
-    assert result.manifest["opset"] == 20 and result.manifest["parity"]["max_abs_error"] < 1e-5
+    assert result.manifest["opset"] == 20 and result.manifest["parity"]["max_logit_error"] < 1e-4
     paths = set(node_modules(onnx.load(str(result.onnx_path))).values())
     assert {"bot_mlp.0", "emb.tables.3", "top_mlp.0"} <= paths
 
@@ -161,5 +161,5 @@ def test_small_scale_export(tmp_path):
     m = result.manifest
     # 43 deep tables of 32 floats plus 43 wide tables of one weight per task (8), 100,000 rows each
     assert m["describe"]["embedding_bytes"] == 43 * 100_000 * (32 + 8) * 4
-    assert m["parity"]["max_abs_error"] < 1e-5
+    assert m["parity"]["max_logit_error"] < 1e-4
     assert json.loads((result.path / "export.json").read_text())["cache_key"] == m["cache_key"]

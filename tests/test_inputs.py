@@ -52,6 +52,14 @@ def test_pool_size_respects_the_memory_budget():
     assert rule.size(MB, 800_000_000, 32 * MB, 4 << 30) == 2
 
 
+#: embedding bytes one sample gathers at small scale, from the configs (dim 32 or 64, fp32)
+SMALL_BYTES_PER_SAMPLE = {
+    "dlrm-rmc1": 8 * 80 * 32 * 4,  # 8 tables x 80 lookups x 32 floats
+    "din": (250 + 1 + 3 + 3) * 32 * 4,  # the 250-item history and the candidate, 3 profile and 3 context ids
+    "ncf": 4 * 64 * 4,  # a user and an item row in each of the GMF and MLP towers' tables
+}
+
+
 @pytest.mark.parametrize("name", ["dlrm-rmc1", "din", "ncf"])
 def test_pools_of_real_models_follow_the_rule(name):
     shell = models.shell(name, models.resolve_config(name, "small"))
@@ -59,7 +67,8 @@ def test_pools_of_real_models_follow_the_rule(name):
     tables = sum(t.weight.numel() * 4 for t in shell.embedding_tables())
     for batch in (1, 16, 256):
         pool = PoolSpec(0, "uniform", 1.05, "fresh", cache).make(shell, batch)
-        per_batch = gathered_bytes(shell, pool.first)
+        per_batch = batch * SMALL_BYTES_PER_SAMPLE[name]
+        assert gathered_bytes(shell, pool.first) == per_batch
         target = 4 * min(cache, tables)
         assert pool.gathered_bytes == per_batch * len(pool) >= min(target, 2 * per_batch)
         assert len(pool) == 2 or (len(pool) - 1) * per_batch < target  # the fewest that reach it

@@ -20,6 +20,9 @@ def test_forward_shapes_and_ranges(name):
     out = model.predict(inputs)
     assert out.dtype == np.float32
     assert out.shape[0] == 7 and np.isfinite(out).all()
+    if name in ("sasrec", "hstu"):  # a logit per candidate (scaled cosine similarity)
+        assert out.shape == (7, model.config.candidates) and out.std() > 0
+        return
     assert ((out > 0) & (out < 1)).all()
     if name in ("din", "dien"):  # softmax over two classes
         assert out.shape == (7, 2)

@@ -7,7 +7,9 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from rechar.stacks import BACKENDS
 from rechar.measure.timing import TimingOptions
@@ -80,12 +82,15 @@ def test_rounds_interleave_and_give_intervals(tmp_path):
     assert order[:4] == [(0, "torch"), (0, "torch"), (0, "ort-cpu"), (0, "ort-cpu")]
     points = load_points(run_dir)
     assert len(points) == 4 and (points["rounds"] == 3).all() and (points["ci_method"] == "rounds").all()
-    assert (points["p50_ci_low_us"] <= points["p50_us"]).all() and (points["p50_us"] <= points["p50_ci_high_us"]).all()
     rounds = load_rounds(run_dir)
     for point in points.itertuples():
         mine = rounds[(rounds.backend == point.backend) & (rounds.batch == point.batch)]
         assert sorted(mine["round"]) == [0, 1, 2]
         assert point.p50_us == pytest.approx(float(mine["p50_us"].prod() ** (1 / 3)))
+        # the 95% interval over the three rounds, by scipy's t distribution on the log p50s
+        logs = np.log(mine["p50_us"].to_numpy())
+        low, high = scipy_stats.t.interval(0.95, 2, loc=logs.mean(), scale=logs.std(ddof=1) / np.sqrt(3))
+        assert (point.p50_ci_low_us, point.p50_ci_high_us) == pytest.approx((np.exp(low), np.exp(high)))
 
 
 def test_resume_mid_round_measures_each_round_once(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -14,7 +15,7 @@ import rechar.models as models
 from rechar.analysis import analyze
 from rechar.stacks import BackendOptions, backend_class, backend_reason
 from rechar.measure.timing import TimingOptions
-from rechar.measure.quality import EVAL_SAMPLES, QualityThresholds, quality, quality_failure
+from rechar.measure.quality import EVAL_SAMPLES, QualityThresholds, evaluation_batches, quality, quality_failure
 from rechar.stacks.variants import split_backend
 from rechar.results.store import load_points, read_manifest
 from rechar.sweep import RunOptions, run_sweep
@@ -34,10 +35,11 @@ def _load(name, variant, tiny_exports):
     return backend
 
 
-def _evaluation(name):
+def _evaluation(name, batch=256):
+    """The evaluation set in whole batches of the timed size, eager fp32's outputs, the output kind."""
     model = models.get(name, scale="tiny")
-    inputs = model.make_inputs(EVAL_SAMPLES, seed=11)
-    return inputs, model.predict(inputs)
+    chunks = evaluation_batches(model.make_inputs(EVAL_SAMPLES, seed=11), batch)
+    return chunks, np.concatenate([model.predict(c) for c in chunks]), model.output_kind
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -49,7 +51,8 @@ def test_every_offered_precision_passes_the_quality_gate(tiny_exports, name, var
     finally:
         backend.close()
     assert figures["quality_error"] is None, figures
-    assert 0 < figures["quality_max_abs"] <= QualityThresholds().max_abs  # not fp32 in disguise
+    assert 0 < figures["quality_logit_max"] <= QualityThresholds().max_logit  # not fp32 in disguise
+    assert figures["quality_pair_agreement"] >= QualityThresholds().pair_agreement
 
 
 def test_a_wrong_quantization_scale_is_caught(tiny_exports):
@@ -67,21 +70,49 @@ def test_a_wrong_quantization_scale_is_caught(tiny_exports):
 
 
 def test_quality_figures_and_thresholds():
-    want = np.linspace(0.2, 0.8, 1000)
-    same = quality(want, want)
-    assert same["quality_max_abs"] == 0 and same["quality_pair_agreement"] == 1.0
+    """Hand-made logits z with std 1 (probabilities sigmoid(z)): errors as fractions of that spread."""
+    z = np.linspace(-np.sqrt(3), np.sqrt(3), 1000)  # uniform: std exactly 1 as n grows (here 1.001)
+    p = 1 / (1 + np.exp(-z))
+    same = quality(p, p, "sigmoid")
+    assert same["quality_logit_max"] == 0 and same["quality_pair_agreement"] == 1.0
+    assert same["quality_logit_spread"] == pytest.approx(1.0, abs=0.002)
     assert quality_failure(same, QualityThresholds()) is None
-    reversed_order = quality(want[::-1].copy(), want)  # every pair ordered the other way
+    shifted = quality(1 / (1 + np.exp(-(z + 0.2))), p, "sigmoid")  # every logit moved by 0.2: 0.2 of the spread
+    assert shifted["quality_logit_mean"] == pytest.approx(0.2 / 1.001, rel=1e-3)
+    assert shifted["quality_pair_agreement"] == 1.0  # a constant shift keeps every order
+    assert "mean logit error 0.2" in quality_failure(shifted, QualityThresholds())
+    reversed_order = quality(p[::-1].copy(), p, "sigmoid")  # every pair ordered the other way
     assert reversed_order["quality_pair_agreement"] == 0.0
-    assert "sample pairs ordered" in quality_failure({**reversed_order, "quality_max_abs": 0, "quality_mean_abs": 0},
-                                                     QualityThresholds())
-    flat = np.full(1000, 0.5) + np.linspace(0, 1e-5, 1000)  # fp32 barely spreads: order is not checked
-    shuffled = quality(flat[::-1].copy(), flat)
-    assert quality_failure(shuffled, QualityThresholds()) is None
-    assert "largest prediction error 0.1" in quality_failure(quality(want + 0.1, want), QualityThresholds())
-    broken = want.copy()
+    assert "sample pairs ordered" in quality_failure(
+        {**reversed_order, "quality_logit_max": 0, "quality_logit_mean": 0}, QualityThresholds())
+    spike = z.copy()
+    spike[500] += 3.0  # one sample off by 3 logits: the largest error fails, the mean passes
+    spiked = quality(1 / (1 + np.exp(-spike)), p, "sigmoid")
+    assert spiked["quality_logit_mean"] < QualityThresholds().mean_logit
+    assert "largest logit error 3" in quality_failure(spiked, QualityThresholds())
+    collapsed = quality(np.full_like(p, 0.5), p, "sigmoid")  # outputs collapsed to one value (old NCF bf16)
+    assert quality_failure(collapsed, QualityThresholds()) is not None
+    broken = p.copy()
     broken[::100] = np.nan  # a kernel that returns NaN for some samples
-    assert "not finite" in quality_failure(quality(broken, want), QualityThresholds())
+    assert "not finite" in quality_failure(quality(broken, p, "sigmoid"), QualityThresholds())
+
+
+def test_a_static_shape_stack_is_judged_at_each_timed_batch_size(tiny_exports):
+    """OpenVINO compiles one model per batch size: the gate runs the evaluation set through the
+    one compiled for the timed size (batch 1: 2048 calls of one sample; batch 64: 32 calls)."""
+    backend = _load("ncf", "openvino@bf16", tiny_exports)
+    try:
+        for batch in (1, 64):
+            chunks, want, kind = _evaluation("ncf", batch)
+            seen = []
+            prepare = backend.prepare
+            backend.prepare = lambda batches: (seen.extend(len(next(iter(b.values()))) for b in batches), prepare(batches))[1]
+            figures = quality_gate(backend, chunks, want, kind)
+            backend.prepare = prepare
+            assert set(seen) == {batch} and len(seen) == EVAL_SAMPLES // batch
+            assert figures["quality_error"] is None, figures
+    finally:
+        backend.close()
 
 
 def test_int8_tables_take_a_quarter_of_fp32(tiny_exports):
@@ -115,10 +146,45 @@ def test_a_sweep_over_precisions(tmp_path):
     assert set(points["precision"]) == {"fp32", "int8"}
     int8 = points[points["precision"] == "int8"]
     assert int8["quality_pair_agreement"].notna().all() and int8["weight_bytes"].notna().all()
+    # Pools are sized by the rows the variant holds: ONNX Runtime's int8 rows are a quarter of fp32's.
+    per_batch = points.assign(b=points["pool_gathered_bytes"] / points["pool_batches"]).set_index(["backend", "batch"])["b"]
+    for batch in (1, 8):
+        assert per_batch[("ort-cpu@int8", batch)] == pytest.approx(per_batch[("ort-cpu", batch)] / 4, rel=1e-3)
     table = analyze([run_dir])["precision"]
-    assert len(table) == 4 and table["speedup"].notna().all() and (table["memory_ratio"] < 0.5).all()
+    assert len(table) == 4 and (table["memory_ratio"] < 0.5).all()
+    p50 = points.set_index(["backend", "batch"])["p50_us"]
+    for row in table.itertuples():  # each int8 point against its own stack's fp32 point, same batch
+        assert row.speedup == pytest.approx(p50[(row.stack, row.batch)] / p50[(f"{row.stack}@int8", row.batch)])
     shift = analyze([run_dir])["precision_shift"]
     assert {"fc", "embedding"} <= set(shift["category"])
+
+
+def test_precision_table_pairs_each_variant_with_its_own_fp32_point():
+    """Known p50s and weights: speedup = fp32 p50 / variant p50 of the same host, model, stack and
+    batch; a variant that was not timed has none; an fp32 point of another host is no partner."""
+    from rechar.analysis.precision import precision_table
+
+    cols = ["host", "model", "backend", "batch", "status", "p50_us", "weight_bytes", "embedding_weight_bytes",
+            "quality_max_abs", "quality_mean_abs", "quality_pair_agreement", "error"]
+    points = pd.DataFrame([
+        ("a", "m", "torch", 1, "ok", 200.0, 4000, 3000, None, None, None, None),
+        ("a", "m", "torch@int8", 1, "ok", 80.0, 1100, 800, 0.01, 0.002, 0.99, None),
+        ("a", "m", "torch@bf16", 1, "ok", 250.0, 2000, 1500, 0.003, 0.001, 0.999, None),
+        ("a", "m", "ort-cpu", 1, "ok", 150.0, 4000, 3000, None, None, None, None),
+        ("a", "m", "ort-cpu@int8", 1, "invalid", None, 1000, 750, 0.2, 0.1, 0.6, "quality below threshold"),
+        ("a", "m", "torch", 64, "ok", 1000.0, 4000, 3000, None, None, None, None),
+        ("a", "m", "torch@int8", 64, "ok", 400.0, 1100, 800, 0.01, 0.002, 0.99, None),
+        ("b", "m", "torch@int8", 64, "ok", 300.0, 1100, 800, 0.01, 0.002, 0.99, None),  # host b has no fp32
+    ], columns=cols)
+    table = precision_table(points).set_index(["host", "stack", "precision", "batch"])
+    assert len(table) == 5
+    assert table.loc[("a", "torch", "int8", 1), "speedup"] == pytest.approx(2.5)  # 200 / 80
+    assert table.loc[("a", "torch", "bf16", 1), "speedup"] == pytest.approx(0.8)  # 200 / 250: slower
+    assert table.loc[("a", "torch", "int8", 64), "speedup"] == pytest.approx(2.5)  # 1000 / 400
+    assert table.loc[("a", "torch", "int8", 1), "memory_ratio"] == pytest.approx(1100 / 4000)
+    untimed = table.loc[("a", "ort-cpu", "int8", 1)]
+    assert untimed["status"] == "invalid" and pd.isna(untimed["speedup"]) and untimed["fp32_p50_us"] == 150.0
+    assert pd.isna(table.loc[("b", "torch", "int8", 64), "speedup"])
 
 
 def test_bad_precision_is_a_one_line_error(run_cli, tmp_path):

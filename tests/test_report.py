@@ -4,6 +4,7 @@ run made from it, checked as a file and in headless Chromium (Debian's, driven b
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from html.parser import HTMLParser
@@ -110,6 +111,120 @@ def _parse(html: str) -> _Tags:
     parser = _Tags()
     parser.feed(html)
     return parser
+
+
+#: The synthetic run's figures: (backend, batch) -> p50 µs and its interval, how it was measured.
+#: At batch 1 (one round each) torch is 2.0x faster than ort-cpu; at 16 (five rounds each, log
+#: standard error 0.02) ort-cpu is 1.25x faster than torch; tf failed at 16; torch at 1 was noisy.
+SYNTH_ROUNDS, SYNTH_LOG_SE = 5, 0.02
+SYNTH_POINTS = {
+    ("torch", 1): (100.0, 95.0, 105.0, "iterations"), ("ort-cpu", 1): (200.0, 190.0, 210.0, "iterations"),
+    ("tf", 1): (300.0, 290.0, 310.0, "iterations"), ("ort-cpu", 16): (400.0, None, None, "rounds"),
+    ("torch", 16): (500.0, None, None, "rounds"), ("tf", 16): None,
+}
+#: (backend, batch) -> {category: self µs per iteration}: the stacks disagree on the dominant
+#: category at batch 1 only.
+SYNTH_OPS = {
+    ("torch", 1): {"fc": 60.0, "embedding": 40.0}, ("ort-cpu", 1): {"embedding": 70.0, "fc": 30.0},
+    ("tf", 1): {"fc": 55.0, "embedding": 45.0}, ("torch", 16): {"embedding": 80.0, "fc": 20.0},
+    ("ort-cpu", 16): {"embedding": 90.0, "fc": 10.0},
+}
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(cpu_run, tmp_path_factory) -> Path:
+    """The CPU run's points with the figures above, its profiles replaced by SYNTH_OPS."""
+    from scipy.stats import t
+
+    dst = tmp_path_factory.mktemp("synth") / "synth"
+    _copy_run(cpu_run, dst, "synth", {"hostname": "synth-host"},
+              skipped_backends={"openvino": "not installed <i>here</i>"})
+    p = pd.read_parquet(dst / POINTS)
+    p["run_id"] = "synth"
+    half = t.ppf(0.975, SYNTH_ROUNDS - 1) * SYNTH_LOG_SE  # a t interval over 5 rounds with that log error
+    for i, row in p.iterrows():
+        figures = SYNTH_POINTS[(row["backend"], row["batch"])]
+        if figures is None:
+            p.loc[i, ["status", "error"]] = "failed", "RuntimeError: boom"
+            p.loc[i, ["p50_us", "p99_us", "throughput_sps", "p50_ci_low_us", "p50_ci_high_us"]] = float("nan")
+            continue
+        p50, low, high, method = figures
+        if method == "rounds":
+            low, high = p50 * math.exp(-half), p50 * math.exp(half)
+        p.loc[i, ["p50_us", "p50_ci_low_us", "p50_ci_high_us", "p99_us"]] = p50, low, high, 2 * p50
+        p.loc[i, "throughput_sps"] = row["batch"] / p50 * 1e6
+        p.loc[i, "ci_method"] = method
+        p.loc[i, ["rounds", "timed_rounds"]] = (SYNTH_ROUNDS, SYNTH_ROUNDS) if method == "rounds" else (1, 1)
+    noisy = (p["backend"] == "torch") & (p["batch"] == 1)
+    p["noisy"] = noisy
+    p.loc[noisy, ["others_cpu_share", "noise"]] = 0.4, "round 0: other processes used 40% of a CPU"
+    write_parquet(p.reset_index(drop=True), dst / POINTS)
+    ops = [{"run_id": "synth", "model": "ncf", "backend": backend, "device": "cpu", "batch": batch, "round": 0,
+            "native_op": f"{category}_op", "op_category": category, "category": category, "layer": None,
+            "node": None, "fused": None, "calls_per_iter": 1.0, "self_us_per_iter": us,
+            "share": us / sum(by_category.values())}
+           for (backend, batch), by_category in SYNTH_OPS.items() for category, us in by_category.items()]
+    write_parquet(pd.DataFrame(ops), dst / "ops.parquet")
+    return dst
+
+
+def test_report_leads_with_findings_computed_from_the_run(synthetic_run, tmp_path):
+    """The findings (fastest stack at the smallest and largest batch with its lead and interval,
+    bottleneck shift, best deployment, noisy and untimed points, skipped backends) say what the
+    synthetic figures give by hand, come before everything else, and the runs' machine,
+    software and options come last, collapsed."""
+    from scipy.stats import t
+
+    html = write_report([synthetic_run], tmp_path / "synth.html").read_text()
+    findings = "".join(_parse(html[html.index('<section id="findings">'):html.index("<nav>")]).text)
+    # batch 16: ratio 500/400 with Welch's interval; both log errors 0.02 over 4 degrees of
+    # freedom give Welch's df = (2 * 0.02^2)^2 / (2 * 0.02^4 / 4) = 8
+    half = t.ppf(0.975, 8) * math.sqrt(2) * SYNTH_LOG_SE
+    interval = f"{1.25 * math.exp(-half):.2f}–{1.25 * math.exp(half):.2f}"
+    assert interval == "1.17–1.33"
+    assert ("ncf: at batch 1, torch (0.100 ms p50) is 2.00× faster than ort-cpu (0.200 ms); at batch 16, ort-cpu "
+            f"(0.400 ms p50) is 1.25× faster than torch (0.500 ms) (95% interval {interval} over rounds).") in findings
+    assert "A ratio without an interval compares points measured in one round" in findings  # batch 1's
+    assert "ncf on cpu, batch 1: embedding (70%) on ort-cpu; fc (55%) on tf; fc (60%) on torch." in findings
+    assert "on cpu, batch 16" not in findings and "on cpu, batches" not in findings  # they agree at 16
+    # best under p99 <= 10 ms: ort-cpu at 16 (16 / 400 µs = 40,000/s) over torch at 16 (32,000/s)
+    assert ("ncf: ort-cpu at batch 16, 40,000 samples/s (p99 0.800 ms), 1.25× the throughput of the runner-up, "
+            f"torch b16 (synth-host) (95% interval {interval} over rounds).") in findings
+    assert "1 point(s) were timed while the machine was busy" in findings and "ncf on torch, batch 1." in findings
+    assert "1 point(s) were not timed:" in findings and "ncf on tf, batch 16: failed." in findings
+    assert "openvino was skipped on synth-host: not installed <i>here</i>" in findings
+    assert "not installed <i>" not in html and "not installed &lt;i&gt;here&lt;/i&gt;" in html
+    # order: findings, then the table of contents and the sections; the runs' details last, collapsed
+    assert re.findall(r'<section id="([^"]+)"', html)[0] == "findings"
+    assert re.findall(r'<section id="([^"]+)"', html)[-1] == "runs"
+    assert html.index('id="findings"') < html.index("<nav>") < html.index('id="not-timed"')
+    options = html.index("<h4>Options</h4>")
+    assert options > html.index('id="coverage"') and html.index('id="runs"') < html.index("<details>") < options
+    assert html.index("</details>") > options
+
+
+def test_findings_name_the_best_serving_policy(synthetic_run, tmp_path):
+    """Per model and stack: the policy with the highest capacity, its gain over whole queries, or
+    that no policy (or no whole-query rate) met the bound."""
+    from rechar.report import findings
+    from rechar.report.context import ReportContext
+
+    tables = analyze([synthetic_run])
+    tables["serving"] = pd.DataFrame({"host": ["synth-host"], "status": ["ok"]})  # the runs hold serving trials
+    tables["serving_best"] = pd.DataFrame([
+        {"host": "synth-host", "model": "ncf", "backend": "torch", "offload": None, "best_policy": "b4x1",
+         "capacity_qps": 1500.0, "query_policy_qps": 1000.0, "gain_over_query": 1.5},
+        {"host": "synth-host", "model": "ncf", "backend": "tf", "offload": None, "best_policy": "b8x2",
+         "capacity_qps": 800.0, "query_policy_qps": 0.0, "gain_over_query": None},
+        {"host": "synth-host", "model": "ncf", "backend": "ort-cpu", "offload": "torch>=10", "best_policy": None,
+         "capacity_qps": 0.0, "query_policy_qps": 0.0, "gain_over_query": None},
+    ])
+    ctx = ReportContext(tables, [synthetic_run], [json.loads((synthetic_run / "manifest.json").read_text())],
+                        tmp_path, 10.0)
+    text = "".join(_parse(findings.section(ctx)).text)
+    assert "ncf on torch: policy b4x1, 1,500 queries/s within the bound, 1.50× whole queries." in text
+    assert "ncf on tf: policy b8x2, 800 queries/s within the bound; whole queries met the bound at no rate tried." in text
+    assert "ncf on ort-cpu (offload torch>=10): no policy met the bound." in text
 
 
 def test_report_is_one_self_contained_file_under_5_mb(report, html):

@@ -53,8 +53,20 @@ def test_query_size_distributions_have_their_moments(tmp_path):
     assert (QuerySizes("lognormal:5.1,0.2", 1024).sample(50, 3) == QuerySizes("lognormal:5.1,0.2", 1024).sample(50, 3)).all()
 
 
+def test_mlperf_dlrm_query_sizes_follow_mlperfs_quantile_table():
+    """MLPerf's DLRM dataset draws a query's size uniformly from its 20 five-percent quantiles
+    (dist_quantile.txt: 100 x2, 200 x12, 300 x2, 400, 500, 600, 700): P(200) = 0.6, mean 270."""
+    sizes = QuerySizes("mlperf-dlrm", 1024).sample(40_000, seed=0)
+    values, counts = np.unique(sizes, return_counts=True)
+    assert values.tolist() == [100, 200, 300, 400, 500, 600, 700]
+    np.testing.assert_allclose(counts / len(sizes), [0.1, 0.6, 0.1, 0.05, 0.05, 0.05, 0.05], atol=0.01)
+    assert sizes.mean() == pytest.approx(270, rel=0.02)
+    assert QuerySizes("mlperf-dlrm", 256).sample(1000, seed=0).max() == 256  # clipped like any spec
+
+
 @pytest.mark.parametrize("spec, message", [
-    ("lognormal:5.1", "takes 2 number"), ("gamma:1,2", "use fixed:N"), ("fixed:0", "positive integer"),
+    ("mlperf", "or a preset \\(mlperf-dlrm\\)"), ("lognormal:5.1", "takes 2 number"), ("gamma:1,2", "use fixed:N"),
+    ("fixed:0", "positive integer"),
     ("normal:10,-1", "must not be negative"), ("fixed:x", "not a list of numbers"), ("file:/nonexistent", "cannot read"),
 ])
 def test_bad_query_sizes_are_named(spec, message):
@@ -127,6 +139,30 @@ def test_search_gives_up_below_the_floor_and_retries_an_inconclusive_trial():
     assert len(retry) == 2 and retry[1]["min_queries"] == 1024 and retry[1]["passed"]
 
 
+def _t(qps: float, passed: bool, noisy: bool = False) -> dict:
+    return {"target_qps": qps, "passed": passed, "inconclusive": False, "noisy": noisy, "p99_ms": 5.0}
+
+
+def test_a_doubtful_failure_is_run_again_once_before_it_bounds_the_search():
+    # a failure 7% above a passing rate: the same rate again, then (failed twice) the bisection
+    near = [_t(400.0, True), _t(500.0, False), _t(447.0, True), _t(478.0, False)]
+    plan = next_trial(near, 500.0, 512)
+    assert (plan.qps, plan.retry) == (478.0, "failure within 10% of a passing rate")
+    assert next_trial([*near, _t(478.0, False)], 500.0, 512).qps == 462.0  # sqrt(447 * 478), 3 digits
+    # 11.9% above the passing rate and quiet: it bounds at once (sqrt(447 * 500) = 472.8)
+    assert next_trial([_t(400.0, True), _t(500.0, False), _t(447.0, True)], 500.0, 512).qps == 473.0
+    # a noisy failure is run again however far it is from a passing rate, in the halving phase too
+    plan = next_trial([_t(400.0, True), _t(500.0, False, noisy=True)], 500.0, 512)
+    assert (plan.qps, plan.retry) == (500.0, "noisy failure")
+    assert next_trial([_t(800.0, False, noisy=True)], 1000.0, 512).qps == 800.0
+    assert next_trial([_t(800.0, False, noisy=True), _t(800.0, False, noisy=True)], 1000.0, 512).qps == 400.0
+    # the retry passed: the rate no longer bounds, and the search grows past it (1.25 x 500)
+    assert next_trial([_t(400.0, True), _t(500.0, False, noisy=True), _t(500.0, True)], 500.0, 512).qps == 625.0
+    # an inconclusive trial's rerun already repeated the rate: a failure there bounds at once
+    rerun = [_t(400.0, True), {**_t(420.0, False), "inconclusive": True}, _t(420.0, False)]
+    assert next_trial(rerun, 500.0, 512) is None  # 420 / 400 = 1.05: within the search's precision
+
+
 # -- LoadGen -------------------------------------------------------------------------------------
 
 
@@ -191,9 +227,14 @@ def test_search_finds_the_rate_queueing_theory_gives_for_a_fixed_service_time(tm
     found = server.loc[server["passed"] == True, "target_qps"].max()  # noqa: E712
     # LoadGen's early stopping confirms the p99 with confidence from ~500 queries, so the search
     # lands at or somewhat under the exact M/D/2 figure; sleep overshoot and this VM's slow wake-up
-    # of an idle vCPU cost more: landings seen here 0.65-0.95 of theory (0.65 once in a CI run,
-    # when its first trial at 387/s missed the bound by 1.2 ms).
-    assert 0.6 * theory <= found <= 1.05 * theory, (found, theory, server[["target_qps", "p99_ms", "result"]])
+    # of an idle vCPU cost more. A near miss (within 10% of a passing rate) or a noisy failure is
+    # run again before it bounds the search, so one unlucky trial no longer sinks the landing.
+    # Seen here (2 cores shared with other jobs, every trial flagged noisy): at load average 3-7,
+    # 16 of 20 runs landed at 0.76-0.92 of theory, 4 below 0.75 (0.33, 0.44, 0.62, 0.735: a rate
+    # near 0.68 of theory failing twice); at load 7-10, 3 of 10 reached 0.75 (all 0.26-0.86).
+    print(f"landing {found / theory:.3f} of M/D/2 capacity {theory:.1f}/s "
+          f"(trials: {server[['target_qps', 'passed', 'noisy', 'retry_reason']].values.tolist()})")
+    assert 0.75 * theory <= found <= 1.05 * theory, (found, theory, server[["target_qps", "p99_ms", "result"]])
     offline = trials[trials["scenario"] == "offline"].iloc[0]
     assert offline["achieved_qps"] == pytest.approx(workers / (service_ms / 1e3), rel=0.15)  # saturation: c / D
     assert offline["predicted_saturation_qps"] == pytest.approx(workers / (service_ms / 1e3), rel=0.15)
@@ -248,6 +289,41 @@ def test_static_shape_stack_serves_padded_sub_batches(tmp_path, tiny_exports, ba
                         tmp_path / "run")
     trials = load_trials(run_dir)
     assert (trials["status"] == "ok").all() and trials["passed"].eq(True).any(), trials[["policy", "error"]]
+    # what padding alone makes true: the stack was given only its buckets' sizes (4 items for
+    # b4x1; powers of two for whole queries), where unpadded sub-batches of normal(6, 2) queries
+    # come in every size from 1 up (test_only_static_shape_stacks_get_padded_sub_batches)
+    sizes = trials.groupby("policy")["sub_batch_sizes"].agg(set)
+    assert sizes["b4x1"] == {"4"}, sizes
+    assert len(sizes["queryx1"]) == 1 and set(map(int, next(iter(sizes["queryx1"])).split(","))) <= {1, 2, 4, 8, 16, 32}
+
+
+class _SizeRecorder:
+    """A backend that records nothing but the sub-batches it is given."""
+    static_shapes = True
+
+    def prepare(self, batches):
+        return lambda: None
+
+    def enter_thread(self):
+        pass
+
+
+def test_only_static_shape_stacks_get_padded_sub_batches(monkeypatch):
+    from types import SimpleNamespace
+
+    from rechar.serving.worker import _executors
+
+    shell = models.shell("ncf", models.resolve_config("ncf", "tiny"))
+    pool = make_pool(shell, QuerySizes("normal:6,2", 64), seed=0, ids="uniform", zipf_alpha=1.05, cache_bytes=1 << 16)
+    real = sorted({int(n) for n in pool.sizes})
+    backend = _SizeRecorder()
+    loaded = SimpleNamespace(instances=[backend], offload=None, executor=lambda w: backend)
+    offloaded = [False] * len(pool.queries)
+    assert _executors(loaded, pool, Policy(4, 1), offloaded)[1] == [4]
+    assert set(_executors(loaded, pool, Policy(None, 1), offloaded)[1]) == {1 << (n - 1).bit_length() for n in real}
+    monkeypatch.setattr(_SizeRecorder, "static_shapes", False)  # padding off: the real sizes reach the stack
+    assert _executors(loaded, pool, Policy(4, 1), offloaded)[1] == [1, 2, 3, 4]
+    assert _executors(loaded, pool, Policy(None, 1), offloaded)[1] == real
 
 
 @pytest.mark.parametrize("args, message", [
@@ -262,6 +338,27 @@ def test_static_shape_stack_serves_padded_sub_batches(tmp_path, tiny_exports, ba
 def test_bad_serve_options_are_one_line_errors(run_cli, args, message):
     code, _, err = run_cli("serve", "-m", "ncf", "--scale", "tiny", *args)
     assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_serve_draws_its_queries_ids_as_asked(tmp_path, run_cli, tiny_exports):
+    """--ids zipf --zipf-alpha 1.3 reach the worker: its query pool is the one those draw (a bound
+    no idle query meets keeps it to the Offline test)."""
+    from rechar.measure.inputs import FALLBACK_CACHE_BYTES
+
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli("serve", "-m", "ncf", "-b", "ort-cpu", "--scale", "tiny", "--batch", "query",
+                           "--query-sizes", "fixed:2", "--min-duration", "0.5", "--p99-ms", "0.001", "--ids", "zipf",
+                           "--zipf-alpha", "1.3", "--exports", _exports(tiny_exports), "--out", str(run_dir), "-q")
+    assert code == 0, err
+    spec = json.loads((run_dir / "specs" / "ncf__ort-cpu.json").read_text())
+    assert (spec["ids"], spec["zipf_alpha"]) == ("zipf", 1.3)
+    shell = models.shell("ncf", models.resolve_config("ncf", "tiny"))
+    cache = backend_class("ort-cpu").cache_bytes() or FALLBACK_CACHE_BYTES
+    pool = lambda ids, alpha: make_pool(shell, QuerySizes("fixed:2", 1024), 0, ids, alpha, cache).hash
+    assert set(load_trials(run_dir)["input_hash"]) == {pool("zipf", 1.3)}
+    assert pool("zipf", 1.3) not in {pool("zipf", 1.05), pool("uniform", 1.05)}
+    code, _, err = run_cli("serve", "-m", "ncf", "--scale", "tiny", "--zipf-alpha", "0")
+    assert code == 2 and "zipf-alpha" in err
 
 
 def test_interrupted_serve_resumes_without_repeating_trials(tmp_path, tiny_exports):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from rechar import stats
-from rechar.analysis.comparison import stack_comparison
+from rechar.analysis.comparison import fastest_stacks, stack_comparison
 
 T_975_DF2 = 4.302652729911275  # Student's t, two-sided 95%, 2 degrees of freedom (tables)
 
@@ -70,3 +70,43 @@ def test_stack_comparison_says_when_a_difference_is_noise():
     assert table.loc["fast", "verdict"] == "2.00x faster" and table.loc["fast", "ratio_high"] < 1
     assert table.loc["same", "verdict"] == "no significant difference"
     assert table.loc["same", "ratio_low"] <= 1 <= table.loc["same", "ratio_high"]
+
+
+def _timed(model, batch, backend, p50, low, high, method="rounds", rounds=3, status="ok"):
+    return {"host": "h", "model": model, "device": "cpu", "batch": batch, "backend": backend, "status": status,
+            "p50_us": p50, "p50_ci_low_us": low, "p50_ci_high_us": high, "ci_method": method,
+            "timed_rounds": rounds}
+
+
+def test_fastest_stack_at_the_smallest_and_largest_batch_against_the_runner_up():
+    points = pd.DataFrame([
+        _timed("m", 1, "a", 50.0, 48.0, 52.0), _timed("m", 1, "b", 100.0, 95.0, 105.0),
+        _timed("m", 1, "c", None, None, None, status="failed"),
+        _timed("m", 16, "c", 1.0, 0.9, 1.1),  # a middle batch: not reported
+        _timed("m", 64, "b", 1010.0, 800.0, 1250.0), _timed("m", 64, "a", 1000.0, 800.0, 1250.0),
+        _timed("m", 64, "c", 5000.0, 4900.0, 5100.0, method="iterations", rounds=1),
+        _timed("solo", 8, "a", 70.0, 65.0, 75.0, method="iterations", rounds=1),
+    ])
+    table = fastest_stacks(points).set_index(["model", "batch"])
+    assert list(table.index) == [("m", 1), ("m", 64), ("solo", 8)]
+    small, large, solo = table.loc[("m", 1)], table.loc[("m", 64)], table.loc[("solo", 8)]
+    assert (small["end"], small["backend"], small["runner_up_backend"], small["stacks"]) == ("smallest", "a", "b", 2)
+    assert small["ratio"] == pytest.approx(2.0) and small["verdict"] == "2.00x faster"
+    assert small["ci_method"] == "rounds"
+    # by hand: each point's log standard error from its interval over 3 rounds, Welch's degrees of freedom
+    se_a, se_b = math.log(52 / 50) / T_975_DF2, math.log(105 / 100) / T_975_DF2
+    se = math.sqrt(se_a ** 2 + se_b ** 2)
+    df = se ** 4 / (se_a ** 4 / 2 + se_b ** 4 / 2)
+    from scipy.stats import t
+    half = t.ppf(0.975, df) * se
+    assert small["ratio_low"] == pytest.approx(2.0 * math.exp(-half))
+    assert small["ratio_high"] == pytest.approx(2.0 * math.exp(half))
+    # within the noise, the lower p50 still leads, and the verdict says the difference is noise
+    assert (large["end"], large["backend"], large["runner_up_backend"]) == ("largest", "a", "b")
+    assert large["ratio"] == pytest.approx(1.01) and large["verdict"] == "no significant difference"
+    # one timed point: no runner-up
+    assert (solo["end"], solo["stacks"], solo["backend"]) == ("only", 1, "a") and pd.isna(solo["ratio"])
+    # a comparison with a point measured once has an interval over iterations only
+    once = fastest_stacks(pd.DataFrame([_timed("m", 1, "a", 50.0, 48.0, 52.0),
+                                        _timed("m", 1, "b", 60.0, 59.0, 61.0, method="iterations", rounds=1)]))
+    assert once.iloc[0]["ci_method"] == "iterations" and once.iloc[0]["ratio"] == pytest.approx(1.2)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import rechar.models as models
-from rechar.stacks.ort_trace import UNATTRIBUTED, ort_device_ops, ort_node, ort_ops, ort_start_on_wall_clock
+from rechar.stacks.ort_trace import (UNATTRIBUTED, device_view_refusal, kernel_fits, ort_device_ops, ort_node, ort_ops,
+                                     ort_start_on_wall_clock)
 from rechar.stacks.tf_trace import tf_ops
 from rechar.stacks.torch_trace import torch_ops
 from rechar.stacks import BackendOptions, backend_class
@@ -178,11 +179,11 @@ def test_ort_device_time_goes_to_the_node_that_launched_it(tmp_path):
         events.append(_x("kernel", name, wall(ort_ts) + 50, kernel_us, tid=9, correlation=correlation))
 
     for t0 in (2000, 3000):
-        launched(t0 + 11, 40.0)  # Gather
-        launched(t0 + 21, 100.0)  # Gemm: two kernels
-        launched(t0 + 25, 20.0)
-        launched(t0 + 41, 1.0)  # the Loop's own kernel, before its body runs
-        launched(t0 + 51, 7.0)  # inside the body node, which nests inside the Loop
+        launched(t0 + 11, 40.0, "void onnxruntime::cuda::_GatherKernel<float>(long, long, ...)")  # Gather
+        launched(t0 + 21, 100.0, "sm90_xmma_gemm_f32f32_tf32f32_f32_nt_n_tilesize64x64x32")  # Gemm: two kernels
+        launched(t0 + 25, 20.0, "void cublasLt::splitKreduce_kernel<32, 16, int, float>(...)")
+        launched(t0 + 41, 1.0, "void onnxruntime::cuda::LoopCondition(...)")  # the Loop's own kernel (not checked)
+        launched(t0 + 51, 7.0, "void onnxruntime::cuda::_BinaryElementWise<float, float, float, OP_Add<float>>(...)")
     launched(2090, 5.0)  # after every node of the run: no node launched it
     events.append(_x("cuda_runtime", "cudaDeviceSynchronize", wall(2095), 4, correlation=999))  # no device work
     device_path = _write_json(tmp_path / "cupti.json", {"baseTimeNanoseconds": base_ns, "traceEvents": events})
@@ -197,8 +198,112 @@ def test_ort_device_time_goes_to_the_node_that_launched_it(tmp_path):
     assert info["device_us"] == 2 * 168 + 5
     assert info["attributed_share"] == pytest.approx(336 / 341)
     assert abs(info["clock_shift_us"] - error_us) <= 1.0
+    # the independent checks: the shift agrees with the clocks' reading, and the 4 kernels per run
+    # given to nodes of a checked type (Gather, FusedGemm x2, Add; not the Loop's) fit their op
+    assert info["clock_agrees"] and info["kernel_name_share"] == 1.0 and info["kernel_names_checked"] == 8
+    assert info["kernel_name_misfits"] is None and device_view_refusal(info) is None
     with pytest.raises(ValueError, match="no device activity"):
         ort_device_ops(ort_path, _write_json(tmp_path / "none.json", {"traceEvents": events[:1]}), modules, 2, 0)
+
+
+def _alternating_runs(tmp_path, clock_error_us: float, period_us: float = 300.0, gather_launch_us: float = 25.0):
+    """An ORT CUDA profile of two runs (after a warm-up) of 4 x (Gather, Gemm), one node every
+    ``period_us``: each Gather's span is 20 µs but its kernel is launched ``gather_launch_us``
+    after the span starts; each Gemm's span is 30 µs, its kernel launched 5 µs in. The kineto
+    trace's clock is ``clock_error_us`` off the clocks' reading. Kernels last 10 µs each."""
+    modules = {f"/emb/Gather_{i}": "emb" for i in range(4)} | {f"/mlp/Gemm_{i}": f"mlp.{i}" for i in range(4)}
+    run_us = 8 * period_us + 100
+    nodes, launches = [], []
+    for t0 in (1000, 1000 + run_us, 1000 + 2 * run_us):
+        nodes.append(_ort("model_run", t0, run_us - 50, cat="Session"))
+        for i in range(4):
+            g, m = t0 + 2 * i * period_us, t0 + (2 * i + 1) * period_us
+            nodes += [_ort(f"/emb/Gather_{i}_kernel_time", g, 20, "Gather"), _ort(f"/mlp/Gemm_{i}_kernel_time", m, 30, "Gemm")]
+            if t0 > 1000:  # the warm-up run was not recorded by kineto
+                launches += [(g + gather_launch_us, "void onnxruntime::cuda::_GatherKernel<float>(...)"),
+                             (m + 5, "ampere_sgemm_32x32_sliced1x4_tn")]
+    ort_path = _write_json(tmp_path / "ort.json", nodes)
+    events = []
+    for correlation, (ort_ts, kernel) in enumerate(launches):
+        wall = (ALTERNATING_ORT_START_NS - ALTERNATING_BASE_NS) / 1000 + ort_ts + clock_error_us
+        events += [_x("cuda_runtime", "cudaLaunchKernel", wall, 3, correlation=correlation),
+                   _x("kernel", kernel, wall + 20, 10.0, tid=9, correlation=correlation)]
+    device_path = _write_json(tmp_path / "cupti_trace.json",
+                              {"baseTimeNanoseconds": ALTERNATING_BASE_NS, "traceEvents": events})
+    return ort_path, modules, ort_device_ops(ort_path, device_path, modules, 2, ALTERNATING_ORT_START_NS)[1]
+
+
+ALTERNATING_BASE_NS, ALTERNATING_ORT_START_NS = 5_000_000_000, 5_000_900_000  # kineto's base, ORT's start (wall)
+
+
+def test_ort_wrong_clock_shift_with_a_high_share_is_refused_by_the_independent_checks(tmp_path):
+    """The Gathers' kernels are launched just after their (short) host spans end, so at the true
+    alignment only the Gemms' half of the device time is matched; shifted by one node period
+    (300 µs, either way) every Gemm kernel but the last (first) of a run falls inside a Gather's
+    span and every Gather kernel but one inside a Gemm's: 14 of 16 kernels matched. The share
+    picks that shift; the clocks' reading (off by 0 here) and the kernel names (gemm kernels on
+    Gathers, gather kernels on Gemms) both refuse it."""
+    *_, info = _alternating_runs(tmp_path, clock_error_us=0.0)
+    assert info["attributed_share"] == pytest.approx(14 / 16)  # against 8 / 16 at the true alignment
+    assert abs(info["clock_shift_us"]) == pytest.approx(300.0, abs=5.0)  # the middle of the best range
+    assert not info["clock_agrees"] and info["kernel_name_share"] == 0.0 and info["kernel_names_checked"] == 14
+    assert "Gather <- ampere_sgemm_32x32_sliced1x4_tn" in info["kernel_name_misfits"]
+    refusal = device_view_refusal(info)
+    assert "300 µs from the clocks' reading" in refusal and "only 0% of 14 checked kernels" in refusal
+    assert "matched a node" not in refusal  # the share alone would have let it through
+
+
+def test_ort_wrong_shift_within_the_clock_tolerance_is_refused_by_kernel_names(tmp_path):
+    """Nodes 120 µs apart: the wrong shift (~120 µs) lies within the clocks' tolerance, so only the
+    kernel names can tell; with the Gathers launching inside their spans the true shift wins and
+    both checks pass."""
+    *_, info = _alternating_runs(tmp_path, clock_error_us=0.0, period_us=120.0)
+    assert abs(info["clock_shift_us"]) == pytest.approx(120.0, abs=5.0) and info["clock_agrees"]
+    assert info["attributed_share"] == pytest.approx(14 / 16) and info["kernel_name_share"] == 0.0
+    assert device_view_refusal(info).startswith("only 0% of 14 checked kernels fit their node's operator")
+    *_, info = _alternating_runs(tmp_path, clock_error_us=40.0, period_us=120.0, gather_launch_us=5.0)
+    assert info["clock_shift_us"] == pytest.approx(35.25) and info["attributed_share"] == 1.0  # middle of (25, 45]
+    assert info["kernel_name_share"] == 1.0 and info["kernel_names_checked"] == 16
+    assert device_view_refusal(info) is None
+
+
+def test_ort_shift_far_from_the_clocks_reading_is_refused_even_when_names_fit(tmp_path):
+    """The kineto clock 600 µs off the reading (a clock fault): the search still finds the right
+    alignment and every kernel fits its node, but a shift that far from the reading is not
+    trusted."""
+    *_, info = _alternating_runs(tmp_path, clock_error_us=600.0, gather_launch_us=5.0)
+    assert info["clock_shift_us"] == pytest.approx(595.0, abs=1.0) and info["kernel_name_share"] == 1.0
+    assert not info["clock_agrees"]
+    # every launch lies in its span for shifts in (585, 605]: the middle is taken
+    assert device_view_refusal(info) == "the shift that matched most launches is 595 µs from the clocks' reading (tolerance 250 µs)"
+
+
+def test_ort_cuda_profile_stays_host_side_when_the_attribution_is_refused(tmp_path):
+    """The backend's view of the wrong-shift trace: the host-side ops, the checks and the refusal
+    recorded with the profile; the right-shift trace keeps its device time."""
+    from rechar.stacks.ort_backend import OrtCudaBackend
+
+    backend = OrtCudaBackend(BackendOptions(threads=1))
+    backend._clocks_now = (ALTERNATING_ORT_START_NS + 10**8, 10**15)  # ORT's start read on the wall clock
+    ort_path, modules, _ = _alternating_runs(tmp_path, clock_error_us=0.0)
+    result = backend._parse_profile(ort_path, modules, 2, ALTERNATING_ORT_START_NS, tmp_path)
+    assert result.info["time_basis"] == "host" and not result.info["clock_agrees"]
+    assert "checked kernels fit their node's operator" in result.info["device_trace_error"]
+    assert result.ops["self_us"].sum() == pytest.approx(2 * 4 * (20 + 30))  # host spans only
+    ort_path, modules, _ = _alternating_runs(tmp_path, clock_error_us=40.0, gather_launch_us=5.0)
+    result = backend._parse_profile(ort_path, modules, 2, ALTERNATING_ORT_START_NS, tmp_path)
+    assert result.info["time_basis"] == "host+device" and "device_trace_error" not in result.info
+    assert result.ops["self_us"].sum() == pytest.approx(2 * 4 * (20 + 30) + 16 * 10.0)
+
+
+def test_kernel_names_fit_their_operator():
+    assert kernel_fits("Gemm", "sm90_xmma_gemm_f32f32_tf32f32_f32_nt_n_tilesize128x128x32_warpgroupsize1x1x1")
+    assert kernel_fits("MatMul", "void gemv2T_kernel_val<int, int, float, float, float, float, 128, 16, 4, 4>(...)")
+    assert kernel_fits("FusedMatMul", "nvjet_tst_64x8_64x16_4x1_v_bz_TNT")
+    assert kernel_fits("Gather", "void onnxruntime::cuda::_GatherKernel<float>(long, long, ...)")
+    assert kernel_fits("Concat", "void onnxruntime::cuda::_ConcatKernel<float, ...>(...)")
+    assert not kernel_fits("Gemm", "void onnxruntime::cuda::_GatherKernel<float>(...)")
+    assert not kernel_fits("Gather", "ampere_sgemm_32x32_sliced1x4_tn")
 
 
 def test_ort_profiling_start_is_placed_on_the_wall_clock():

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from rechar.analysis.comparison import noisy_points, runner_up, speedup_intervals, stack_comparison
-from rechar.analysis.breakdown import bottleneck_shift, breakdown_wide, category_breakdown, dominant_table
+from rechar.analysis.comparison import fastest_stacks, noisy_points, runner_up, speedup_intervals, stack_comparison
+from rechar.analysis.breakdown import (bottleneck_shift, breakdown_wide, category_breakdown, dominant_shifts,
+                                      dominant_table)
 from rechar.analysis.counters import counted_metrics, counter_support, counter_table, load_counters
 from rechar.analysis.deployment import best_deployment, crossover, gpu_speedup
 from rechar.analysis.features import feature_correlation, model_features, model_metrics
@@ -25,6 +26,7 @@ from rechar.analysis.ops import OPS_COLUMNS, coverage, load_ops, profile_time_ba
 from rechar.analysis.serving import best_policy, load_curve, serving_capacity
 from rechar.errors import UserError
 from rechar.measure.counters import HARDWARE
+from rechar.analysis.corrections import corrections
 from rechar.results.store import load_points, read_manifest
 from rechar.sweep.cluster import member_runs
 from rechar.serving.trials import TRIAL_COLUMNS, is_serve_run, load_trials
@@ -43,12 +45,13 @@ class Runs:
     manifests: dict[str, dict]  # host -> manifest of its (last) run
     trials: pd.DataFrame  # rechar.serving.trials.TRIAL_COLUMNS + host: LoadGen tests of serving runs
     time_basis: pd.DataFrame  # host, backend, time_basis, points: what GPU profiles' op times cover
+    corrections: pd.DataFrame  # run_id, host + rechar.results.annotations.corrections: applied on read
 
 
 def load_runs(run_dirs: list[str | Path]) -> Runs:
     if not run_dirs:
         raise UserError("give at least one run folder")
-    points, ops, counters, trials, configs, manifests, bases = [], [], [], [], {}, {}, []
+    points, ops, counters, trials, configs, manifests, bases, fixes = [], [], [], [], {}, {}, [], []
     # A cluster run made with --each-node stands for its per-node runs, one platform each.
     run_dirs = [m for r in map(Path, run_dirs) for m in member_runs(r, read_manifest(r))]
     for run_dir in run_dirs:
@@ -62,6 +65,7 @@ def load_runs(run_dirs: list[str | Path]) -> Runs:
         if not run_ops.empty:  # an empty, untyped frame would turn every concatenated column to object
             ops.append(run_ops.assign(host=host))
         bases.append(profile_time_basis(run_dir).assign(host=host))
+        fixes.append(corrections(run_dir).assign(run_id=manifest.get("run_id"), host=host))
         run_counters = load_counters(run_dir)
         if not run_counters.empty:
             counters.append(run_counters)
@@ -72,7 +76,7 @@ def load_runs(run_dirs: list[str | Path]) -> Runs:
     all_counters = pd.concat(counters, ignore_index=True) if counters else counter_table([])
     all_trials = pd.concat(trials, ignore_index=True) if trials else pd.DataFrame(columns=[*TRIAL_COLUMNS, "host"])
     return Runs(pd.concat(points, ignore_index=True), all_ops, all_counters, configs, manifests, all_trials,
-                pd.concat(bases, ignore_index=True))
+                pd.concat(bases, ignore_index=True), pd.concat(fixes, ignore_index=True))
 
 
 def analyze(run_dirs: list[str | Path], p99_bound_ms: float = 10.0, reference: str = "torch") -> dict[str, pd.DataFrame]:
@@ -92,9 +96,11 @@ def analyze(run_dirs: list[str | Path], p99_bound_ms: float = 10.0, reference: s
         "unmapped": unmapped_ops(ops) if not ops.empty else pd.DataFrame(),
         "breakdown": breakdown,
         "time_basis": runs.time_basis,
+        "corrections": runs.corrections,
         "breakdown_wide": breakdown_wide(breakdown) if not breakdown.empty else pd.DataFrame(),
         "shift": shift,
         "dominant": dominant_table(shift) if not shift.empty else pd.DataFrame(),
+        "dominant_shifts": dominant_shifts(shift),
         "speedup": speedup,
         "crossover": crossover(speedup),
         "precision": precision_table(points),
@@ -102,6 +108,7 @@ def analyze(run_dirs: list[str | Path], p99_bound_ms: float = 10.0, reference: s
         "best": best,
         "runner_up": runner_up(best, points, p99_bound_ms),
         "comparison": stack_comparison(points, reference),
+        "fastest": fastest_stacks(points),
         "noisy": noisy_points(points),
         "counters": counters,
         "counter_support": counter_support(runs.manifests),
@@ -121,6 +128,9 @@ def format_tables(tables: dict[str, pd.DataFrame]) -> str:
     def add(title: str, df: pd.DataFrame, empty: str) -> None:
         sections.append(f"== {title}\n" + (df.to_string(index=False, float_format=lambda v: f"{v:.3g}") if not df.empty else empty))
 
+    if not tables["corrections"].empty:
+        add("corrections applied to the runs' records (annotations.json; the logs are as written)",
+            tables["corrections"][["run_id", "log", "match", "set", "records", "why"]], "")
     if not tables["serving"].empty:
         add("serving under load: highest rate (queries/s) within the p99 bound per policy (LoadGen Server)",
             tables["serving"][["host", "model", "backend", "offload", "policy", "capacity_qps", "result", "p99_ms",
@@ -156,7 +166,7 @@ def format_tables(tables: dict[str, pd.DataFrame]) -> str:
     if not prec.empty:
         add("3c. reduced precision against fp32 (same stack, host, batch): speedup, weight memory, quality",
             prec[["host", "model", "stack", "precision", "batch", "status", "speedup", "memory_ratio",
-                  "quality_max_abs", "quality_pair_agreement"]], "")
+                  "quality_logit_mean", "quality_logit_max", "quality_pair_agreement"]], "")
         moved = tables["precision_shift"]
         moved = moved[moved["delta"].abs() >= 0.05].copy()
         moved["delta"] = (100 * moved["delta"]).round(1)
@@ -168,6 +178,11 @@ def format_tables(tables: dict[str, pd.DataFrame]) -> str:
     add("stack against stack: p50 over the reference backend's at the same point (95% interval)",
         comparison.drop(columns=["reference"]) if not comparison.empty else comparison,
         "(no point of the reference backend to compare with)")
+    fastest = tables["fastest"]
+    add("fastest stack per model at its smallest and largest timed batch (runner-up p50 / fastest p50, 95% interval)",
+        fastest[["model", "batch", "host", "backend", "device", "p50_us", "runner_up_backend", "runner_up_p50_us",
+                 "ratio", "ratio_low", "ratio_high", "ci_method", "verdict"]] if not fastest.empty else fastest,
+        "(no timed point)")
     noisy = tables["noisy"]
     if not noisy.empty:
         add("noisy points: the machine was busy while they were timed (compare with care; --remeasure-noisy)",

@@ -64,3 +64,15 @@ def dominant_table(shift: pd.DataFrame) -> pd.DataFrame:
     top = top.assign(cell=top["dominant"] + " (" + (100 * top["dominant_share"]).round(0).astype(int).astype(str) + "%)")
     return top.pivot_table(index=["host", "model", "device", "batch"], columns="backend", values="cell",
                            aggfunc="first").reset_index()
+
+
+def dominant_shifts(shift: pd.DataFrame) -> pd.DataFrame:
+    """The points (host, model, device, batch) whose backends disagree on the dominant category:
+    one row per backend there, with its dominant category and share."""
+    keys = ["host", "model", "device", "batch"]
+    columns = keys + ["backend", "dominant", "dominant_share"]
+    if shift.empty:
+        return pd.DataFrame(columns=columns)
+    top = shift.drop_duplicates(keys + ["backend"])[columns]
+    disagree = top.groupby(keys)["dominant"].transform("nunique") > 1
+    return top[disagree].sort_values(keys + ["backend"], ignore_index=True)

@@ -81,8 +81,44 @@ def runner_up(best: pd.DataFrame, points: pd.DataFrame, p99_bound_ms: float) -> 
         rows.append({"model": model, "best": f"{first['backend']} b{int(first['batch'])} ({first['host']})",
                      "runner_up": f"{second['backend']} b{int(second['batch'])} ({second['host']})",
                      **_fields(scaled, "more throughput", "less throughput",
-                               first["throughput_sps"] / second["throughput_sps"])})
-    return pd.DataFrame(rows, columns=["model", "best", "runner_up", "ratio", "ratio_low", "ratio_high", "verdict"])
+                               first["throughput_sps"] / second["throughput_sps"]),
+                     "ci_method": _basis(first, second) if scaled else None})
+    return pd.DataFrame(rows, columns=["model", "best", "runner_up", "ratio", "ratio_low", "ratio_high", "verdict",
+                                       "ci_method"])
+
+
+def fastest_stacks(points: pd.DataFrame) -> pd.DataFrame:
+    """Per model, at its smallest and at its largest batch with a timed point (``end``: smallest,
+    largest, or only when one batch was timed): the stack with the lowest p50 across hosts,
+    devices and precisions, the runner-up, and the runner-up's p50 over the fastest's (at least 1)
+    with its 95% interval, the interval's basis (``ci_method``: rounds when both points were
+    measured in rounds, else iterations) and a verdict."""
+    columns = ["model", "end", "batch", "stacks", "host", "backend", "device", "p50_us", "runner_up_host",
+               "runner_up_backend", "runner_up_device", "runner_up_p50_us", "ratio", "ratio_low", "ratio_high",
+               "ci_method", "verdict"]
+    ok = points[(points["status"] == "ok") & points["p50_us"].notna()]
+    rows = []
+    for model, group in ok.groupby("model", sort=True):
+        batches = sorted(group["batch"].unique())
+        ends = [("smallest", batches[0]), ("largest", batches[-1])] if len(batches) > 1 else [("only", batches[0])]
+        for end, batch in ends:
+            ranked = group[group["batch"] == batch].sort_values(["p50_us", "host", "backend", "device"])
+            first = ranked.iloc[0]
+            row = {"model": model, "end": end, "batch": int(batch), "stacks": len(ranked),
+                   **{k: first[k] for k in ("host", "backend", "device", "p50_us")}}
+            if len(ranked) > 1:
+                second = ranked.iloc[1]
+                r = _ratio(second, first)
+                row.update({f"runner_up_{k}": second[k] for k in ("host", "backend", "device", "p50_us")})
+                row.update(_fields(r, "faster", "slower", second["p50_us"] / first["p50_us"]),
+                           ci_method=_basis(first, second) if r else None)
+            rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _basis(a, b) -> str:
+    """What a ratio's interval is over: rounds when both points were measured in rounds."""
+    return "rounds" if a.get("ci_method") == "rounds" and b.get("ci_method") == "rounds" else "iterations"
 
 
 def noisy_points(points: pd.DataFrame) -> pd.DataFrame:

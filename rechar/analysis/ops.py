@@ -20,11 +20,11 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 import rechar.models as models
 from rechar.analysis.taxonomy import attribute, categorize
 from rechar.stacks.base import PROFILE_COLUMNS
+from rechar.results.annotations import ANNOTATIONS, apply_to_records
 from rechar.results.store import PROFILES_LOG, read_log, read_manifest, write_parquet
 
 OPS = "ops.parquet"
@@ -38,8 +38,7 @@ POINT_KEYS = ["run_id", "model", "backend", "device", "batch"]
 @functools.lru_cache(maxsize=32)
 def _layer_classes(name: str, config_json: str) -> dict[str, str]:
     config = models.resolve_config(name, "paper", json.loads(config_json))
-    with torch.device("meta"):
-        model = models.get(name, config=config)
+    model = models.shell(name, config)
     return {path: type(module).__name__ for path, module in model.named_modules() if path}
 
 
@@ -71,8 +70,8 @@ def normalize(raw: pd.DataFrame, iterations: int, point: dict, classes: dict[str
 
 
 def read_profiles(run_dir: Path) -> list[dict]:
-    """Records of profiles.jsonl, one per point."""
-    return read_log(run_dir, PROFILES_LOG)
+    """Records of profiles.jsonl, one per point, with the run's annotations.json applied."""
+    return apply_to_records(read_log(run_dir, PROFILES_LOG), run_dir, "profiles")
 
 
 def profile_time_basis(run_dir: Path) -> pd.DataFrame:
@@ -104,8 +103,9 @@ def build_ops_table(run_dir: Path) -> pd.DataFrame:
 def load_ops(run_dir: Path) -> pd.DataFrame:
     """ops.parquet of a run, rebuilt from profiles.jsonl when missing or older than it."""
     run_dir = Path(run_dir)
-    path, log = run_dir / OPS, run_dir / PROFILES_LOG
-    if not path.exists() or (log.exists() and log.stat().st_mtime > path.stat().st_mtime):
+    path = run_dir / OPS
+    sources = [p for p in (run_dir / PROFILES_LOG, run_dir / ANNOTATIONS) if p.exists()]
+    if not path.exists() or any(p.stat().st_mtime > path.stat().st_mtime for p in sources):
         return build_ops_table(run_dir)
     read_manifest(run_dir)
     return pd.read_parquet(path)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 
 POINT = ["host", "model", "batch"]
-QUALITY = ["quality_max_abs", "quality_mean_abs", "quality_pair_agreement"]
+QUALITY = ["quality_logit_mean", "quality_logit_max", "quality_pair_agreement", "quality_max_abs", "quality_mean_abs"]
 
 
 def _split(backend: pd.Series) -> tuple[pd.Series, pd.Series]:

@@ -21,17 +21,31 @@ as the FC it is).
 
 ``runtime`` is framework work outside any operator: entering a compiled region, checking its
 guards, launching the compiled graph.
+
+The models after the study add layer categories of their own: ``cross-network`` (DCNv2's low-rank
+cross layers), ``self-attention`` (SASRec's softmax attention, its q/k/v/output projections
+included), ``pointwise-attention`` (HSTU's SiLU attention core with its relative bias and the
+bucketing of action times that feeds it; its
+fused u/v/q/k projection and output layer stay ``fc``), ``feed-forward`` (SASRec's position-wise
+FFN), ``candidate-scoring`` (candidates scored against the user's state) and ``normalisation``
+(layer norm, also an op category: each framework's layer-norm ops).
 """
 
 from __future__ import annotations
 
 CATEGORIES = (
-    "fc", "embedding", "interaction", "attention", "recurrent", "activation", "elementwise", "softmax",
-    "data-movement", "quantize", "runtime", "other",
+    "fc", "embedding", "interaction", "attention", "recurrent", "cross-network", "self-attention",
+    "pointwise-attention", "feed-forward", "candidate-scoring", "normalisation", "activation", "elementwise",
+    "softmax", "data-movement", "quantize", "runtime", "other",
 )
-#: Fused kernels count in the first of these categories that one of their member ops has.
-FUSION_RANK = ("fc", "embedding", "recurrent", "attention", "softmax", "interaction", "activation", "elementwise",
-               "data-movement", "quantize", "runtime", "other")
+#: The categories that the models after the study added.
+LATER_CATEGORIES = ("cross-network", "self-attention", "pointwise-attention", "feed-forward", "candidate-scoring",
+                    "normalisation")
+#: Fused kernels count in the first of these categories that one of their member ops has (the
+#: layer categories never are an op's own, so their rank does not matter; normalisation is).
+FUSION_RANK = ("fc", "embedding", "recurrent", "attention", "cross-network", "self-attention", "pointwise-attention",
+               "feed-forward", "candidate-scoring", "normalisation", "softmax", "interaction", "activation",
+               "elementwise", "data-movement", "quantize", "runtime", "other")
 
 _FC = "fc"
 _EMB = "embedding"
@@ -43,6 +57,7 @@ _SMX = "softmax"
 _MOV = "data-movement"
 _RUN = "runtime"
 _QNT = "quantize"  # quantizing activations and dequantizing results of reduced-precision kernels
+_NRM = "normalisation"
 
 #: Native op name -> category, for every framework (names do not collide across frameworks).
 OP_CATEGORY: dict[str, str] = {
@@ -140,14 +155,29 @@ OP_CATEGORY: dict[str, str] = {
     "RNNSequence": _REC, "LSTMSequence": _REC, "Convert": _MOV, "Reorder": _MOV, "Broadcast": _MOV,
     "VariadicSplit": _MOV, "StridedSlice": _MOV, "ShapeOf": _MOV, "Parameter": _MOV, "Result": _MOV,
     "Input": _MOV, "Output": _MOV,
+    # Ops of the later models (layer norm, SiLU, attention kernels, time bucketing), every framework
+    "aten::layer_norm": _NRM, "aten::native_layer_norm": _NRM, "aten::var_mean": _NRM, "LayerNormalization": _NRM,
+    "SimplifiedLayerNormalization": _NRM, "SkipLayerNormalization": _NRM, "MVN": _NRM,
+    "aten::silu": _ACT, "aten::silu_": _ACT, "QuickGelu": _ACT, "_MklSwish": _ACT, "Swish": _ACT,
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "attention",
+    "aten::scaled_dot_product_attention": "attention",
+    "aten::ne": _ELT, "aten::sqrt": _ELT, "aten::rsqrt": _ELT, "aten::clamp_max": _ELT, "Abs": _ELT, "Clip": _ELT,
+    "Clamp": _ELT, "NotEqual": _ELT, "GreaterOrEqual": _ELT, "LessOrEqual": _ELT, "AddN": _ELT, "Rsqrt": _ELT, "SquaredDifference": _ELT,
+    "aten::zeros_like": _MOV, "aten::split_with_sizes": _MOV, "prims::convert_element_type": _MOV, "Pad": _MOV,
 }
 
 #: Model layer (PyTorch module class) -> category that everything inside it counts as.
 LAYER_CATEGORY: dict[str, str] = {
-    "EmbeddingTable": _EMB, "PooledEmbeddings": _EMB, "SingleEmbeddings": _EMB,
-    "Interaction": _INT,
+    "EmbeddingTable": _EMB, "PooledEmbeddings": _EMB, "SingleEmbeddings": _EMB, "MultiHotEmbeddings": _EMB,
+    "Interaction": _INT, "FeatureConcat": _INT,
     "ActivationUnit": "attention", "InterestAttention": "attention",
     "GRU": _REC, "AUGRUCell": _REC,
+    "LowRankCrossNet": "cross-network",
+    "CausalSelfAttention": "self-attention",
+    "PointwiseAttention": "pointwise-attention", "TimeBuckets": "pointwise-attention",
+    "FeedForward": "feed-forward",
+    "CandidateScoring": "candidate-scoring",
+    "LayerNorm": _NRM,
 }
 
 

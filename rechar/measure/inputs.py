@@ -89,14 +89,17 @@ class PoolSpec:
     mode: str
     cache_bytes: int
     rule: PoolRule = PoolRule()
+    #: Bytes of an embedding row as the stack holds it over fp32's (a precision variant's int8 rows
+    #: are ~1/4): pools are sized by the rows the stack actually gathers.
+    row_scale: float = 1.0
 
     def size(self, model: RecModel, batch: int) -> int:
         if self.mode == "replay":
             return 1
         sample = self.member(model, batch, 0)
         tables = sum(t.weight.numel() * t.weight.element_size() for t in model.embedding_tables())
-        return self.rule.size(gathered_bytes(model, sample), sum(a.nbytes for a in sample.values()), self.cache_bytes,
-                              tables)
+        return self.rule.size(round(gathered_bytes(model, sample) * self.row_scale), sum(a.nbytes for a in sample.values()),
+                              self.cache_bytes, round(tables * self.row_scale))
 
     def member(self, model: RecModel, batch: int, index: int) -> dict[str, np.ndarray]:
         return model.make_inputs(batch, seed=self.seed, ids=self.ids, zipf_alpha=self.zipf_alpha, member=index)
@@ -114,8 +117,8 @@ class PoolSpec:
             for path, ids in model.lookups(inputs).items():
                 rows[path].append(ids.ravel())
         distinct = sum(np.unique(np.concatenate(parts)).size for parts in rows.values() if parts)
-        return InputPool(batches, self.mode, self.cache_bytes, gathered_bytes(model, batches[0]) * len(batches),
-                         distinct, pool_hash(batches))
+        return InputPool(batches, self.mode, self.cache_bytes,
+                         round(gathered_bytes(model, batches[0]) * self.row_scale) * len(batches), distinct, pool_hash(batches))
 
 
 def row_bytes(model: RecModel) -> dict[str, int]:

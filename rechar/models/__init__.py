@@ -1,4 +1,5 @@
-"""The eight recommendation models of the study, each defined once in PyTorch.
+"""The eight recommendation models of the study and three of today's (DLRM-DCNv2, SASRec, HSTU),
+each defined once in PyTorch.
 
     >>> import rechar.models
     >>> model = rechar.models.get("dlrm-rmc1", scale="tiny")
@@ -12,31 +13,37 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import psutil
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from rechar.errors import UserError
 from rechar.models.base import RecModel
+from rechar.models.calibration import calibrate
 from rechar.models.config import DEFAULT_SCALE, SCALE_HELP, SCALES, ModelConfig, load_config_file
+from rechar.models.dcnv2 import DLRM_DCNV2, DLRMDCNv2
 from rechar.models.dien import DIEN, DIENConfig
 from rechar.models.din import DIN, DINConfig
 from rechar.models.dlrm import DLRM, RMC1, RMC2, RMC3
+from rechar.models.hstu import HSTU, HSTUConfig
 from rechar.models.ncf import NCF, NCFConfig
+from rechar.models.sasrec import SASRec, SASRecConfig
 from rechar.models.wide_deep import MultiTaskWideDeep, MultiTaskWideDeepConfig, WideDeep, WideDeepConfig
 
 __all__ = [
-    "MODELS", "SCALES", "SCALE_HELP", "DEFAULT_SCALE", "RecModel", "ModelConfig",
+    "MODELS", "STUDY_MODELS", "SCALES", "SCALE_HELP", "DEFAULT_SCALE", "RecModel", "ModelConfig",
     "get", "shell", "resolve_config", "describe", "names", "load_config_file",
 ]
 
 EMBEDDING, MLP, SEQUENCE = "embedding-dominated", "MLP-dominated", "attention/sequence"
+CROSS = "cross-network/MLP"
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
     cls: type[RecModel]
-    paper: ModelConfig  # the study's sizes
-    category: str  # what the study found to dominate CPU time
+    paper: ModelConfig  # the study's sizes (for the three later models: their reference sizes)
+    category: str  # what the study found to dominate CPU time (later models: their architecture's class)
 
 
 MODELS: dict[str, ModelEntry] = {
@@ -48,10 +55,19 @@ MODELS: dict[str, ModelEntry] = {
     "mt-wnd": ModelEntry(MultiTaskWideDeep, MultiTaskWideDeepConfig(), MLP),
     "din": ModelEntry(DIN, DINConfig(), SEQUENCE),
     "dien": ModelEntry(DIEN, DIENConfig(), SEQUENCE),
+    # After the study: MLPerf's DLRM-v2, and sequential transformers over a user's history
+    "dlrm-dcnv2": ModelEntry(DLRMDCNv2, DLRM_DCNV2, CROSS),
+    "sasrec": ModelEntry(SASRec, SASRecConfig(), SEQUENCE),
+    "hstu": ModelEntry(HSTU, HSTUConfig(), SEQUENCE),
 }
 
 
+#: The study's eight: what a run measures when no model is named.
+STUDY_MODELS = ("dlrm-rmc1", "dlrm-rmc2", "dlrm-rmc3", "ncf", "wnd", "mt-wnd", "din", "dien")
+
+
 def names() -> list[str]:
+    """Every model: the study's eight and the three after it."""
     return list(MODELS)
 
 
@@ -75,13 +91,35 @@ def get(
     seed: int = 0,
     config: ModelConfig | None = None,
 ) -> RecModel:
-    """Build a model in eval mode with weights drawn deterministically from ``seed``."""
+    """Build a model in eval mode with weights drawn deterministically from ``seed``.
+
+    Refuses (UserError) before allocating anything when the weights alone exceed the memory
+    available now (MLPerf's DLRM-DCNv2 tables are 104.5 GB)."""
     cls = _entry(name).cls
+    named_scale = "" if config is not None else scale  # a config passed in may come from any scale
     config = config or resolve_config(name, scale, overrides)
+    check_fits_in_memory(name, config, named_scale)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = cls(name, config)
-    return model.eval()
+    model.eval()
+    calibrate(model, seed)  # outputs that spread like a trained model's (rechar.models.calibration)
+    return model
+
+
+def weight_bytes(name: str, config: ModelConfig) -> int:
+    """Bytes of the model's parameters, computed on the meta device (nothing allocated)."""
+    return sum(p.numel() * p.element_size() for p in shell(name, config).parameters())
+
+
+def check_fits_in_memory(name: str, config: ModelConfig, scale: str = "") -> None:
+    need = weight_bytes(name, config)
+    available = psutil.virtual_memory().available
+    if need > available:
+        where = f" at scale {scale!r}" if scale else ""
+        raise UserError(
+            f"{name}{where} needs {need / 1e9:.1f} GB for its weights but this machine has {available / 1e9:.1f} GB "
+            f"available; choose a smaller scale (--scale small) or cap table_rows in a config file")
 
 
 def shell(name: str, config: ModelConfig) -> RecModel:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from rechar.errors import UserError
+from rechar.models.calibration import LogitLayer
 from rechar.models.config import ModelConfig
 from rechar.models.layers import EmbeddingTable
 
@@ -74,6 +75,9 @@ class RecModel(nn.Module):
 
     input_names: ClassVar[tuple[str, ...]]
     output_names: ClassVar[tuple[str, ...]] = ("prediction",)
+    #: What the output is: per-column sigmoid probabilities, softmax probabilities over the last
+    #: axis, or raw scores; the gates compare outputs as logits (rechar.models.calibration).
+    output_kind: ClassVar[str] = "sigmoid"
 
     def __init__(self, name: str, config: ModelConfig):
         super().__init__()
@@ -98,6 +102,11 @@ class RecModel(nn.Module):
         (padded sequence steps included: the gather reads them). Each model says how its inputs
         feed its tables; a test checks this against the ids the tables actually receive."""
         raise NotImplementedError
+
+    def logit_layer(self) -> LogitLayer | None:
+        """The parameters the output logits are linear in and each logit's bias, for calibrating
+        the outputs' spread (rechar.models.calibration); None: not calibrated."""
+        return None
 
     def fixed_dims(self) -> dict[str, int]:
         """Dimensions other than batch that the exported graph fixes (e.g. a sequence length)."""

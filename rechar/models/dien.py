@@ -7,6 +7,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from rechar.models.calibration import LogitLayer
 from rechar.models.base import RecModel
 from rechar.models.config import ModelConfig, rows, seq
 from rechar.models.din import DIN
@@ -41,6 +42,7 @@ class InterestAttention(nn.Module):
 
 
 class DIEN(RecModel):
+    output_kind = "softmax"
     input_names = DIN.input_names
     output_names = DIN.output_names
 
@@ -54,6 +56,10 @@ class DIEN(RecModel):
         self.attention = InterestAttention(c.hidden, c.embedding_dim, c.attention_mlp)
         self.interest_evolution = AUGRUCell(c.hidden, c.hidden)
         self.top_mlp = mlp(c.hidden + 3 * c.embedding_dim, c.top_mlp, last_activation=False)
+
+    def logit_layer(self) -> LogitLayer:
+        last = self.top_mlp[-1]  # two classes: the logit is z1 - z0, moved by the second bias
+        return LogitLayer([last.weight, last.bias], [(last.bias, 1)])
 
     def forward(self, profile, context, history, history_mask, target):
         target_emb = self.item_emb(target)

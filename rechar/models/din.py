@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rechar.models.calibration import LogitLayer
 from rechar.models.base import InputGenerator, RecModel
 from rechar.models.config import ModelConfig, rows, seq
 from rechar.models.layers import EmbeddingTable, mlp
@@ -48,6 +49,7 @@ class ActivationUnit(nn.Module):
 
 
 class DIN(RecModel):
+    output_kind = "softmax"
     input_names = ("profile", "context", "history", "history_mask", "target")
     output_names = ("probabilities",)
 
@@ -59,6 +61,10 @@ class DIN(RecModel):
         self.context_emb = EmbeddingTable(c.context_rows, c.embedding_dim, c.context_lookups, pooled=True)
         self.attention = ActivationUnit(c.embedding_dim, c.attention_mlp)
         self.top_mlp = mlp(4 * c.embedding_dim, c.top_mlp, last_activation=False)
+
+    def logit_layer(self) -> LogitLayer:
+        last = self.top_mlp[-1]  # two classes: the logit is z1 - z0, moved by the second bias
+        return LogitLayer([last.weight, last.bias], [(last.bias, 1)])
 
     def forward(self, profile, context, history, history_mask, target):
         target_emb = self.item_emb(target)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from rechar.errors import UserError
+from rechar.models.calibration import LogitLayer
 from rechar.models.base import InputGenerator, RecModel
 from rechar.models.config import ModelConfig, rows
 from rechar.models.layers import PooledEmbeddings, mlp
@@ -72,6 +73,10 @@ class DLRM(RecModel):
         self.interaction = Interaction(c.interaction, len(c.table_rows) + 1)
         top_in = Interaction.out_features(c.interaction, c.bottom_mlp[-1], c.embedding_dim, len(c.table_rows))
         self.top_mlp = mlp(top_in, c.top_mlp, last_activation=False)
+
+    def logit_layer(self) -> LogitLayer:
+        last = self.top_mlp[-1]
+        return LogitLayer([last.weight, last.bias], [(last.bias, 0)])
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         z = self.interaction(self.bot_mlp(dense), self.emb(sparse))

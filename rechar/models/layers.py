@@ -40,8 +40,11 @@ class EmbeddingTable(nn.Module):
     def __init__(self, num_rows: int, dim: int, lookups: int, pooled: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_rows, dim))
-        # DLRM's initialisation: uniform in +-sqrt(1/rows).
-        bound = math.sqrt(1.0 / num_rows)
+        # Uniform in +-sqrt(1/dim): rows of a trained model's magnitude, whatever the table's size.
+        # (DLRM's reference code draws +-sqrt(1/rows): at 100,000 rows and more its rows are so
+        # small that the outputs barely depend on the ids, and no check can tell a wrong table from
+        # the right one; see rechar.models.calibration.)
+        bound = math.sqrt(1.0 / dim)
         if self.weight.device.type != "meta":
             nn.init.uniform_(self.weight, -bound, bound)
         self.lookups = lookups  # rows read per sample; used for embedding-bytes-read figures

@@ -6,6 +6,7 @@ import dataclasses
 
 import torch
 
+from rechar.models.calibration import LogitLayer
 from rechar.models.base import InputGenerator, RecModel
 from rechar.models.config import ModelConfig, rows
 from rechar.models.layers import EmbeddingTable, mlp
@@ -35,6 +36,10 @@ class NCF(RecModel):
         self.mlp_item = EmbeddingTable(c.mlp_item_rows, c.mlp_dim, lookups=1)
         self.mlp = mlp(2 * c.mlp_dim, c.mlp)
         self.predict_layer = nn.Linear(c.gmf_dim + c.mlp[-1], 1)
+
+    def logit_layer(self) -> LogitLayer:
+        last = self.predict_layer
+        return LogitLayer([last.weight, last.bias], [(last.bias, 0)])
 
     def forward(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         # NeuMF's GMF is an element-wise product (the reference code sums: a quirk not followed).

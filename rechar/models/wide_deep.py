@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rechar.models.calibration import LogitLayer
 from rechar.models.base import InputGenerator, RecModel
 from rechar.models.config import ModelConfig, rows
 from rechar.models.layers import SingleEmbeddings, Wide, mlp
@@ -31,6 +32,10 @@ class WideDeep(RecModel):
         self.deep = mlp(c.dense_features + len(c.table_rows) * c.embedding_dim, c.deep_mlp, last_activation=False)
         # The reference code omits the wide part; it costs little and keeps the model honest.
         self.wide = Wide(c.dense_features, c.table_rows)
+
+    def logit_layer(self) -> LogitLayer:
+        last = self.deep[-1]  # the deep logit and the wide part add up to the logit
+        return LogitLayer([last.weight, last.bias, *self.wide.parameters()], [(last.bias, 0)])
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         deep = self.deep(torch.cat([dense, *self.emb(sparse)], dim=1))
@@ -71,6 +76,11 @@ class MultiTaskWideDeep(RecModel):
             mlp(c.shared_mlp[-1], c.task_mlp, last_activation=False) for _ in range(c.tasks)
         )
         self.wide = Wide(c.dense_features, c.table_rows, outputs=c.tasks)  # one wide logit per task
+
+    def logit_layer(self) -> LogitLayer:
+        lasts = [tower[-1] for tower in self.task_towers]  # task k's logit: its tower plus its wide column
+        return LogitLayer([p for last in lasts for p in (last.weight, last.bias)] + list(self.wide.parameters()),
+                          [(last.bias, 0) for last in lasts])
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         shared = self.shared(torch.cat([dense, *self.emb(sparse)], dim=1))

@@ -14,22 +14,25 @@ import pandas as pd
 from bokeh.layouts import gridplot, row
 from bokeh.models import (BasicTicker, ColorBar, ColumnDataSource, FactorRange, HoverTool, Legend, LegendItem,
                           LinearColorMapper, NumeralTickFormatter, Scatter)
-from bokeh.palettes import Category10, Colorblind8, RdBu11
+from bokeh.palettes import Category20, Colorblind8, RdBu11
 from bokeh.plotting import figure
 
-from rechar.analysis.taxonomy import CATEGORIES
+from rechar.analysis.taxonomy import CATEGORIES, LATER_CATEGORIES
 
 #: The page's width budget: at most this many pixels per chart row, so that a chart fits an A4
 #: or Letter page printed in landscape (the print stylesheet asks for it) without being cut.
 WIDTH = 960
 
 #: One colour per operator category, fixed across every chart and table of the report. "other"
-#: is grey, "runtime" (framework work outside operators) a light grey, the nine others take
-#: Category10's remaining colours in the taxonomy's order.
+#: is grey, "runtime" (framework work outside operators) a light grey, the study's nine others take
+#: Category10's colours in the taxonomy's order (Category20's dark half), the later models' six
+#: categories the light half.
 _GREY, _LIGHT_GREY = "#7f7f7f", "#c7c7c7"
+_STUDY = [c for c in CATEGORIES if c not in ("other", "runtime", "quantize") and c not in LATER_CATEGORIES]
 CATEGORY_COLORS: dict[str, str] = {
-    **dict(zip([c for c in CATEGORIES if c not in ("other", "runtime", "quantize")],
-               [c for c in Category10[10] if c != _GREY], strict=True)),
+    **dict(zip(_STUDY, [c for c in Category20[20][0::2] if c != _GREY], strict=True)),
+    **dict(zip(LATER_CATEGORIES, [c for c in Category20[20][1::2] if c != _LIGHT_GREY][:len(LATER_CATEGORIES)],
+               strict=True)),
     "quantize": "#393b79", "runtime": _LIGHT_GREY, "other": _GREY,
 }
 CATEGORY_COLORS = {c: CATEGORY_COLORS[c] for c in CATEGORIES}  # the taxonomy's order

@@ -58,6 +58,24 @@ def table(df: pd.DataFrame, columns: list[tuple[str, str, Cell | None]], mono: t
     return f'<table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
+def with_interval(points: pd.DataFrame) -> list[dict]:
+    """Rows (for :func:`table`) whose p50_ci_low_us cell shows the p50's interval in ms."""
+    rows = points.to_dict("records")
+    for r in rows:
+        low, high = r.get("p50_ci_low_us"), r.get("p50_ci_high_us")
+        r["p50_ci_low_us"] = None if pd.isna(low) or pd.isna(high) else f"{low / 1e3:.3f} – {high / 1e3:.3f}"
+    return rows
+
+
+def with_ratio_interval(df: pd.DataFrame, column: str = "ratio") -> list[dict]:
+    """Rows (for :func:`table`) whose <column>_low cell shows the ratio's interval."""
+    rows = df.to_dict("records")
+    for r in rows:
+        low, high = r.get(f"{column}_low"), r.get(f"{column}_high")
+        r[f"{column}_low"] = None if pd.isna(low) or pd.isna(high) else f"{low:.2f} – {high:.2f}"
+    return rows
+
+
 def definitions(pairs: Iterable[tuple[str, Any]]) -> str:
     """A two-column key/value table."""
     rows = "".join(f"<tr><th>{text(k)}</th><td>{text(v)}</td></tr>" for k, v in pairs)
@@ -93,6 +111,9 @@ td.error { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 11.
            word-break: break-word; max-width: 560px; }
 .runs { display: grid; grid-template-columns: repeat(auto-fit, minmax(460px, 1fr)); gap: 16px; }
 .run { border: 1px solid var(--rule); border-radius: 6px; padding: 10px 14px; }
+details > summary { cursor: pointer; color: var(--muted); margin: 6px 0 10px; }
+a.more { font-size: 12px; font-weight: normal; }
+#findings li { margin: 2px 0; }
 .run h3 { margin-top: 4px; }
 .side { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
 .side > div { min-width: 300px; }

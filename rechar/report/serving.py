@@ -4,18 +4,17 @@ offline view's choice, and p99 against offered load (the knee) per configuration
 
 from __future__ import annotations
 
-from typing import Callable
-
 import pandas as pd
 from bokeh.models import ColumnDataSource, HoverTool, Legend, LegendItem, Span
 from bokeh.plotting import figure
 
 from rechar.report.charts import SERIES_COLORS, TOOLS, WIDTH
+from rechar.report.context import ReportContext
 from rechar.report.page import note, num, table, text
 
 
-def section(tables: dict[str, pd.DataFrame], chart: Callable) -> str:
-    capacity, best, curve = tables["serving"], tables["serving_best"], tables["serving_curve"]
+def section(ctx: ReportContext) -> str:
+    capacity, best, curve = ctx.tables["serving"], ctx.tables["serving_best"], ctx.tables["serving_curve"]
     if capacity.empty:
         return note("No serving run among these runs (rechar serve measures serving under load).")
     bound = capacity["p99_bound_ms"].dropna()
@@ -54,7 +53,7 @@ def section(tables: dict[str, pd.DataFrame], chart: Callable) -> str:
     if curve.empty:
         out.append(note("No Server trial ran."))
     for model in sorted(curve["model"].unique()) if not curve.empty else []:
-        out.append(chart(knee_chart(curve[curve["model"] == model], model)))
+        out.append(ctx.chart(knee_chart(curve[curve["model"] == model], model)))
     return "".join(out)
 
 

@@ -77,6 +77,7 @@ def _point(group: pd.DataFrame) -> dict[str, Any]:
             row[column] = float(np.exp(np.log(values).mean())) if (values > 0).all() else float(values.mean())
         row.update(min_us=timed["min_us"].min(), max_us=timed["max_us"].max(), iterations=timed["iterations"].sum(),
                    timed_seconds=timed["timed_seconds"].sum(), max_abs_error=timed["max_abs_error"].max(),
+                   gate_logit_error=timed["gate_logit_error"].max(), gate_margin=timed["gate_margin"].max(),
                    throughput_sps=first["batch"] * 1e6 / row["mean_us"], finished=group["finished"].max())
     elif len(timed) == 1:
         row["ci_method"] = "iterations"  # p50_ci_low_us / high_us are the round's own

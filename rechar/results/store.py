@@ -18,6 +18,8 @@
                          round, attempt, iteration, latency_us
       logs/              each worker's stderr
       specs/             each worker's input (the exports it ran are named in the manifest)
+      annotations.json   corrections to the logs' records, applied on read and listed by the
+                         report; the logs themselves stay as written (rechar.results.annotations)
 
 Schema version SCHEMA_VERSION is stored in the manifest and in both Parquet files' metadata;
 a reader refuses a run written by a newer schema.
@@ -37,6 +39,7 @@ import pyarrow.parquet as pq
 from rechar.errors import UserError
 from rechar.jsonfile import read_manifest_file
 from rechar.results import rounds as rounds_module
+from rechar.results.annotations import apply_to_table
 
 #: 2: input pools (inputs, pool_batches, pool_gathered_bytes, pool_distinct_rows, cache_bytes);
 #: compile_seconds, compile_cache_hit, compiled_graphs (compiled stacks); rounds and attempts,
@@ -61,7 +64,8 @@ _RECORD = [
     "compile_seconds", "compile_cache_hit", "compiled_graphs", "others_cpu_share", "steal_share",
     "involuntary_switches", "noisy", "noise", "input_hash", "settings", "started", "finished", "node", "node_host",
     "precision", "weight_bytes", "embedding_weight_bytes", "dense_weight_bytes", "quality_max_abs",
-    "quality_mean_abs", "quality_pair_agreement", "quality_fp32_spread", "quality_error",
+    "quality_mean_abs", "quality_pair_agreement", "quality_fp32_spread", "quality_error", "gate_logit_error",
+    "gate_margin", "quality_logit_mean", "quality_logit_max", "quality_logit_spread",
 ]
 #: Columns of rounds.parquet: one measurement (a round's attempt) each. Times in microseconds;
 #: throughput in samples/s; p50_ci_*: the 95% interval of the round's p50 from its iterations.
@@ -77,7 +81,8 @@ NUMERIC_COLUMNS = [
     "peak_device_bytes", "pool_batches", "pool_gathered_bytes", "pool_distinct_rows", "cache_bytes",
     "compile_seconds", "compiled_graphs", "others_cpu_share", "steal_share", "involuntary_switches", "started",
     "finished", "weight_bytes", "embedding_weight_bytes", "dense_weight_bytes", "quality_max_abs",
-    "quality_mean_abs", "quality_pair_agreement", "quality_fp32_spread",
+    "quality_mean_abs", "quality_pair_agreement", "quality_fp32_spread", "gate_logit_error", "gate_margin",
+    "quality_logit_mean", "quality_logit_max", "quality_logit_spread",
 ]
 #: status values: ok (timed), invalid (outputs outside tolerance: not timed), failed (an error or
 #: a crashed worker), timeout (the worker was killed after --timeout seconds).
@@ -258,7 +263,7 @@ def _load(run_dir: Path, name: str, columns: list[str]) -> pd.DataFrame:
         if version > SCHEMA_VERSION:
             raise UserError(f"{path} was written by a newer rechar (schema {version}); upgrade rechar")
         df = pd.read_parquet(path)
-    df = _typed(df, columns)
+    df = apply_to_table(_typed(df, columns), run_dir, "points")  # annotations.json: corrections, on read
     host = manifest.get("host", {}).get("hostname")
     # A point measured on a cluster node names its node's machine (rechar.sweep.cluster).
     df["host"] = df["node_host"].where(df["node_host"].notna(), host) if len(df) else host

@@ -29,12 +29,21 @@ from rechar.measure.inputs import PoolRule, gathered_bytes, pool_hash
 #: The query pool's size rule (see the module docstring).
 QUERY_POOL_RULE = PoolRule(llc_multiple=4.0, min_batches=64, max_batches=4096, budget_bytes=512 << 20)
 QUERY_SIZE_KINDS = ("fixed", "lognormal", "normal", "file")
+#: Named query-size distributions, each a list drawn from uniformly (inverse transform sampling
+#: of a quantile table). ``mlperf-dlrm``: MLPerf Inference's DLRM-v2 (and DLRM-v1) samples per
+#: query, the 5%-step quantiles in mlcommons/inference recommendation/dlrm_v2/pytorch/tools/
+#: dist_quantile.txt (100-700, 60% at 200, mean 270), which its dataset draws from the same way.
+QUERY_SIZE_PRESETS: dict[str, tuple[int, ...]] = {
+    "mlperf-dlrm": (100, 100, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 300, 300, 400, 500, 600,
+                    700),
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class QuerySizes:
     """A query-size distribution: ``fixed:N``, ``lognormal:MU,SIGMA`` (numpy's mean and sigma of
-    the log), ``normal:MEAN,STD`` or ``file:PATH`` (one size per line, drawn from uniformly)."""
+    the log), ``normal:MEAN,STD``, ``file:PATH`` (one size per line, drawn from uniformly) or a
+    preset's name (QUERY_SIZE_PRESETS, drawn from the same way)."""
 
     spec: str
     max_query: int
@@ -45,9 +54,12 @@ class QuerySizes:
         self._parse()
 
     def _parse(self) -> tuple[str, list[float]]:
+        if self.spec in QUERY_SIZE_PRESETS:
+            return "file", [float(v) for v in QUERY_SIZE_PRESETS[self.spec]]
         kind, _, args = self.spec.partition(":")
         if kind not in QUERY_SIZE_KINDS or not args:
-            raise UserError(f"bad query sizes {self.spec!r}: use fixed:N, lognormal:MU,SIGMA, normal:MEAN,STD or file:PATH")
+            raise UserError(f"bad query sizes {self.spec!r}: use fixed:N, lognormal:MU,SIGMA, normal:MEAN,STD, "
+                            f"file:PATH or a preset ({', '.join(QUERY_SIZE_PRESETS)})")
         if kind == "file":
             return kind, self._file_sizes(args)
         try:

@@ -14,6 +14,12 @@ the worker reads the finished trials back and asks for the next one.
 A trial passes when LoadGen calls it VALID and its p99 meets the bound. A trial that LoadGen
 calls INVALID *only* because its early-stopping rule wanted more queries (the p99 met the bound)
 is inconclusive: it is run once more at the same rate with the queries LoadGen asked for.
+
+A failed trial is run once more at the same rate before it bounds the search when its verdict
+is doubtful: the contention check called it noisy (other processes or the hypervisor took the
+cores it was timed on), or its rate is within ``retry_margin`` of a passing rate (one LoadGen
+run cannot tell such neighbours apart: its p99 over ~500 queries moves by more than that from
+run to run on a shared machine). Once only: a rate that fails twice bounds the search.
 """
 
 from __future__ import annotations
@@ -36,12 +42,14 @@ class SearchRule:
     min_qps: float = 0.5  # below this a configuration serves nothing within the bound
     max_queries: int = 8192  # an inconclusive trial is retried with at most this many queries
     max_trial_seconds: float = 30.0  # no rate so low that the minimum queries take longer than this
+    retry_margin: float = 0.10  # a failure this close above a passing rate is run again once
 
 
 @dataclasses.dataclass(frozen=True)
 class TrialPlan:
     qps: float
     min_queries: int
+    retry: str | None = None  # why this trial repeats a rate whose failure was doubtful
 
 
 def next_trial(trials: list[dict[str, Any]], anchor_qps: float, min_queries: int,
@@ -63,6 +71,9 @@ def next_trial(trials: list[dict[str, Any]], anchor_qps: float, min_queries: int
     hi = min(failed, default=None)
     if hi is None:
         return TrialPlan(_round(lo * rule.grow), min_queries)
+    doubt = doubtful_failure(trials, hi, lo, rule)
+    if doubt is not None:
+        return TrialPlan(hi, min_queries, retry=doubt)
     if lo == 0.0:
         q = hi / 2
         if q < max(rule.min_qps, min_queries / rule.max_trial_seconds) or _not_falling(trials):
@@ -71,6 +82,21 @@ def next_trial(trials: list[dict[str, Any]], anchor_qps: float, min_queries: int
     if hi <= lo * (1 + rule.precision):
         return None
     return TrialPlan(_round(math.sqrt(lo * hi)), min_queries)
+
+
+def doubtful_failure(trials: list[dict[str, Any]], qps: float, passing_qps: float,
+                     rule: SearchRule = SearchRule()) -> str | None:
+    """Why the failure at ``qps`` (the lowest failing rate above ``passing_qps``, the highest
+    passing one, 0.0 if none) should be run again before it bounds the search, or None: it ran
+    once only, and it was noisy or lies within ``rule.retry_margin`` above the passing rate."""
+    at = [t for t in trials if t["target_qps"] == qps]
+    if len(at) != 1:
+        return None  # already run again (a retry, or an inconclusive trial's rerun): it bounds
+    if at[0].get("noisy") is True:
+        return "noisy failure"
+    if passing_qps > 0 and qps <= passing_qps * (1 + rule.retry_margin):
+        return f"failure within {rule.retry_margin:.0%} of a passing rate"
+    return None
 
 
 def _not_falling(trials: list[dict[str, Any]]) -> bool:

@@ -21,21 +21,24 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from rechar.errors import UserError
+from rechar.results.annotations import apply_to_table
 
 from rechar.results.store import SCHEMA_VERSION, read_log, read_manifest, write_parquet
 
 TRIALS_LOG = "trials.jsonl"
 TRIALS = "trials.parquet"
 #: status values: ok (LoadGen ran: see ``result``), invalid (the gate failed: nothing timed),
-#: failed (an error or a crashed worker), timeout (the worker was killed)
+#: failed (an error or a crashed worker), timeout (the worker was killed). sub_batch_sizes: the
+#: distinct sub-batch sizes the stack was given ("4,8": a static-shape stack's padded buckets);
+#: retry_reason: why a Server trial repeats a rate (rechar.serving.search)
 TRIAL_COLUMNS = [
     "run_id", "model", "scale", "backend", "offload", "policy", "batch", "workers", "threads_per_executor",
     "trial", "scenario", "status", "error", "target_qps", "achieved_qps", "scheduled_qps", "result", "reason",
     "passed", "meets_bound", "inconclusive", "p99_bound_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "queries",
     "overlatency_queries", "min_queries", "queries_wanted", "shed", "offloaded_queries", "test_seconds",
-    "predicted_qps", "predicted_saturation_qps", "predicted_p99_ms", "query_sizes", "pool_queries",
+    "predicted_qps", "predicted_saturation_qps", "predicted_p99_ms", "query_sizes", "sub_batch_sizes", "pool_queries",
     "mean_query_items", "p99_query_items", "pool_gathered_bytes", "input_hash", "others_cpu_share", "steal_share",
-    "noisy", "log_dir", "started", "finished",
+    "noisy", "retry_reason", "log_dir", "started", "finished",
 ]
 NUMERIC = [
     "batch", "workers", "threads_per_executor", "trial", "target_qps", "achieved_qps", "scheduled_qps", "p99_bound_ms",
@@ -77,7 +80,7 @@ def load_trials(run_dir: Path) -> pd.DataFrame:
         table = pd.read_parquet(path)
     else:
         table = write_trials(run_dir) if (run_dir / TRIALS_LOG).exists() else None
-    table = _typed(table if table is not None else pd.DataFrame())
+    table = apply_to_table(_typed(table if table is not None else pd.DataFrame()), run_dir, "trials")
     table["host"] = manifest.get("host", {}).get("hostname")
     return table
 

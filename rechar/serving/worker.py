@@ -97,6 +97,7 @@ class _Loaded:
         for backend in self.instances:
             backend.load(model, export)
         self.threads = threads
+        self.output_kind = type(model).output_kind if model is not None else "sigmoid"
         self.offload = None
         if spec.offload_backend:
             self.offload = backend_class(spec.offload_backend)(BackendOptions(threads=threads))
@@ -189,7 +190,8 @@ def serve_policy(spec: ServeSpec, loaded: _Loaded, pool: QueryPool, policy: Poli
                  expected, expected_offload, history: list[dict[str, Any]]) -> None:
     base = {"threads_per_executor": loaded.threads, **pool.record()}
     try:
-        executors = _executors(loaded, pool, policy, offloaded)
+        executors, sizes = _executors(loaded, pool, policy, offloaded)
+        base["sub_batch_sizes"] = ",".join(map(str, sizes))
         error = _gate(loaded, executors, expected, expected_offload, offloaded, spec)
     except Exception as e:
         _append(spec, policy, 0, {**base, "status": "failed", "error": one_line(e)})
@@ -220,7 +222,7 @@ def serve_policy(spec: ServeSpec, loaded: _Loaded, pool: QueryPool, policy: Poli
         settings = loadgen.TrialSettings("server", plan.qps, spec.p99_ms, spec.min_duration_s, plan.min_queries,
                                          spec.seed + len(server), shed_after_s=max(20 * spec.p99_ms / 1e3, 0.5),
                                          keep_trace=spec.keep_trace)
-        history.append(_trial(spec, policy, len(server) + 1, executors, settings, base))
+        history.append(_trial(spec, policy, len(server) + 1, executors, settings, {**base, "retry_reason": plan.retry}))
 
 
 def _gate_subs(pool: QueryPool, policy: Policy, offloaded: list[bool]) -> list[tuple[dict, int]]:
@@ -233,14 +235,17 @@ def _gate_subs(pool: QueryPool, policy: Policy, offloaded: list[bool]) -> list[t
     return subs[:2]
 
 
-def _executors(loaded: _Loaded, pool: QueryPool, policy: Policy, offloaded: list[bool]) -> loadgen.Executors:
-    """Every sub-batch of every query placed on every executor's backend, before the test."""
+def _executors(loaded: _Loaded, pool: QueryPool, policy: Policy,
+               offloaded: list[bool]) -> tuple[loadgen.Executors, list[int]]:
+    """Every sub-batch of every query placed on every executor's backend, before the test; and
+    the sizes of the sub-batches the backend was given (a static-shape stack's: its buckets)."""
     backend = loaded.executor(0)
     pad = type(backend).static_shapes
     count = len(loaded.instances)
-    calls = []
+    calls, sizes = [], set()
     for q, query in enumerate(pool.queries):
         subs = [] if offloaded[q] else [sub for sub, _ in sub_batches(query, policy, pad)]
+        sizes.update(len(next(iter(sub.values()))) for sub in subs)
         placed = [[loaded.instances[i].prepare([sub]) for i in range(count)] for sub in subs]
         calls.append([[per[w % count] for w in range(policy.workers)] for per in placed])
     offload = None
@@ -248,7 +253,7 @@ def _executors(loaded: _Loaded, pool: QueryPool, policy: Policy, offloaded: list
         offload = [loaded.offload.prepare([query]) if offloaded[q] else None for q, query in enumerate(pool.queries)]
     return loadgen.Executors(calls, policy.workers, offload,
                              thread_setup=[loaded.executor(w).enter_thread for w in range(policy.workers)],
-                             offload_setup=loaded.offload.enter_thread if loaded.offload else None)
+                             offload_setup=loaded.offload.enter_thread if loaded.offload else None), sorted(sizes)
 
 
 def _gate(loaded: _Loaded, executors: loadgen.Executors, expected, expected_offload, offloaded, spec) -> str | None:
@@ -259,13 +264,14 @@ def _gate(loaded: _Loaded, executors: loadgen.Executors, expected, expected_offl
         for w in range(len(loaded.instances)):
             backend = loaded.executor(w)
             got = _on_executor([backend], lambda: backend.outputs(executors.calls[q][j][w]()))[:len(want)]
-            ok, err = compare(got, want, spec.atol, spec.rtol)
+            ok, err, _ = compare(got, want, loaded.output_kind, spec.atol, spec.rtol)
             if not ok:
-                return f"outputs differ from eager PyTorch by {err:.3g} (atol {spec.atol}, rtol {spec.rtol})"
+                return (f"outputs differ from eager PyTorch by {err:.3g} in logits (atol {spec.atol}, rtol {spec.rtol}; "
+                        "rechar.measure.gate)")
     if expected_offload is not None:
         q = offloaded.index(True)
         got = _on_executor([loaded.offload], lambda: loaded.offload.outputs(executors.offload[q]()))
-        ok, err = compare(got, expected_offload, spec.atol, spec.rtol)
+        ok, err, _ = compare(got, expected_offload, loaded.output_kind, spec.atol, spec.rtol)
         if not ok:
             return f"offload backend's outputs differ from eager PyTorch by {err:.3g}"
     return None

@@ -299,6 +299,27 @@ def _split(node, inputs, attrs):
     return tf.split(inputs[0], len(node.output) if sizes is None else list(sizes), axis=attrs.get("axis", 0))
 
 
+def _clip(node, inputs, attrs):
+    x, low, high = (inputs + [None, None])[:3]  # bounds are optional inputs (opset >= 11)
+    if low is not None:
+        x = tf.math.maximum(x, tf.cast(low, x.dtype))
+    if high is not None:
+        x = tf.math.minimum(x, tf.cast(high, x.dtype))
+    return [x]
+
+
+def _layer_normalization(node, inputs, attrs):
+    x, scale, bias = (inputs + [None])[:3]
+    axis = attrs.get("axis", -1) % x.shape.rank
+    axes = list(range(axis, x.shape.rank))  # ONNX normalises over every axis from `axis` on
+    mean, variance = tf.nn.moments(x, axes=axes, keepdims=True)
+    inv_std = tf.math.rsqrt(variance + attrs.get("epsilon", 1e-5))
+    y = (x - mean) * inv_std * scale
+    if bias is not None:
+        y = y + bias
+    return [y, mean, inv_std][:len(node.output)]
+
+
 def _gru(node, inputs, attrs):
     x, w, r, b, seq_lens, h0 = (inputs + [None] * 6)[:6]
     directions = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[
@@ -350,15 +371,18 @@ def _gru(node, inputs, attrs):
 OP_LOWERINGS: dict[str, Callable] = {
     **{op: _elementwise(fn) for op, fn in {
         "Add": tf.math.add, "Sub": tf.math.subtract, "Mul": tf.math.multiply,
-        "Equal": tf.math.equal, "Less": tf.math.less, "Greater": tf.math.greater, "Not": tf.math.logical_not,
+        "Equal": tf.math.equal, "Less": tf.math.less, "Greater": tf.math.greater,
+        "GreaterOrEqual": tf.math.greater_equal, "LessOrEqual": tf.math.less_equal, "Not": tf.math.logical_not,
         "Where": tf.where, "Relu": tf.nn.relu, "Sigmoid": tf.math.sigmoid, "Tanh": tf.math.tanh,
-        "Neg": tf.math.negative, "Exp": tf.math.exp, "Log": tf.math.log, "Sqrt": tf.math.sqrt,
+        "Neg": tf.math.negative, "Abs": tf.math.abs, "Exp": tf.math.exp, "Log": tf.math.log, "Sqrt": tf.math.sqrt,
         "Identity": tf.identity, "Tile": tf.tile, "Range": tf.range,
     }.items()},
     "Max": _variadic(tf.math.maximum),
     "Min": _variadic(tf.math.minimum),
     "Div": _div,
     "Pow": _pow,
+    "Clip": _clip,
+    "LayerNormalization": _layer_normalization,
     "Cast": lambda node, inputs, attrs: [tf.cast(inputs[0], _tf_dtype(attrs["to"]))],
     "Dropout": lambda node, inputs, attrs: [tf.identity(inputs[0]), tf.ones_like(inputs[0], tf.bool)],
     "Constant": _constant,

@@ -88,6 +88,31 @@ CUDA_LAUNCH_CATEGORIES = {"cuda_runtime", "cuda_driver"}
 ALIGN_WINDOW_US, ALIGN_STEP_US = 2000.0, 0.5
 #: The row of device time that no node's launch explains.
 UNATTRIBUTED = "unattributed device time"
+#: Below this share of its device time matched to nodes, an ORT CUDA profile stays host-side.
+MIN_ATTRIBUTED_SHARE = 0.5
+#: How far (µs) the chosen shift may lie from the clocks' reading. Both readings are of the wall
+#: clock (ORT's start converted by ``ort_start_on_wall_clock``, kineto's base time); what
+#: separates them is the clocks' read-out and kineto's conversion of its timestamps, microseconds
+#: to tens of microseconds. A shift further off matched launches to nodes by the pattern of the
+#: spans (a run repeats the same nodes), not by time: the share it maximises cannot tell.
+CLOCK_TOLERANCE_US = 250.0
+#: Below this share of the checked kernels named like their node's operator, the attribution is
+#: taken to be wrong (a wrong shift hands gemm kernels to Gathers and gather kernels to Gemms).
+MIN_KERNEL_NAME_SHARE = 0.8
+#: ONNX operator types -> what the names of the CUDA kernels they launch contain (lower case).
+#: cuBLAS names its GEMM/GEMV kernels after the routine ({ampere,sm90}_sgemm..., gemv2T_kernel,
+#: gemmSN..., splitKreduce after a split-K GEMM, cutlass/xmma tensor-core kernels, nvjet on
+#: Hopper; dot_kernel and reduce_1Block_kernel when a one-column GEMM becomes a dot product);
+#: ONNX Runtime's own kernels are named after the op (_GatherKernel, _ConcatKernel,
+#: _BinaryElementWise, _UnaryElementWise). Operator types not listed are not checked.
+ORT_OP_KERNEL_NAMES: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(["Gemm", "FusedGemm", "MatMul", "FusedMatMul"],
+                    ("gemm", "gemv", "cutlass", "xmma", "nvjet", "splitkreduce", "dot_kernel", "reduce_1block_kernel")),
+    **dict.fromkeys(["Gather", "GatherElements", "GatherND"], ("gather", "index")),
+    "Concat": ("concat",),
+    **dict.fromkeys(["Add", "Sub", "Mul", "Div"], ("elementwise",)),
+    **dict.fromkeys(["Relu", "Sigmoid", "Tanh"], ("elementwise", "relu", "sigmoid", "tanh")),
+}
 
 
 def ort_device_ops(ort_trace: str | Path, device_trace: str | Path, node_modules: dict[str, str],
@@ -104,7 +129,12 @@ def ort_device_ops(ort_trace: str | Path, device_trace: str | Path, node_modules
     ``ALIGN_WINDOW_US`` of it, aligns them. A node's self_us is its host self time plus its
     device time, as ``torch_ops`` counts a torch-cuda op; device time launched outside any node is
     one ``UNATTRIBUTED`` row. Also returns: the device time in all, the share of it attributed,
-    and the shift chosen against the clocks' reading (µs).
+    the shift chosen against the clocks' reading (µs), and two checks of that shift that do not
+    rely on the share it maximises: whether it agrees with the clocks' reading
+    (``clock_agrees``: within ``CLOCK_TOLERANCE_US``) and the share of kernels, among those
+    attributed to nodes of a type in ``ORT_OP_KERNEL_NAMES``, named like their node's operator
+    (``kernel_name_share``, None when no kernel could be checked; ``kernel_names_checked``;
+    ``kernel_name_misfits``: a few misfits, "op <- kernel"). ``device_view_refusal`` judges them.
     """
     events = read_json(ort_trace)
     threads = _ort_node_spans(events, node_modules, runs, ort_trace)
@@ -113,6 +143,7 @@ def ort_device_ops(ort_trace: str | Path, device_trace: str | Path, node_modules
     base_ns = int(device.get("baseTimeNanoseconds", 0))
     device_us: dict[Any, float] = defaultdict(float)
     launches: dict[Any, float] = {}
+    kernels: dict[Any, str] = {}  # correlation -> kernel name (copies and sets have none to check)
     for event in device.get("traceEvents", []):
         if event.get("ph") != "X" or "dur" not in event:
             continue
@@ -121,6 +152,8 @@ def ort_device_ops(ort_trace: str | Path, device_trace: str | Path, node_modules
             continue
         if event.get("cat") in TORCH_DEVICE_CATEGORIES:
             device_us[correlation] += event["dur"]
+            if event.get("cat") == "kernel":
+                kernels[correlation] = event.get("name", "")
         elif event.get("cat") in CUDA_LAUNCH_CATEGORIES:
             launches[correlation] = event["ts"]
     total = float(sum(device_us.values()))
@@ -135,6 +168,7 @@ def ort_device_ops(ort_trace: str | Path, device_trace: str | Path, node_modules
     reach = np.maximum.accumulate(ends) if len(ends) else ends
     attributed = 0.0
     unattributed = total
+    fits, misfits = 0, []
     for correlation, us in device_us.items():
         if correlation not in launches:
             continue
@@ -142,12 +176,44 @@ def ort_device_ops(ort_trace: str | Path, device_trace: str | Path, node_modules
         if span is not None:
             span.self_us += us
             attributed += us
+            if correlation in kernels and span.name in ORT_OP_KERNEL_NAMES:
+                if kernel_fits(span.name, kernels[correlation]):
+                    fits += 1
+                else:
+                    misfits.append(f"{span.name} <- {kernels[correlation]}")
     unattributed -= attributed
     rows = [(s.name, s.node, node_modules.get(s.node, ""), s.self_us) for s in spans]
     if unattributed > 0:
         rows.append((UNATTRIBUTED, "", "", unattributed))
-    return op_table(rows, ort_trace), {"device_us": total, "attributed_share": attributed / total,
-                                      "clock_shift_us": float(shift - nominal)}
+    checked = fits + len(misfits)
+    return op_table(rows, ort_trace), {
+        "device_us": total, "attributed_share": attributed / total, "clock_shift_us": float(shift - nominal),
+        "clock_agrees": bool(abs(shift - nominal) <= CLOCK_TOLERANCE_US),
+        "kernel_name_share": fits / checked if checked else None, "kernel_names_checked": checked,
+        "kernel_name_misfits": "; ".join(sorted(set(misfits))[:3]) or None}
+
+
+def kernel_fits(op_type: str, kernel: str) -> bool:
+    """Whether a CUDA kernel's name is one that a node of ``op_type`` launches (ORT_OP_KERNEL_NAMES)."""
+    name = kernel.lower()
+    return any(part in name for part in ORT_OP_KERNEL_NAMES[op_type])
+
+
+def device_view_refusal(info: dict[str, Any]) -> str | None:
+    """Why an ORT CUDA profile's device attribution (``ort_device_ops``'s info) is not to be
+    trusted, or None: too little device time matched a node, the chosen shift disagrees with the
+    clocks' reading, or the kernels matched to nodes are not the kernels those operators launch."""
+    reasons = []
+    if info["attributed_share"] < MIN_ATTRIBUTED_SHARE:
+        reasons.append(f"only {info['attributed_share']:.0%} of the device time matched a node")
+    if not info["clock_agrees"]:
+        reasons.append(f"the shift that matched most launches is {info['clock_shift_us']:.0f} µs from the clocks' "
+                       f"reading (tolerance {CLOCK_TOLERANCE_US:.0f} µs)")
+    share = info["kernel_name_share"]
+    if share is not None and share < MIN_KERNEL_NAME_SHARE:
+        reasons.append(f"only {share:.0%} of {info['kernel_names_checked']} checked kernels fit their node's "
+                       f"operator (e.g. {info['kernel_name_misfits']})")
+    return "; ".join(reasons) or None
 
 
 def ort_start_on_wall_clock(start_ns: int, wall_now_ns: int, monotonic_now_ns: int) -> int:

@@ -249,6 +249,10 @@ class TorchCudaBackend(TorchBackend):
         return hostinfo.gpu_l2_cache_bytes()
 
     def load(self, model: RecModel, export: ExportResult) -> None:
+        # fp32 means fp32: TF32 off for matmuls (PyTorch's default) and for cuDNN (whose default
+        # is on: DIEN's GRU would run in TF32), as ONNX Runtime's CUDA provider runs (use_tf32=0).
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
         super().load(model, export)
         torch.cuda.reset_peak_memory_stats()
 
@@ -263,7 +267,8 @@ class TorchCudaBackend(TorchBackend):
         return call
 
     def settings(self) -> dict[str, Any]:
-        return {**super().settings(), "gpu": torch.cuda.get_device_name(), "tf32_matmul": torch.backends.cuda.matmul.allow_tf32}
+        return {**super().settings(), "gpu": torch.cuda.get_device_name(), "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+                "tf32_cudnn": torch.backends.cudnn.allow_tf32}
 
     def peak_device_bytes(self) -> int | None:
         return torch.cuda.max_memory_allocated()

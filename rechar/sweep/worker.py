@@ -35,7 +35,8 @@ from rechar.measure.inputs import FALLBACK_CACHE_BYTES, InputPool, PoolRule, Poo
 from rechar.lifetime import die_with_parent
 from rechar.measure.contention import NoiseThresholds
 from rechar.measure.timing import TimingOptions, summarize, timed_loop, warm_up
-from rechar.measure.quality import EVAL_SAMPLES, EVAL_SEED_OFFSET, QualityThresholds, quality, quality_failure
+from rechar.measure.quality import (EVAL_SAMPLES, EVAL_SEED_OFFSET, QualityThresholds, evaluation_batches, quality,
+                                   quality_failure)
 from rechar.stacks.variants import split_backend
 from rechar.results.store import COUNTERS_LOG, PROFILES_LOG, UARCH_LOG, append_point
 
@@ -110,12 +111,16 @@ def run(spec: WorkerSpec) -> None:
     check_external_data(export.onnx_path)
     check_inputs_match(export.onnx_path, pools.member(shell, spec.batches[0], 0))
     expected = ({b: [model.predict(x) for x in pools.ends(shell, b)] for b in spec.batches}
-                if spec.mode == "run" else {})
-    # Reduced precision: the quality gate's evaluation set and eager fp32 PyTorch's predictions.
-    evaluation = None
+                if spec.mode == "run" and precision == "fp32" else {})
+    # Reduced precision: the quality gate's evaluation set and eager fp32 PyTorch's outputs (per
+    # timed batch size: the set cut into whole batches of that size).
+    evaluation = {}
     if precision != "fp32" and spec.mode == "run":
         eval_inputs = model.make_inputs(EVAL_SAMPLES, seed=spec.seed + EVAL_SEED_OFFSET)
-        evaluation = (eval_inputs, model.predict(eval_inputs))
+        for b in spec.batches:
+            inputs = eval_inputs if b <= EVAL_SAMPLES else model.make_inputs(b, seed=spec.seed + EVAL_SEED_OFFSET)
+            chunks = evaluation_batches(inputs, b)
+            evaluation[b] = (chunks, np.concatenate([model.predict(c) for c in chunks]))
 
     backend = cls(BackendOptions(threads=spec.threads, precision=precision))
     # The machine that runs the worker decides whether the precision is real here (a cluster's
@@ -151,8 +156,9 @@ def run(spec: WorkerSpec) -> None:
     load_seconds = time.perf_counter() - load_start
     settings = {**backend.settings(), "malloc": spec.malloc, "weights_prefaulted_bytes": prefaulted}
     held = {"precision": precision, **(backend.weight_bytes() or {})}
-    if evaluation is not None:
-        held.update(quality_gate(backend, *evaluation))
+    if precision != "fp32" and held.get("embedding_weight_bytes"):
+        fp32_rows = sum(t.weight.numel() * 4 for t in shell.embedding_tables())
+        pools = dataclasses.replace(pools, row_scale=held["embedding_weight_bytes"] / fp32_rows)
 
     simulation = None
     if spec.mode == "uarch":
@@ -163,7 +169,9 @@ def run(spec: WorkerSpec) -> None:
     for batch in spec.batches:
         pool = pools.make(shell, batch)
         if spec.mode == "run":
-            ok = time_point(spec, backend, base, batch, pool, expected[batch], timing, load_seconds, settings, held)
+            judged = quality_gate(backend, *evaluation[batch], shell.output_kind) if batch in evaluation else {}
+            ok = time_point(spec, backend, base, batch, pool, expected.get(batch, []), timing, load_seconds,
+                            settings, {**held, **judged}, shell.output_kind)
         if spec.profile_iters and (spec.mode == "profile" or (spec.mode == "run" and ok)):
             profile_point(spec, backend, base, batch, pool)
         if spec.counter_seconds and (spec.mode == "counters" or (spec.mode == "run" and ok)):
@@ -174,34 +182,38 @@ def run(spec: WorkerSpec) -> None:
     backend.close()
 
 
-def quality_gate(backend, inputs: dict[str, np.ndarray], want: np.ndarray) -> dict[str, Any]:
-    """The quality figures of a reduced-precision backend on the evaluation set, and why it fails
-    the thresholds (``quality_error``) if it does."""
+def quality_gate(backend, batches: list[dict[str, np.ndarray]], want: np.ndarray, kind: str) -> dict[str, Any]:
+    """The quality figures of a reduced-precision backend on the evaluation set, run through its
+    prepared call at the timed batch size, and why it fails the thresholds (``quality_error``)."""
     try:
-        got = backend.outputs(backend.prepare([inputs])())
-        figures = quality(got, want)
+        call = backend.prepare(batches)
+        got = np.concatenate([backend.outputs(call()) for _ in batches])
+        del call
+        figures = quality(got, want, kind)
         return {**figures, "quality_error": quality_failure(figures, QualityThresholds())}
     except Exception as e:
         return {"quality_error": f"the evaluation set failed: {one_line(e)}"}
 
 
 def time_point(spec, backend, base, batch, pool: InputPool, expected, timing, load_seconds, settings,
-               held: dict[str, Any]) -> bool:
+               held: dict[str, Any], kind: str) -> bool:
     """Gate, then time one point; append its record. True if it was timed."""
     record = {**base, "device": backend.device, "batch": batch, **pool.record(),
               "load_seconds": load_seconds, "settings": settings, **held, "started": time.time()}
     try:
-        # The gate: the pool's first and last batch, called in turn as the timed call cycles.
-        gate = backend.prepare([pool.first, pool.last] if len(pool) > 1 else [pool.first])
-        checks = [compare(backend.outputs(gate()), want, spec.atol, spec.rtol) for want in expected]
-        del gate
-        ok, err = all(c[0] for c in checks), max(c[1] for c in checks)
-        record["max_abs_error"] = err
         if held["precision"] != "fp32":  # not bit parity: the quality gate decides
             failure = held.get("quality_error") and f"quality gate: {held['quality_error']}"
         else:
-            failure = None if ok else (f"outputs differ from eager PyTorch by {err:.3g} "
-                                       f"(atol {spec.atol}, rtol {spec.rtol})")
+            # The gate: the pool's first and last batch, called in turn as the timed call cycles.
+            gate = backend.prepare([pool.first, pool.last] if len(pool) > 1 else [pool.first])
+            outputs = [backend.outputs(gate()) for _ in expected]
+            del gate
+            checks = [compare(got, want, kind, spec.atol, spec.rtol) for got, want in zip(outputs, expected)]
+            ok, err, margin = all(c[0] for c in checks), max(c[1] for c in checks), max(c[2] for c in checks)
+            record.update(gate_logit_error=err, gate_margin=margin,
+                          max_abs_error=max(_abs_error(got, want) for got, want in zip(outputs, expected)))
+            failure = None if ok else (f"outputs differ from eager PyTorch by {err:.3g} in logits, {margin:.3g}x the "
+                                       f"tolerance (atol {spec.atol}, rtol {spec.rtol}; rechar.measure.gate)")
         if failure:
             record.update(status="invalid", error=failure)
         else:
@@ -218,6 +230,13 @@ def time_point(spec, backend, base, batch, pool: InputPool, expected, timing, lo
                   peak_device_bytes=backend.peak_device_bytes(), **backend.compile_info(batch))
     append_point(spec.run_dir, record)
     return record["status"] == "ok"
+
+
+def _abs_error(got: np.ndarray, want: np.ndarray) -> float:
+    """The largest difference of the outputs themselves (probabilities), for reading."""
+    if got.shape != want.shape:
+        return float("inf")
+    return float(np.max(np.abs(got.astype(np.float64) - want))) if got.size else 0.0
 
 
 def profile_point(spec, backend, base, batch, pool: InputPool) -> None:
