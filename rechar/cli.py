@@ -72,6 +72,10 @@ zipf_alpha_option = click.option("--zipf-alpha", type=click.FloatRange(min=0, mi
                                  show_default=True, help="Zipf exponent with --ids zipf.")
 profile_iters_option = click.option("--profile-iters", type=click.IntRange(min=1), default=20, show_default=True,
                                     help="Iterations per profiling pass.")
+uarch_machine_option = click.option(
+    "--uarch-machine", type=click.Choice(["host", "broadwell", "cascadelake"]), default=None,
+    help="The machine the simulation pass simulates: this one's caches (host, the default) or the study's "
+         "Intel servers (one core's share of the last level).")
 counter_seconds_option = click.option("--counter-seconds", type=click.FloatRange(min=0, min_open=True), default=1.0,
                                       show_default=True, help="Seconds per counting pass, at least.")
 model_option = click.option(
@@ -216,6 +220,10 @@ class ProgressBar:
               help="Add a pass per point counting CPU events with perf stat (IPC, cache and branch misses, "
                    "stalls; software events where the machine exposes no hardware counters).")
 @counter_seconds_option
+@click.option("--uarch", "simulate", is_flag=True,
+              help="Add a pass per point simulating caches and branch predictors under valgrind's callgrind "
+                   "(instructions, cache and branch misses per operator; needs valgrind).")
+@uarch_machine_option
 @click.option("--report", "write_html", is_flag=True,
               help="Write the HTML report of the run to reports/<run id>.html at the end.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
@@ -232,8 +240,8 @@ class ProgressBar:
               help="With --ray: run the whole sweep on every matching node (one run folder per node inside the run).")
 def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_path, threads, out, exports_dir,
             seed, ids, zipf_alpha, inputs, rounds, remeasure_noisy, noisy_others, noisy_steal, warmup_iters, warmup_seconds, min_iters, min_seconds, timeout, malloc, quiet,
-            profile, profile_iters, count, counter_seconds, write_html, resume_dir, precisions, ray_address,
-            node_selector, each_node) -> None:
+            profile, profile_iters, count, counter_seconds, simulate, uarch_machine, write_html, resume_dir, precisions,
+            ray_address, node_selector, each_node) -> None:
     """Time models x backends x batch sizes; every point checked against eager PyTorch first."""
     echo = (lambda msg: None) if quiet else click.echo
     if resume_dir:
@@ -248,6 +256,7 @@ def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_p
         overrides=load_overrides(config_path, chosen), seed=seed, ids=ids, zipf_alpha=zipf_alpha, inputs=inputs,
         malloc=malloc, exports_dir=exports_dir, timeout=timeout, profile_iters=profile_iters if profile else 0,
         counter_seconds=counter_seconds if count else 0.0, rounds=rounds, remeasure_noisy=remeasure_noisy,
+        uarch_machine=(uarch_machine or "host") if simulate or uarch_machine else "",  # a machine implies the pass
         noise=NoiseThresholds(others_share=noisy_others, steal_share=noisy_steal),
         ray_address=ray_address, nodes=node_selector, each_node=each_node,
         precisions=_split_names((precisions,)),
@@ -301,6 +310,22 @@ def counters_cmd(run_dir, counter_seconds, quiet) -> None:
     run_dir = _add_pass(run_dir, quiet, counter_seconds=counter_seconds)
     counted = load_counters(run_dir)
     click.echo(f"{int((counted['status'] == 'ok').sum())} points counted; log: {run_dir / COUNTERS_LOG}")
+
+
+@cli.command("uarch")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@uarch_machine_option
+@quiet_option
+def uarch_cmd(run_dir, uarch_machine, quiet) -> None:
+    """Add the simulation pass (callgrind: instructions, cache and branch misses per operator) to an
+    existing run (every timed point without one); resumable, each worker under the run's --timeout."""
+    from rechar.uarch.table import UARCH_TABLE, load_uarch
+
+    recorded = read_manifest(Path(run_dir))["options"].get("uarch_machine")
+    run_dir = _add_pass(run_dir, quiet, uarch_machine=uarch_machine or recorded or "host")
+    table = load_uarch(run_dir)
+    ok = table[table["status"] == "ok"]
+    click.echo(f"{ok.groupby(['model', 'backend', 'batch']).ngroups} points simulated; table: {run_dir / UARCH_TABLE}")
 
 
 @cli.command("analyze")

@@ -19,7 +19,7 @@ from bokeh.resources import Resources
 
 from rechar.analysis import analyze
 from rechar.errors import UserError
-from rechar.report import counters, deployment, features, findings, latency, precision, profiles, runs, serving
+from rechar.report import counters, deployment, features, findings, latency, precision, profiles, runs, serving, uarch
 from rechar.report.context import REFERENCE, ReportContext
 from rechar.report.page import page, section, text
 from rechar.sweep.cluster import member_runs
@@ -50,6 +50,7 @@ SECTIONS = [
     Section("best", "Best deployment under the latency bound", deployment.best),
     Section("serving", "Serving under load", serving.section, needs="serving"),
     Section("counters", "CPU event counts", counters.section),
+    Section("uarch", "Microarchitecture (simulated)", lambda ctx: uarch.section(ctx.run_dirs)),
     Section("correlation", "Model features vs measured behaviour", features.section),
     Section("operators", "Top operators per model", profiles.operators),
     Section("coverage", "Profile coverage", profiles.coverage),

@@ -5,6 +5,9 @@
       points.jsonl       append-only log, one JSON record per finished point (the durable truth)
       profiles.jsonl     append-only log of raw per-operator profiles (with --profile)
       counters.jsonl     append-only log of CPU event counts, perf stat (with --counters)
+      uarch.jsonl        append-only log of simulated events per operator, callgrind (with --uarch)
+      uarch.parquet      the simulated events as a table per point and category (rechar.uarch.table)
+      callgrind/         callgrind's dump of each simulated point (with --uarch)
       ops.parquet        the normalised operator table (rechar.analysis.ops)
       traces/            raw profiler traces, one per profiled point
       rounds.parquet     one row per measurement (ROUND_COLUMNS): every round and attempt of
@@ -46,8 +49,9 @@ MANIFEST = "manifest.json"
 POINTS_LOG = "points.jsonl"
 PROFILES_LOG = "profiles.jsonl"
 COUNTERS_LOG = "counters.jsonl"
+UARCH_LOG = "uarch.jsonl"
 #: the passes after timing: worker mode -> the log it writes
-PASS_LOGS = {"profile": PROFILES_LOG, "counters": COUNTERS_LOG}
+PASS_LOGS = {"profile": PROFILES_LOG, "counters": COUNTERS_LOG, "uarch": UARCH_LOG}
 POINTS = "points.parquet"
 ROUNDS = "rounds.parquet"
 LATENCIES = "latencies.parquet"

@@ -50,8 +50,10 @@ def run_sweep(
         cluster_backends(options.backends), {})
     backends, skipped = in_precisions(backends, options.precisions, skipped, log, on_cluster=bool(options.ray_address))
     counter_support = _check_counters(options, log)
+    uarch = _check_uarch(options)
     run_dir, manifest = open_run(run_dir, options, backends, skipped, log,
-                                 **({"counters": counter_support} if counter_support else {}))
+                                 **({"counters": counter_support} if counter_support else {}),
+                                 **({"uarch": uarch} if uarch else {}))
     return _sweep(run_dir, manifest, dataclasses.replace(options, backends=backends), log, progress)
 
 
@@ -62,6 +64,7 @@ def resume_sweep(
     profile_iters: int | None = None,
     counter_seconds: float | None = None,
     ray_address: str | None = None,
+    uarch_machine: str | None = None,
 ) -> Path:
     """Continue an interrupted run with the options it was started with, skipping finished points.
     With ``profile_iters`` (``counter_seconds``), also profile (count the CPU events of) every
@@ -77,7 +80,7 @@ def resume_sweep(
         options.ray_address = manifest["options"]["ray_address"] = ray_address
     if options.ray_address:
         require_ray()
-        if profile_iters is not None or counter_seconds is not None:
+        if profile_iters is not None or counter_seconds is not None or uarch_machine is not None:
             raise UserError(f"{run_dir} ran on a Ray cluster: adding a pass to it is not supported yet "
                             "(run with --profile / --counters from the start)")
     if profile_iters is not None:
@@ -93,6 +96,14 @@ def resume_sweep(
     counter_support = _check_counters(options, log)
     if counter_support:
         manifest["counters"] = counter_support
+    if uarch_machine is not None:
+        options.uarch_machine = manifest["options"]["uarch_machine"] = uarch_machine
+    uarch = _check_uarch(options)
+    if uarch:
+        if manifest.get("uarch", {}).get("machine", uarch["machine"]) != uarch["machine"]:
+            raise UserError(f"{run_dir} simulated {manifest['uarch']['machine']} already; "
+                            f"a run simulates one machine (start another run for {uarch['machine']})")
+        manifest["uarch"] = uarch
     for name in options.backends if not options.ray_address else ():
         reason = backend_class(name).unavailable_reason()
         if reason:
@@ -205,7 +216,7 @@ def _run_passes(run_dir: Path, run_id: str, name: str, backend: str, round_: int
     """The passes after timing for this round's timed points that lack them: profiles in every
     round (the spread of a point's category shares is over its rounds), counters in the first."""
     for mode, log_name in PASS_LOGS.items():
-        if not options.pass_wanted(mode) or (mode == "counters" and round_ > 0):
+        if not options.pass_wanted(mode) or (mode in ("counters", "uarch") and round_ > 0):
             continue
         have = {point_key(r) for r in read_log(run_dir, log_name)}
         timed_ok = {point_key(r) for r in read_point_log(run_dir) if r["status"] == "ok"}
@@ -215,6 +226,10 @@ def _run_passes(run_dir: Path, run_id: str, name: str, backend: str, round_: int
             progress(len(done), total, f"{name} on {backend}: {mode} pass")
             run_worker(run_dir, run_id, name, backend, missing, export_dir, options, done, total, progress, tail,
                         mode=mode, round_=round_)
+            if mode == "uarch":
+                from rechar.uarch.table import write_uarch_table
+
+                write_uarch_table(run_dir)
 
 
 def _noisy_rounds(run_dir: Path, attempt: int) -> dict[tuple[str, str, int], list[int]]:
@@ -230,6 +245,18 @@ def _noisy_rounds(run_dir: Path, attempt: int) -> dict[tuple[str, str, int], lis
         if latest == attempt - 1 and timed and all(r.get("noisy") is True for r in timed):
             again.setdefault((name, backend, round_), []).append(batch)
     return again
+
+
+def _check_uarch(options: RunOptions) -> dict | None:
+    """With the simulation pass asked for: valgrind (a one-line error if missing), its version
+    and the simulated machine, recorded in the manifest."""
+    if not options.uarch_machine:
+        return None
+    from rechar.uarch.callgrind import require_valgrind, valgrind_version
+    from rechar.uarch.machines import machine
+
+    path = require_valgrind()
+    return {**machine(options.uarch_machine).record(), "valgrind": valgrind_version(path)}
 
 
 def _check_counters(options: RunOptions, log) -> dict | None:

@@ -70,6 +70,7 @@ class RunOptions(WorkloadOptions):
     timing: TimingOptions = TimingOptions()
     profile_iters: int = 0  # >0: a profiling pass per point with each framework's profiler
     counter_seconds: float = 0.0  # >0: a pass per point counting CPU events with perf stat
+    uarch_machine: str = ""  # set: a pass per point simulating this machine's caches under callgrind (rechar.uarch)
     rounds: int = 1  # times each point is measured, each time in a fresh worker, interleaved
     remeasure_noisy: int = 0  # re-measure a round measured on a busy machine up to this many times
     precisions: list[str] = dataclasses.field(default_factory=lambda: ["fp32"])  # each backend in each (rechar.stacks.variants)
@@ -100,6 +101,14 @@ class RunOptions(WorkloadOptions):
             raise UserError(f"re-measurements must not be negative, got {self.remeasure_noisy}")
         if self.profile_iters < 0 or self.counter_seconds < 0:
             raise UserError("profile iterations and counter seconds cannot be negative")
+        if self.uarch_machine:
+            from rechar.uarch.machines import MACHINES
+
+            if self.uarch_machine not in MACHINES:
+                raise UserError(f"unknown machine {self.uarch_machine!r} for --uarch-machine "
+                                f"(choose from {', '.join(MACHINES)})")
+            if self.ray_address:
+                raise UserError("the simulation pass (--uarch) is not supported on a Ray cluster yet")
         self.precisions = list(dict.fromkeys(self.precisions))
         unknown = [p for p in self.precisions if p not in PRECISIONS]
         if unknown or not self.precisions:
@@ -115,7 +124,7 @@ class RunOptions(WorkloadOptions):
 
     def pass_wanted(self, mode: str) -> bool:
         """Whether the pass ``mode`` (a key of PASS_LOGS) is part of this run."""
-        return bool({"profile": self.profile_iters, "counters": self.counter_seconds}[mode])
+        return bool({"profile": self.profile_iters, "counters": self.counter_seconds, "uarch": self.uarch_machine}[mode])
 
 
 def require_ray():

@@ -35,14 +35,15 @@ class WorkerExit:
 
 def run_worker_process(module: str, spec: dict[str, Any], spec_path: Path, log_path: Path, env: dict[str, str],
                        timeout: float, progress_marker: Callable[[], Any],
-                       on_tick: Callable[[], None] = lambda: None) -> WorkerExit:
+                       on_tick: Callable[[], None] = lambda: None, prefix: list[str] = ()) -> WorkerExit:
     """Write ``spec`` to ``spec_path``, run ``python -m module spec_path`` with its output appended
     to ``log_path``, and wait for it; ``progress_marker()`` changes whenever the worker finished
-    something (the clock restarts), ``on_tick`` is called every quarter second."""
+    something (the clock restarts), ``on_tick`` is called every quarter second; ``prefix`` runs
+    the worker under another program (valgrind)."""
     write_json_atomic(spec_path, spec)
     timed_out = False
     with open(log_path, "ab") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", module, str(spec_path)],
+        proc = subprocess.Popen([*prefix, sys.executable, "-m", module, str(spec_path)],
                                 stdout=log_file, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         marker = progress_marker()

@@ -38,7 +38,7 @@ from rechar.measure.timing import TimingOptions, summarize, timed_loop, warm_up
 from rechar.measure.quality import (EVAL_SAMPLES, EVAL_SEED_OFFSET, QualityThresholds, evaluation_batches, quality,
                                    quality_failure)
 from rechar.stacks.variants import split_backend
-from rechar.results.store import COUNTERS_LOG, PROFILES_LOG, append_point
+from rechar.results.store import COUNTERS_LOG, PROFILES_LOG, UARCH_LOG, append_point
 
 
 @dataclasses.dataclass
@@ -61,7 +61,7 @@ class WorkerSpec:
     parent_pid: int = 0
     profile_iters: int = 0  # >0: a profiling pass of this many iterations after each timed point
     counter_seconds: float = 0.0  # >0: a pass of at least this many seconds counting CPU events (perf)
-    mode: str = "run"  # "run": time (then profile, count); "profile" / "counters": only that pass
+    mode: str = "run"  # "run": time (then profile, count); "profile" / "counters" / "uarch": only that pass
     malloc: str = "default"  # the allocator the sweep preloaded (checked before anything runs)
     inputs: str = "fresh"  # fresh: cycle an input pool; replay: one batch (rechar.measure.inputs)
     pool_rule: dict[str, Any] = dataclasses.field(default_factory=dict)  # PoolRule fields
@@ -69,6 +69,8 @@ class WorkerSpec:
     round: int = 0  # which round of the sweep this worker measures (--rounds)
     attempt: int = 0  # 0, or the re-measurement of a noisy round (--remeasure-noisy)
     noise: dict[str, Any] = dataclasses.field(default_factory=dict)  # NoiseThresholds fields
+    uarch_machine: str = ""  # the simulated machine of the uarch pass (rechar.uarch.machines)
+    uarch_dump_dir: str = ""  # where callgrind writes that pass's dumps (the sweep started it so)
 
     @classmethod
     def read(cls, path: str | Path) -> "WorkerSpec":
@@ -158,6 +160,11 @@ def run(spec: WorkerSpec) -> None:
         fp32_rows = sum(t.weight.numel() * 4 for t in shell.embedding_tables())
         pools = dataclasses.replace(pools, row_scale=held["embedding_weight_bytes"] / fp32_rows)
 
+    simulation = None
+    if spec.mode == "uarch":
+        from rechar.uarch.callgrind import Simulation
+
+        simulation = Simulation(spec.uarch_dump_dir)
     ok = False
     for batch in spec.batches:
         pool = pools.make(shell, batch)
@@ -169,6 +176,8 @@ def run(spec: WorkerSpec) -> None:
             profile_point(spec, backend, base, batch, pool)
         if spec.counter_seconds and (spec.mode == "counters" or (spec.mode == "run" and ok)):
             count_point(spec, backend, base, batch, pool)
+        if simulation is not None:
+            uarch_point(spec, backend, base, batch, pool, simulation)
         del pool
     backend.close()
 
@@ -258,6 +267,30 @@ def count_point(spec, backend, base, batch, pool: InputPool) -> None:
     except Exception as e:
         record.update(status="failed", error=one_line(e))
     append_point(spec.run_dir, record, log=COUNTERS_LOG)
+
+
+def uarch_point(spec, backend, base, batch, pool: InputPool, simulation) -> None:
+    """The simulation pass of one point: simulated events per operator (callgrind) to uarch.jsonl."""
+    from rechar.uarch import callgrind
+    from rechar.uarch.machines import machine
+
+    record = {**base, "device": backend.device, "batch": batch, "input_hash": pool.hash,
+              "threads": spec.threads, "valgrind": callgrind.valgrind_version(), "isa": callgrind.isa()}
+    start = time.perf_counter()
+    try:
+        call = backend.prepare(pool.batches)
+        call()  # this placement of the inputs, warm, before instrumentation starts
+        calls = callgrind.calls_for(batch)
+        label = f"{spec.model} {spec.backend} b{batch}"
+        dump, seconds = simulation.simulate_call(call, calls, label=label)
+        del call
+        summary = callgrind.summarize_natively(dump, calls, batch, machine(spec.uarch_machine).record())
+        record.update(status="ok", dump=str(dump.relative_to(spec.run_dir)) if dump.is_relative_to(spec.run_dir)
+                      else str(dump), simulated_seconds=seconds, **summary)
+    except Exception as e:
+        record.update(status="failed", error=one_line(e))
+    record["seconds"] = time.perf_counter() - start
+    append_point(spec.run_dir, record, log=UARCH_LOG)
 
 
 

@@ -1,0 +1,150 @@
+"""Which native operator, or which part of the runtime, a simulated function belongs to: rules
+as data, and the resolver that applies them to callgrind's (object, function) names.
+
+Three kinds of name reach here:
+
+- **Operator entries** (``OPERATOR_RULES``): the function where one operator's work starts.
+  PyTorch: the dispatcher's ``at::_ops::<op>::call``/``redispatch`` (every ATen op called from
+  Python or from another op passes through it); Inductor's generated ``cpp_fused_*`` kernels
+  (decoded by rechar.analysis.taxonomy). ONNX Runtime, whose library is stripped: the virtual
+  functions of its kernel classes, named from the library's vtables (rechar.uarch.vtables), e.g.
+  ``onnxruntime::Gemm<float>`` -> ``Gemm``. The resulting op name is looked up in the taxonomy's
+  table (rechar.analysis.taxonomy.OP_CATEGORY); a class that is not an operator (the executor's
+  ``ExecutionFrame``) is not an entry.
+- **Runtime code** (``RUNTIME_OBJECTS``): code that is not an operator's but is known — the Python
+  interpreter, libc, the C++ runtime, the dynamic loader, thread pools, allocators, and the
+  frameworks' own libraries outside their kernels (dispatch, the executor, session bookkeeping).
+- Anything else (an unknown library, JIT-generated code with no object) is **unknown**.
+
+rechar.uarch.attribute charges every function's own cost to the operator whose entry encloses it
+on the call path (a kernel's calls into libc or JIT code count as the kernel's), to ``runtime``
+when no operator encloses a known function, and leaves it unattributed otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+
+from rechar.analysis import taxonomy
+from rechar.uarch import vtables
+
+RUNTIME = "runtime"
+UNATTRIBUTED = "unattributed"
+
+#: Shared objects whose code outside any operator is the runtime (matched on the file name).
+RUNTIME_OBJECTS: dict[str, str] = {
+    r"^libpython3|^python3": "the Python interpreter",
+    r"^libffi|^_ctypes|^_struct|^_random|^_bisect|^_heapq|^math\.|^array\.": "the Python standard library",
+    r"^libc\.so|^libm\.so|^libpthread|^libdl|^librt|^libmvec": "the C library",
+    r"^ld-linux": "the dynamic loader",
+    r"^libstdc\+\+|^libgcc_s": "the C++ runtime",
+    r"^libgomp|^libiomp|^libomp|^libtbb": "an OpenMP / TBB thread pool",
+    r"^libjemalloc|^libtcmalloc": "a memory allocator",
+    r"^vgpreload_": "Valgrind's malloc replacement",
+    r"^_multiarray_umath|^_multiarray_tests|^libopenblas|^libscipy_openblas": "NumPy",
+    r"^libtorch_python|^libtorch_cpu|^libtorch\.so|^libc10\.so|^libshm": "PyTorch outside its operators",
+    r"^onnxruntime_pybind11_state|^libonnxruntime": "ONNX Runtime outside its kernels",
+    r"^libtensorflow|^_pywrap_tensorflow": "TensorFlow outside its kernels",
+    r"^libopenvino": "OpenVINO outside its nodes",
+}
+
+#: Symbol (demangled) -> native op, for the libraries that have symbols. ``{1}``: the first group.
+OPERATOR_RULES: list[tuple[str, str]] = [
+    (r"^at::_ops::(\w+)::(?:call|redispatch)\(", "aten::{1}"),  # the ATen dispatcher's entry of an op
+    (r"^(cpp_fused_\w+)", "{1}"),  # Inductor's generated C++ kernels, decoded by the taxonomy
+]
+
+#: Kernel class (demangled, from a stripped library's vtables) -> ONNX op type. First match wins.
+KERNEL_CLASS_RULES: list[tuple[str, str]] = [
+    (r"^onnxruntime::ElementWiseKernel<onnxruntime::functors::(\w+)", "{1}"),
+    (r"^onnxruntime::functors::(\w+)", "{1}"),  # the element-wise functors the kernel runs
+    (r"^onnxruntime::DeepCpuGruOp\b", "GRU"),
+    (r"^onnxruntime::DeepCpuLstmOp\b", "LSTM"),
+    (r"^onnxruntime::(?:contrib::)?(?:\(anonymous namespace\)::)?(\w+?)(?:_\d+)?\b", "{1}"),
+]
+
+_RUNTIME_OBJECTS = [(re.compile(p), what) for p, what in RUNTIME_OBJECTS.items()]
+_OPERATOR_RULES = [(re.compile(p), op) for p, op in OPERATOR_RULES]
+_KERNEL_CLASS_RULES = [(re.compile(p), op) for p, op in KERNEL_CLASS_RULES]
+
+
+def _apply(rules, text: str) -> str | None:
+    for pattern, template in rules:
+        m = pattern.search(text)
+        if m:
+            return template.format(None, *m.groups())
+    return None
+
+
+def aten_op(name: str) -> str:
+    """``aten::<op>`` from a dispatcher struct name, which appends the overload
+    (``mul_Tensor``, ``select_int``, ``empty_memory_format``): the longest prefix, cut at
+    underscores, that the taxonomy knows; the whole name if none is known."""
+    parts = name.split("_")
+    for end in range(len(parts), 0, -1):
+        candidate = "aten::" + "_".join(parts[:end])
+        if candidate in taxonomy.OP_CATEGORY:
+            return candidate
+    return "aten::" + name
+
+
+def op_category(op: str) -> str:
+    """The taxonomy's category of a native op (fused Inductor kernels by their members);
+    ``other`` for an operator the table does not know."""
+    own, _ = taxonomy.attribute(op, "")
+    return own or "other"
+
+
+def is_operator(op: str | None) -> bool:
+    return op is not None and (taxonomy.op_category(op) is not None or bool(taxonomy.inductor_kernel_ops(op))
+                               or op.startswith("aten::"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Label:
+    op: str | None  # the native op whose work starts here, or None
+    runtime: str | None  # what runtime code this is (RUNTIME_OBJECTS), or None if unknown
+
+
+class Resolver:
+    """Labels callgrind's functions; caches the vtable names of each stripped library it meets."""
+
+    def __init__(self, operator_rules=None, kernel_class_rules=None, runtime_objects=None):
+        self._operators = _OPERATOR_RULES if operator_rules is None else [(re.compile(p), o) for p, o in operator_rules]
+        self._classes = (_KERNEL_CLASS_RULES if kernel_class_rules is None
+                         else [(re.compile(p), o) for p, o in kernel_class_rules])
+        self._objects = (_RUNTIME_OBJECTS if runtime_objects is None
+                         else [(re.compile(p), w) for p, w in runtime_objects.items()])
+        self._vtables: dict[str, dict[int, str]] = {}
+        self.kernel_classes: dict[tuple[str, str], str] = {}  # functions named through vtables
+
+    def runtime_of(self, obj: str) -> str | None:
+        base = os.path.basename(obj)
+        return next((what for pattern, what in self._objects if pattern.search(base)), None)
+
+    def label(self, obj: str, fn: str) -> Label:
+        op = None
+        if fn.startswith("0x"):  # a stripped library's function: its vtable class, if any
+            cls = self._class_of(obj, fn)
+            if cls is not None:
+                self.kernel_classes[(obj, fn)] = cls
+                op = _apply(self._classes, cls)
+        else:
+            op = _apply(self._operators, fn)
+            if op and op.startswith("aten::"):
+                op = aten_op(op[len("aten::"):])
+        if not is_operator(op):
+            op = None
+        return Label(op, self.runtime_of(obj) if obj else None)
+
+    def _class_of(self, obj: str, fn: str) -> str | None:
+        if not obj or not os.path.isfile(obj):
+            return None
+        if obj not in self._vtables:
+            self._vtables[obj] = vtables.classes_for(obj)
+        try:
+            return self._vtables[obj].get(int(fn, 16))
+        except ValueError:
+            return None
