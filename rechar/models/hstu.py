@@ -140,7 +140,9 @@ class HSTULayer(nn.Module):
 
     def forward(self, x: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:
         u, v, q, k = torch.split(F.silu(self.uvqk(self.input_norm(x))), self.splits, dim=-1)
-        return self.output(u * self.output_norm(self.attention(q, k, v, buckets))) + x
+        gated = u * self.output_norm(self.attention(q, k, v, buckets))
+        # on [B*N, H*dv] rows, so that the output layer exports as Gemm with its own weights
+        return self.output(gated.reshape(-1, gated.shape[-1])).reshape(x.shape) + x
 
 
 class HSTU(RecModel):

@@ -53,7 +53,9 @@ class FeedForward(nn.Module):
         self.outer = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.outer(torch.relu(self.inner(x))) + x
+        # position-wise: on [B*S, D] rows, so that the layers export as Gemm with their own weights
+        rows = x.reshape(-1, x.shape[-1])
+        return (self.outer(torch.relu(self.inner(rows))) + rows).reshape(x.shape)
 
 
 class CausalSelfAttention(nn.Module):
