@@ -34,6 +34,9 @@ def precision_table(points: pd.DataFrame) -> pd.DataFrame:
     if reduced.empty:
         return pd.DataFrame(columns=columns)
     out = reduced.merge(fp32, on=POINT + ["stack"], how="left")
+    for column in QUALITY:  # runs from before the logit-space gate have only some of the figures
+        if column not in out:
+            out[column] = float("nan")
     out["speedup"] = out["fp32_p50_us"] / out["p50_us"]
     out["memory_ratio"] = out["weight_bytes"] / out["fp32_weight_bytes"]
     return out[columns].sort_values(["model", "stack", "precision", "batch"], ignore_index=True)
