@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from rechar.errors import UserError
-from rechar.models.base import InputGenerator, RecModel
-from rechar.models.calibration import LogitLayer
+from rechar.models.base import InputGenerator
 from rechar.models.config import ModelConfig, rows, seq
 from rechar.models.layers import EmbeddingTable
-from rechar.models.sequential import CandidateScoring, SequenceInput, generate_candidates, generate_history
+from rechar.models.sequential import (CandidateScoring, SequenceInput, SequentialRecModel, generate_candidates,
+                                      generate_history)
 
 LN_EPS = 1e-6
 #: The reference's time bucketing: ln(|dt|) / 0.301 (as written there), clamped to 128 buckets.
@@ -145,10 +145,9 @@ class HSTULayer(nn.Module):
         return self.output(gated.reshape(-1, gated.shape[-1])).reshape(x.shape) + x
 
 
-class HSTU(RecModel):
+class HSTU(SequentialRecModel):
     input_names = ("history", "timestamps", "candidates")
     output_names = ("scores",)
-    output_kind = "score"
 
     def __init__(self, name: str, config: HSTUConfig):
         super().__init__(name, config)
@@ -166,12 +165,6 @@ class HSTU(RecModel):
         for layer in self.layers:
             x = layer(x, buckets)
         return self.scoring(x, valid, self.item_emb(candidates))
-
-    def logit_layer(self) -> LogitLayer:
-        return LogitLayer([self.scoring.scale, self.scoring.bias], [(self.scoring.bias, 0)])
-
-    def lookups(self, inputs):
-        return {"item_emb": np.concatenate([inputs["history"], inputs["candidates"]], axis=1)}
 
     def generate(self, gen: InputGenerator):
         c = self.config

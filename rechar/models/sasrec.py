@@ -14,16 +14,15 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import numpy as np
 import torch
 from torch import nn
 
 from rechar.errors import UserError
-from rechar.models.base import InputGenerator, RecModel
-from rechar.models.calibration import LogitLayer
+from rechar.models.base import InputGenerator
 from rechar.models.config import ModelConfig, rows, seq
 from rechar.models.layers import EmbeddingTable
-from rechar.models.sequential import CandidateScoring, SequenceInput, generate_candidates, generate_history
+from rechar.models.sequential import (CandidateScoring, SequenceInput, SequentialRecModel, generate_candidates,
+                                      generate_history)
 
 LN_EPS = 1e-8
 
@@ -93,10 +92,9 @@ class SASRecBlock(nn.Module):
         return self.ffn(self.ffn_norm(q + attended)) * valid
 
 
-class SASRec(RecModel):
+class SASRec(SequentialRecModel):
     input_names = ("history", "candidates")
     output_names = ("scores",)
-    output_kind = "score"
 
     def __init__(self, name: str, config: SASRecConfig):
         super().__init__(name, config)
@@ -118,12 +116,6 @@ class SASRec(RecModel):
         for block in self.blocks:
             x = block(x, self.causal, valid)
         return self.scoring(x, valid, self.item_emb(candidates))
-
-    def logit_layer(self) -> LogitLayer:
-        return LogitLayer([self.scoring.scale, self.scoring.bias], [(self.scoring.bias, 0)])
-
-    def lookups(self, inputs):
-        return {"item_emb": np.concatenate([inputs["history"], inputs["candidates"]], axis=1)}
 
     def generate(self, gen: InputGenerator):
         c = self.config

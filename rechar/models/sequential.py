@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rechar.models.base import InputGenerator
+from rechar.models.calibration import LogitLayer
+from rechar.models.base import RecModel, InputGenerator
 
 #: The reference's L2-normalisation floor (l2_norm_eps in its ML-1M configs).
 L2_EPS = 1e-6
@@ -79,3 +80,16 @@ def generate_history(gen: InputGenerator, item_rows: int, seq_len: int) -> tuple
 
 def generate_candidates(gen: InputGenerator, item_rows: int, candidates: int) -> np.ndarray:
     return gen.ids(item_rows - 1, candidates) + 1
+
+
+class SequentialRecModel(RecModel):
+    """What SASRec and HSTU share: one item table read by the history and the candidates, and
+    candidate scores from CandidateScoring (``self.item_emb``, ``self.scoring``)."""
+
+    output_kind = "score"
+
+    def logit_layer(self) -> LogitLayer:
+        return LogitLayer([self.scoring.scale, self.scoring.bias], [(self.scoring.bias, 0)])
+
+    def lookups(self, inputs):
+        return {"item_emb": np.concatenate([inputs["history"], inputs["candidates"]], axis=1)}
