@@ -47,3 +47,14 @@ def tiny_run(run_cli, tmp_path):
         return code, stdout, stderr, run_dir
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_grad_mode():
+    """A test that loads a PyTorch stack in-process must close it: the stack enters inference mode
+    for its worker's life, and a mode left on changes how later tests' forwards dispatch."""
+    import torch
+
+    yield
+    assert not torch.is_inference_mode_enabled(), "this test left PyTorch's inference mode on (a backend not closed?)"
+    assert torch.is_grad_enabled(), "this test left PyTorch's grad mode off"

@@ -124,9 +124,9 @@ def test_int8_tables_take_a_quarter_of_fp32(tiny_exports):
         try:
             ratio = int8.weight_bytes()["embedding_weight_bytes"] / fp32.weight_bytes()["embedding_weight_bytes"]
             assert int8.weight_bytes()["dense_weight_bytes"] < 0.3 * fp32.weight_bytes()["dense_weight_bytes"]
-        finally:
-            fp32.close()
+        finally:  # in reverse order of loading: each torch stack restores the grad mode it found
             int8.close()
+            fp32.close()
         dim = models.get(name, scale="tiny").config.to_dict()["embedding_dim"]
         assert ratio == pytest.approx(0.25 if variant.startswith("ort") else (dim + 8) / (4 * dim), rel=1e-3)
 

@@ -366,3 +366,18 @@ def test_more_threads_never_cost_more_than_one_in_the_card():
 
     for w, v in zip(ws, one):
         assert cost(fits[2], w) <= v * 1.1
+
+
+def test_census_counts_gemms_with_a_torch_stack_loaded_in_the_process():
+    """A loaded torch stack keeps inference mode on; the census must still see each Linear's GEMM."""
+    import torch
+
+    import rechar.models as models
+    from rechar.predict.census import _census, census
+
+    _census.cache_clear()
+    with torch.inference_mode():
+        din = census("din", models.resolve_config("din", "small"), batch=4)
+    _census.cache_clear()
+    assert din.work("attention.mlp.0").gemms == [(4 * 250, 128, 80)]
+    assert din.work("top_mlp.0").gemms == [(4, 128, 200)]

@@ -143,7 +143,9 @@ def _census(name: str, config_json: str, batch: int) -> Census:
     inputs = _meta_inputs(model, batch)
     counter = _Counter(stack, {id(p) for p in model.parameters()})
     try:
-        with torch.no_grad(), counter:
+        # Inference mode off: under it (a torch stack loaded in this process) aten.linear runs
+        # as one op and its GEMM would go uncounted; with plain no_grad it dispatches to mm/addmm.
+        with torch.inference_mode(False), torch.no_grad(), counter:
             model(*inputs)
     finally:
         for h in handles:

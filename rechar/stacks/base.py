@@ -127,4 +127,5 @@ class Backend(abc.ABC):
         return None
 
     def close(self) -> None:
-        """Free what load() took."""
+        """Free what load() took. Stacks loaded together in one process close in reverse order:
+        a stack restores the process state (PyTorch's grad mode) it found when it loaded."""
