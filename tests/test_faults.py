@@ -48,7 +48,8 @@ def check_complete(run_dir: Path) -> None:
     assert read_manifest(run_dir)["status"] == "complete"
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+# one seed by default; the other moments run with -m slow
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)])
 def test_sigkill_at_random_moments_then_resume(tmp_path, seed):
     exports = tmp_path / "exports"
     export("ncf", "tiny", out=exports), export("din", "tiny", out=exports)  # as a user's cache would be
@@ -196,7 +197,7 @@ def test_a_crafted_export_fails_its_points_with_the_reason(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("perf") is None, reason="perf is not installed on this machine")
-@pytest.mark.parametrize("seed", [3, 4])
+@pytest.mark.parametrize("seed", [3, pytest.param(4, marks=pytest.mark.slow)])
 def test_sigkill_with_profile_and_counter_passes_then_resume(tmp_path, seed):
     """The passes after timing are resumable too: every point ends with exactly one timing, one
     profile and one counts record, whatever moment the sweep was killed at."""

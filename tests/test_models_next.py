@@ -376,6 +376,7 @@ def test_sequential_describe_counts_attention_work_by_hand():
     assert (h.blocks, h.heads, h.qk_dim, h.v_dim, h.embedding_dim, h.seq_len) == (8, 2, 25, 25, 50, 200)
 
 
+@pytest.mark.slow  # builds and runs the full-width model: 40 s
 def test_hstu_dlrm_v3_config_file_is_mlperfs_shape():
     overrides = load_config_file(REPO / "configs" / "hstu-dlrmv3.toml")
     assert list(overrides) == ["hstu"]

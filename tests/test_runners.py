@@ -36,8 +36,20 @@ def _available(name):
         pytest.skip(f"{name} unavailable here: {reason}")
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS + CUDA_BACKENDS)
-@pytest.mark.parametrize("name", models.names())
+#: The compiling CPU stacks take 5-15 s a model: by default they are checked on one model of each
+#: family (as tests/test_profiles.py profiles them), on every model with -m slow; every sweep's
+#: parity gate checks whatever model it times in any case.
+COMPILED_BY_DEFAULT = {"dlrm-rmc1", "dlrm-dcnv2", "din", "dien", "hstu"}
+
+
+def _stack_model_pairs():
+    for name in models.names():
+        for backend in CPU_BACKENDS + CUDA_BACKENDS:
+            slow = backend in ("torch-compile", "tf-xla") and name not in COMPILED_BY_DEFAULT
+            yield pytest.param(name, backend, id=f"{name}-{backend}", marks=[pytest.mark.slow] if slow else [])
+
+
+@pytest.mark.parametrize(("name", "backend"), list(_stack_model_pairs()))
 def test_backend_matches_eager_pytorch(tiny_exports, backend, name):
     _available(backend)
     model = models.get(name, scale="tiny")
