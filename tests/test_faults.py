@@ -29,9 +29,15 @@ SWEEP = ["-m", "ncf,din", "-b", "ort-cpu,torch", "--batch-sizes", "1,2,3", "--sc
 EXPECTED_POINTS = 2 * 2 * 3
 
 
+def with_ctrl_c() -> None:
+    """Ctrl-C's default action in the child, as in a terminal: a shell's background job (a CI
+    script started with &) ignores SIGINT, which children inherit and Python then leaves off."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def rechar(*args, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "rechar.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=with_ctrl_c, **kw)
 
 
 def log_keys(run_dir: Path) -> Counter:

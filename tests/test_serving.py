@@ -370,7 +370,7 @@ def test_interrupted_serve_resumes_without_repeating_trials(tmp_path, tiny_expor
            "--batch", "query", "--query-sizes", "fixed:2", "--min-duration", "0.5", "--threads", "1",
            "--exports", _exports(tiny_exports), "-q"]
     proc = subprocess.Popen([*cmd, "--out", str(run_dir)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's
     deadline = time.time() + 120
     while time.time() < deadline and (not run_dir.exists() or len(read_trials(run_dir)) < 3):
         time.sleep(0.2)

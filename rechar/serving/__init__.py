@@ -12,7 +12,6 @@ search in rechar.serving.search, the run folder in rechar.serving.trials.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -164,15 +163,12 @@ def _finished_count(run_dir: Path, options: ServeOptions, pairs) -> int:
 
 def _run_worker(run_dir: Path, run_id: str, name: str, backend: str, export_dir: Path, options: ServeOptions) -> None:
     spec = {
-        "run_id": run_id, "parent_pid": os.getpid(), "model": name, "scale": options.scale,
-        "overrides": options.overrides.get(name, {}), "seed": options.seed, "ids": options.ids,
-        "zipf_alpha": options.zipf_alpha, "export_dir": str(export_dir.resolve()), "backend": backend,
-        "policies": [dataclasses.asdict(p) for p in options.policies], "threads": options.threads,
-        "query_sizes": options.query_sizes, "max_query": options.max_query, "p99_ms": options.p99_ms,
-        "min_duration_s": options.min_duration_s, "min_queries": options.min_queries, "atol": options.atol,
-        "rtol": options.rtol, "run_dir": str(run_dir.resolve()), "offload_backend": options.offload_backend,
+        **options.worker_fields(run_id, name, backend, export_dir, run_dir),
+        "policies": [dataclasses.asdict(p) for p in options.policies], "query_sizes": options.query_sizes,
+        "max_query": options.max_query, "p99_ms": options.p99_ms, "min_duration_s": options.min_duration_s,
+        "min_queries": options.min_queries, "offload_backend": options.offload_backend,
         "offload_threshold": options.offload_threshold, "search": dataclasses.asdict(options.search),
-        "noise": dataclasses.asdict(options.noise), "keep_trace": options.keep_trace,
+        "keep_trace": options.keep_trace,
     }
     stem = f"{name}__{backend}"
     exit_ = run_worker_process("rechar.serving.worker", spec, run_dir / "specs" / f"{stem}.json",

@@ -91,25 +91,39 @@ class _SystemUnderTest:
         for s in samples:
             if offload is not None and offload[s.index] is not None:
                 self.offloaded_queries += 1
-                self.offloaded.put((s.id, s.index, now))
+                with self.lock:
+                    self.remaining[s.id] = 1
+                self.offloaded.put((s.id, now, s.index))
                 continue
             subs = len(self.executors.calls[s.index])
             with self.lock:
                 self.remaining[s.id] = subs
             for j in range(subs):
-                self.tasks.put((s.id, s.index, j, now))
+                self.tasks.put((s.id, now, (s.index, j)))
 
     def _execute(self, w: int) -> None:
-        if self.executors.thread_setup:
-            self.executors.thread_setup[w]()
-        calls, clock, shed_after = self.executors.calls, time.perf_counter, self.shed_after_s
-        while (task := self.tasks.get()) is not None:
-            sample_id, q, j, issued = task
+        calls = self.executors.calls
+        setup = self.executors.thread_setup[w] if self.executors.thread_setup else None
+        self._serve(self.tasks, setup, lambda key: calls[key[0]][key[1]][w])
+
+    def _execute_offloaded(self) -> None:
+        offload = self.executors.offload
+        self._serve(self.offloaded, self.executors.offload_setup, lambda q: offload[q])
+
+    def _serve(self, tasks: queue.SimpleQueue, setup: Callable[[], None] | None, call_for) -> None:
+        """One executor thread: take (sample id, issue time, key) tasks until None, run the call
+        ``call_for(key)`` unless the task waited past the shedding bound, and complete a sample
+        when its last sub-batch is done (an executor's or the offload backend's alike)."""
+        if setup:
+            setup()
+        clock, shed_after = time.perf_counter, self.shed_after_s
+        while (task := tasks.get()) is not None:
+            sample_id, issued, key = task
             if shed_after is not None and clock() - issued > shed_after:
                 with self.lock:
                     self.shed += 1
             else:
-                self._run(calls[q][j][w])
+                self._run(call_for(key))
             with self.lock:
                 self.remaining[sample_id] -= 1
                 done = self.remaining[sample_id] == 0
@@ -117,19 +131,6 @@ class _SystemUnderTest:
                     del self.remaining[sample_id]
             if done:
                 self._complete(sample_id)
-
-    def _execute_offloaded(self) -> None:
-        if self.executors.offload_setup:
-            self.executors.offload_setup()
-        offload, clock, shed_after = self.executors.offload, time.perf_counter, self.shed_after_s
-        while (task := self.offloaded.get()) is not None:
-            sample_id, q, issued = task
-            if shed_after is not None and clock() - issued > shed_after:
-                with self.lock:
-                    self.shed += 1
-            else:
-                self._run(offload[q])
-            self._complete(sample_id)
 
     def _run(self, call: Callable[[], Any]) -> None:
         try:

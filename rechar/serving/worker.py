@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import os
 import sys
 import threading
@@ -35,6 +34,7 @@ from rechar.measure import contention
 from rechar.measure.contention import NoiseThresholds
 from rechar.measure.inputs import FALLBACK_CACHE_BYTES
 from rechar.lifetime import die_with_parent
+from rechar.sweep.options import WorkerFields
 from rechar.results.store import append_point, read_log
 from rechar.memory import prefault_mappings
 from rechar.serving import loadgen
@@ -48,37 +48,18 @@ PREDICTION_QUERIES = 256
 PREDICTION_FIELDS = ("predicted_saturation_qps", "predicted_p99_ms", "predicted_qps")
 
 
-@dataclasses.dataclass
-class ServeSpec:
-    run_id: str
-    model: str
-    scale: str
-    overrides: dict[str, Any]
-    seed: int
-    ids: str
-    zipf_alpha: float
-    export_dir: str
-    backend: str
+@dataclasses.dataclass(kw_only=True)
+class ServeSpec(WorkerFields):
     policies: list[dict[str, Any]]  # Policy fields
-    threads: int  # divided among a policy's executors
     query_sizes: str
     max_query: int
     p99_ms: float
     min_duration_s: float
     min_queries: int
-    atol: float
-    rtol: float
-    run_dir: str
     offload_backend: str | None = None
     offload_threshold: int | None = None
     search: dict[str, Any] = dataclasses.field(default_factory=dict)  # SearchRule fields
-    noise: dict[str, Any] = dataclasses.field(default_factory=dict)  # NoiseThresholds fields
     keep_trace: bool = False
-    parent_pid: int = 0
-
-    @classmethod
-    def read(cls, path: str | Path) -> "ServeSpec":
-        return cls(**json.loads(Path(path).read_text()))
 
     @property
     def offload(self) -> str:

@@ -4,6 +4,9 @@ run share (WorkloadOptions), with their validation and how they are read back fr
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -47,6 +50,14 @@ class WorkloadOptions:
         values = {k: v for k, v in data.items() if k in known}
         values["noise"] = NoiseThresholds(**values.get("noise", {}))
         return values
+
+    def worker_fields(self, run_id: str, model: str, backend: str, export_dir: Path, run_dir: Path) -> dict[str, Any]:
+        """The fields of a worker's spec (WorkerFields) that come from these options."""
+        return {"run_id": run_id, "parent_pid": os.getpid(), "model": model, "scale": self.scale,
+                "overrides": self.overrides.get(model, {}), "seed": self.seed, "ids": self.ids,
+                "zipf_alpha": self.zipf_alpha, "export_dir": str(export_dir.resolve()), "backend": backend,
+                "threads": self.threads, "atol": self.atol, "rtol": self.rtol, "run_dir": str(run_dir.resolve()),
+                "noise": dataclasses.asdict(self.noise)}
 
     def validate_workload(self, models: list[str]) -> None:
         for name in models:
@@ -134,3 +145,29 @@ def require_ray():
     except ImportError:
         raise UserError("--ray needs Ray: pip install 'rechar[ray]'") from None
     return ray
+
+
+@dataclasses.dataclass(kw_only=True)
+class WorkerFields:
+    """What every worker process is told, a sweep's (rechar.sweep.worker.WorkerSpec) and a serving
+    run's (rechar.serving.worker.ServeSpec) alike; each adds what only it needs."""
+
+    run_id: str
+    model: str
+    scale: str
+    overrides: dict[str, Any]
+    seed: int
+    ids: str
+    zipf_alpha: float
+    export_dir: str
+    backend: str
+    threads: int
+    atol: float
+    rtol: float
+    run_dir: str
+    parent_pid: int = 0
+    noise: dict[str, Any] = dataclasses.field(default_factory=dict)  # NoiseThresholds fields
+
+    @classmethod
+    def read(cls, path: str | Path):
+        return cls(**json.loads(Path(path).read_text()))

@@ -8,7 +8,6 @@ left unmeasured (a crash, a timeout), so that a sweep always knows the fate of e
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 from rechar.results.store import PASS_LOGS, POINTS_LOG, PointLogTail, append_point, point_key, read_log, repair_point_log
@@ -24,16 +23,11 @@ def run_worker(run_dir: Path, run_id: str, name: str, backend: str, batches: lis
     ``mode``), supervised; the points it left unmeasured are recorded with why."""
     repair_point_log(run_dir)
     spec = {
-        "run_id": run_id, "parent_pid": os.getpid(), "model": name, "scale": options.scale,
-        "overrides": options.overrides.get(name, {}),
-        "seed": options.seed, "ids": options.ids, "zipf_alpha": options.zipf_alpha,
-        "export_dir": str(export_dir.resolve()), "backend": backend, "batches": batches,
-        "threads": options.threads, "malloc": options.malloc,
-        "inputs": options.inputs, "pool_rule": dataclasses.asdict(options.pool_rule), "cache_bytes": options.cache_bytes,
-        "timing": dataclasses.asdict(options.timing), "atol": options.atol, "rtol": options.rtol,
-        "run_dir": str(run_dir.resolve()), "profile_iters": options.profile_iters,
-        "counter_seconds": options.counter_seconds, "mode": mode, "round": round_, "attempt": attempt,
-        "noise": dataclasses.asdict(options.noise), "uarch_machine": options.uarch_machine,
+        **options.worker_fields(run_id, name, backend, export_dir, run_dir), "batches": batches,
+        "malloc": options.malloc, "inputs": options.inputs, "pool_rule": dataclasses.asdict(options.pool_rule),
+        "cache_bytes": options.cache_bytes, "timing": dataclasses.asdict(options.timing),
+        "profile_iters": options.profile_iters, "counter_seconds": options.counter_seconds, "mode": mode,
+        "round": round_, "attempt": attempt, "uarch_machine": options.uarch_machine,
     }
     prefix: list[str] = []
     threads = options.threads

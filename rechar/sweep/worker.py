@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import os
 import resource
 import sys
@@ -38,27 +37,14 @@ from rechar.measure.timing import TimingOptions, summarize, timed_loop, warm_up
 from rechar.measure.quality import (EVAL_SAMPLES, EVAL_SEED_OFFSET, QualityThresholds, evaluation_batches, quality,
                                    quality_failure)
 from rechar.stacks.variants import split_backend
+from rechar.sweep.options import WorkerFields
 from rechar.results.store import COUNTERS_LOG, PROFILES_LOG, UARCH_LOG, append_point
 
 
-@dataclasses.dataclass
-class WorkerSpec:
-    run_id: str
-    model: str
-    scale: str
-    overrides: dict[str, Any]
-    seed: int
-    ids: str
-    zipf_alpha: float
-    export_dir: str
-    backend: str
+@dataclasses.dataclass(kw_only=True)
+class WorkerSpec(WorkerFields):
     batches: list[int]
-    threads: int
     timing: dict[str, Any]
-    atol: float
-    rtol: float
-    run_dir: str
-    parent_pid: int = 0
     profile_iters: int = 0  # >0: a profiling pass of this many iterations after each timed point
     counter_seconds: float = 0.0  # >0: a pass of at least this many seconds counting CPU events (perf)
     mode: str = "run"  # "run": time (then profile, count); "profile" / "counters" / "uarch": only that pass
@@ -68,13 +54,8 @@ class WorkerSpec:
     cache_bytes: int | None = None  # size pools against this cache instead of the device's
     round: int = 0  # which round of the sweep this worker measures (--rounds)
     attempt: int = 0  # 0, or the re-measurement of a noisy round (--remeasure-noisy)
-    noise: dict[str, Any] = dataclasses.field(default_factory=dict)  # NoiseThresholds fields
     uarch_machine: str = ""  # the simulated machine of the uarch pass (rechar.uarch.machines)
     uarch_dump_dir: str = ""  # where callgrind writes that pass's dumps (the sweep started it so)
-
-    @classmethod
-    def read(cls, path: str | Path) -> "WorkerSpec":
-        return cls(**json.loads(Path(path).read_text()))
 
 
 def peak_rss_bytes() -> int:
