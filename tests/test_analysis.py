@@ -223,3 +223,26 @@ def test_layers_of_the_later_models_refine_to_their_categories():
         assert categorize(op, "", {})[0] == "normalisation"
     for op in ("aten::silu", "QuickGelu", "_MklSwish"):
         assert categorize(op, "", {})[0] == "activation"
+
+
+def test_simulated_figures_enter_the_feature_correlation_as_means_over_points():
+    """Without hardware counters, the simulation pass's per-point totals give the
+    microarchitecture metrics: each model's mean over its simulated points, named sim_*."""
+    from rechar.analysis.features import model_metrics
+
+    empty = pd.DataFrame(columns=["model", "device", "status", "throughput_sps"])
+    breakdown = pd.DataFrame(columns=["host", "model", "backend", "batch", "device", "category", "share"])
+    counters = pd.DataFrame(columns=["model", "device", "status", "ipc", "llc_mpki"])
+    simulated = pd.DataFrame({"model": ["a", "a", "b", "c"], "instructions_per_sample": [100.0, 300.0, 50.0, 10.0],
+                              "ll_mpki": [1.0, 3.0, 5.0, 9.0], "frontend_share": [0.4, 0.2, 0.1, 0.05],
+                              "backend_memory_share": [0.1, 0.3, 0.5, 0.7]})
+    metrics = model_metrics(empty, breakdown, pd.DataFrame(), counters, simulated).set_index("model")
+    assert metrics.loc["a", "sim_instructions_per_sample"] == pytest.approx(200.0)  # (100 + 300) / 2
+    assert metrics.loc["a", "sim_ll_mpki"] == pytest.approx(2.0)
+    assert metrics.loc["c", "sim_backend_memory_share"] == pytest.approx(0.7)
+    features = pd.DataFrame({"model": ["a", "b", "c"], "embedding_bytes_read_per_sample": [1, 2, 3],
+                             "macs_per_sample": [3, 2, 1], "lookups_per_sample": [1, 2, 3], "seq_len": [0, 0, 0]})
+    corr = feature_correlation(features, metrics.reset_index()).set_index(["feature", "metric"])
+    assert corr.loc[("embedding_bytes_read_per_sample", "sim_ll_mpki"), "spearman"] == pytest.approx(1.0)
+    assert corr.loc[("macs_per_sample", "sim_instructions_per_sample"), "spearman"] == pytest.approx(1.0)
+    assert ("macs_per_sample", "ipc") not in corr.index  # counted on no model: left out, not zero

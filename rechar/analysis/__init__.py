@@ -24,6 +24,7 @@ from rechar.analysis.features import feature_correlation, model_features, model_
 from rechar.analysis.precision import precision_shift, precision_table
 from rechar.analysis.ops import OPS_COLUMNS, coverage, load_ops, profile_time_basis, unmapped_ops
 from rechar.analysis.serving import best_policy, load_curve, serving_capacity
+from rechar.analysis.uarch import load_runs as load_uarch_runs, totals as uarch_totals
 from rechar.errors import UserError
 from rechar.measure.counters import HARDWARE
 from rechar.analysis.corrections import corrections
@@ -116,7 +117,8 @@ def analyze(run_dirs: list[str | Path], p99_bound_ms: float = 10.0, reference: s
         "serving_best": best_policy(capacity),
         "serving_curve": load_curve(runs.trials) if not runs.trials.empty else pd.DataFrame(),
         "correlation": feature_correlation(model_features(runs.configs),
-                                           model_metrics(points, breakdown, speedup, counters)),
+                                           model_metrics(points, breakdown, speedup, counters,
+                                                         uarch_totals(load_uarch_runs(run_dirs)))),
     }
 
 
