@@ -72,6 +72,7 @@ def _values(run_dir):
     return {(r["model"], r["backend"], r["batch"]): r for r in read_point_log(run_dir)}
 
 
+@pytest.mark.slow  # a Ray sweep and a local one side by side: 25 s
 def test_points_go_to_the_selected_nodes_and_match_a_local_sweep(tmp_path, cluster):
     local = run_sweep(_options(tmp_path, cluster, ray_address=None), tmp_path / "local")
     by_resource = run_sweep(_options(tmp_path, cluster, nodes="fast"), tmp_path / "fast")

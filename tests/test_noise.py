@@ -93,6 +93,7 @@ def test_rounds_interleave_and_give_intervals(tmp_path):
         assert (point.p50_ci_low_us, point.p50_ci_high_us) == pytest.approx((np.exp(low), np.exp(high)))
 
 
+@pytest.mark.slow  # three rounds, interrupted and resumed: 30 s (resume itself: tests/test_faults.py)
 def test_resume_mid_round_measures_each_round_once(tmp_path):
     options = _options(tmp_path, backends=["torch", "ort-cpu"], rounds=3,
                        timing=TimingOptions(warmup_iters=2, warmup_seconds=0, min_iters=5, min_seconds=0))

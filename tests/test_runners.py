@@ -228,6 +228,7 @@ def test_gate_catches_a_compiler_that_computes_something_else(tmp_path, fault_ba
     assert list(points["status"]) == ["invalid"] and points["max_abs_error"].iloc[0] > 0.01
 
 
+@pytest.mark.slow  # two compiles of a model: 25 s
 def test_compiled_stack_records_compile_time_and_reuses_its_cache(tmp_path):
     exports = str(tmp_path / "exports")
     first = load_points(_sweep(tmp_path / "a", backends=["torch-compile"], batch_sizes=[4], exports_dir=exports))
