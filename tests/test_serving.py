@@ -232,6 +232,8 @@ def test_search_finds_the_rate_queueing_theory_gives_for_a_fixed_service_time(tm
     # Seen here (2 cores shared with other jobs, every trial flagged noisy): at load average 3-7,
     # 16 of 20 runs landed at 0.76-0.92 of theory, 4 below 0.75 (0.33, 0.44, 0.62, 0.735: a rate
     # near 0.68 of theory failing twice); at load 7-10, 3 of 10 reached 0.75 (all 0.26-0.86).
+    # On the quiet machine (2026-12-01): 20 of 20 consecutive runs passed, the 10 printed landing at
+    # 0.826-0.952 of theory (median 0.836).
     print(f"landing {found / theory:.3f} of M/D/2 capacity {theory:.1f}/s "
           f"(trials: {server[['target_qps', 'passed', 'noisy', 'retry_reason']].values.tolist()})")
     assert 0.75 * theory <= found <= 1.05 * theory, (found, theory, server[["target_qps", "p99_ms", "result"]])
