@@ -47,6 +47,7 @@ class Runs:
     trials: pd.DataFrame  # rechar.serving.trials.TRIAL_COLUMNS + host: LoadGen tests of serving runs
     time_basis: pd.DataFrame  # host, backend, time_basis, points: what GPU profiles' op times cover
     corrections: pd.DataFrame  # run_id, host + rechar.results.annotations.corrections: applied on read
+    simulated: pd.DataFrame  # rechar.analysis.uarch.totals: one row per simulated point (empty: no uarch pass)
 
 
 def load_runs(run_dirs: list[str | Path]) -> Runs:
@@ -77,7 +78,8 @@ def load_runs(run_dirs: list[str | Path]) -> Runs:
     all_counters = pd.concat(counters, ignore_index=True) if counters else counter_table([])
     all_trials = pd.concat(trials, ignore_index=True) if trials else pd.DataFrame(columns=[*TRIAL_COLUMNS, "host"])
     return Runs(pd.concat(points, ignore_index=True), all_ops, all_counters, configs, manifests, all_trials,
-                pd.concat(bases, ignore_index=True), pd.concat(fixes, ignore_index=True))
+                pd.concat(bases, ignore_index=True), pd.concat(fixes, ignore_index=True),
+                uarch_totals(load_uarch_runs(run_dirs)))
 
 
 def analyze(run_dirs: list[str | Path], p99_bound_ms: float = 10.0, reference: str = "torch") -> dict[str, pd.DataFrame]:
@@ -117,8 +119,7 @@ def analyze(run_dirs: list[str | Path], p99_bound_ms: float = 10.0, reference: s
         "serving_best": best_policy(capacity),
         "serving_curve": load_curve(runs.trials) if not runs.trials.empty else pd.DataFrame(),
         "correlation": feature_correlation(model_features(runs.configs),
-                                           model_metrics(points, breakdown, speedup, counters,
-                                                         uarch_totals(load_uarch_runs(run_dirs)))),
+                                           model_metrics(points, breakdown, speedup, counters, runs.simulated)),
     }
 
 
