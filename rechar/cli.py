@@ -205,9 +205,12 @@ class ProgressBar:
 @click.option("--warmup-iters", type=click.IntRange(min=0), default=10, show_default=True)
 @click.option("--warmup-seconds", type=click.FloatRange(min=0), default=0.2, show_default=True)
 @click.option("--min-iters", type=click.IntRange(min=1), default=50, show_default=True,
-              help="Timed iterations per point, at least.")
+              help="Timed iterations per point, at least (within --max-seconds).")
 @click.option("--min-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Timed seconds per point, at least.")
+@click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Time budget of a point's warm-up and of its timing: a slow point stops past it once it has "
+                   "2 warm-up and 10 timed calls.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600, show_default=True,
               help="Seconds a point may take before its worker is killed (the first point also covers loading).")
 @click.option("--malloc", type=click.Choice(allocator.CHOICES), default="default", show_default=True,
@@ -239,7 +242,7 @@ class ProgressBar:
 @click.option("--each-node", is_flag=True,
               help="With --ray: run the whole sweep on every matching node (one run folder per node inside the run).")
 def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_path, threads, out, exports_dir,
-            seed, ids, zipf_alpha, inputs, rounds, remeasure_noisy, noisy_others, noisy_steal, warmup_iters, warmup_seconds, min_iters, min_seconds, timeout, malloc, quiet,
+            seed, ids, zipf_alpha, inputs, rounds, remeasure_noisy, noisy_others, noisy_steal, warmup_iters, warmup_seconds, min_iters, min_seconds, max_seconds, timeout, malloc, quiet,
             profile, profile_iters, count, counter_seconds, simulate, uarch_machine, write_html, resume_dir, precisions,
             ray_address, node_selector, each_node) -> None:
     """Time models x backends x batch sizes; every point checked against eager PyTorch first."""
@@ -261,7 +264,7 @@ def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_p
         ray_address=ray_address, nodes=node_selector, each_node=each_node,
         precisions=_split_names((precisions,)),
         timing=TimingOptions(warmup_iters=warmup_iters, warmup_seconds=warmup_seconds, min_iters=min_iters,
-                             min_seconds=min_seconds),
+                             min_seconds=min_seconds, max_seconds=max_seconds),
     )
     if threads:
         options.threads = threads

@@ -121,6 +121,68 @@ def test_time_call_honours_warmup_and_minimums():
     assert lat.size > 100  # ran for at least 50 ms
 
 
+class _SlowCalls:
+    """A clock that only the call advances, by one second a call: a point whose calls take 1 s."""
+
+    def __init__(self):
+        self.now_ns, self.calls = 0, 0
+
+    def perf_counter_ns(self):
+        return self.now_ns
+
+    def call(self):
+        self.calls += 1
+        self.now_ns += 1_000_000_000
+
+
+@pytest.mark.parametrize("budget, warmups, timed", [
+    (None, 10, 50),  # no budget: every minimum holds
+    (5.0, 5, 10),  # warm-up stops at the 5th second (after >= 2 calls); timing at 5 s would leave 5, so 10
+    (20.0, 10, 20),  # warm-up's 10 calls fit; timing stops at 20 s, below the 50 calls asked
+    (100.0, 10, 50),  # a budget wider than the minimums changes nothing
+    (0.5, 2, 10),  # the floors: 2 warm-up calls, 10 timed ones
+])
+def test_time_budget_bounds_slow_points(monkeypatch, budget, warmups, timed):
+    import rechar.measure.timing as timing
+
+    clock = _SlowCalls()
+    monkeypatch.setattr(timing, "time", clock)
+    options = TimingOptions(warmup_iters=10, warmup_seconds=0.2, min_iters=50, min_seconds=0.5, max_seconds=budget)
+    timing.warm_up(clock.call, options)
+    assert clock.calls == warmups
+    lat = timing.timed_loop(clock.call, options)
+    assert lat.size == timed and (lat == 1_000_000_000).all()
+
+
+def test_time_budget_below_the_minimum_is_refused():
+    with pytest.raises(UserError, match=r"time budget per point \(0.5 s\) is below its minimum timed seconds \(1 s\)"):
+        TimingOptions(min_seconds=1.0, max_seconds=0.5).validate()
+
+
+@pytest.mark.parametrize("requested, call_seconds, budget, want", [
+    (20, 10.0, 30.0, 3),  # 3 calls fill the budget
+    (20, 2.0, 30.0, 15),
+    (20, 0.005, 30.0, 20),  # fast points: as requested
+    (20, 100.0, 30.0, 3),  # never fewer than 3
+    (2, 100.0, 30.0, 2),  # nor more than requested
+    (20, 10.0, None, 20),  # no budget (runs from before it)
+    (20, None, 30.0, 20),  # latency unknown
+])
+def test_profile_pass_fits_the_time_budget(requested, call_seconds, budget, want):
+    from rechar.sweep.worker import profile_iterations
+
+    assert profile_iterations(requested, call_seconds, budget) == want
+
+
+def test_runs_from_before_the_budget_resume_without_one():
+    from rechar.sweep.options import RunOptions
+
+    old = RunOptions.from_dict({"timing": {"warmup_iters": 10, "warmup_seconds": 0.2, "min_iters": 50, "min_seconds": 1.0}})
+    assert old.timing.max_seconds is None
+    assert RunOptions.from_dict({"timing": {"max_seconds": 12.0}}).timing.max_seconds == 12.0
+    assert RunOptions().timing.max_seconds == 30.0
+
+
 def test_summarize():
     lat_ns = np.arange(1, 101, dtype=np.int64) * 1000  # 1..100 us
     s = summarize(lat_ns, batch=10)

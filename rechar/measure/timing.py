@@ -4,6 +4,12 @@ Only the backend's prepared call sits between the two clock reads; inputs were p
 device before, outputs are converted after. Warm-up runs until both an iteration count and a
 time have passed (first calls allocate, compile and fill caches); measurement likewise, so that
 fast points get many samples and slow points still get a minimum.
+
+A time budget (``max_seconds``) bounds both for the slowest points, as pytest-benchmark's
+``max_time`` does: a call of seconds (HSTU at batch 1024 on eager PyTorch takes ~10 s) would
+otherwise spend ``min_iters`` x 10 s in one point. Past the budget a loop stops, but never before
+MIN_WARMUP_CALLS warm-up calls (the first allocates and compiles) and MIN_TIMED_CALLS timed ones
+(fewer give no usable median); each point records how many calls it timed.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from rechar.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class TimingOptions:
@@ -22,6 +30,16 @@ class TimingOptions:
     min_iters: int = 50
     min_seconds: float = 1.0
     max_iters: int = 100_000  # bounds memory and time for microsecond-scale calls
+    max_seconds: float | None = 30.0  # each of warm-up and timing stops past this (None: no budget; runs before it)
+
+    def validate(self) -> None:
+        if self.max_seconds is not None and self.max_seconds < self.min_seconds:
+            raise UserError(f"the time budget per point ({self.max_seconds:g} s) is below its minimum timed "
+                            f"seconds ({self.min_seconds:g} s)")
+
+
+MIN_WARMUP_CALLS = 2
+MIN_TIMED_CALLS = 10
 
 
 def time_call(call: Callable[[], Any], options: TimingOptions) -> np.ndarray:
@@ -32,9 +50,12 @@ def time_call(call: Callable[[], Any], options: TimingOptions) -> np.ndarray:
 
 def warm_up(call: Callable[[], Any], options: TimingOptions) -> None:
     clock = time.perf_counter_ns
+    budget_end = _budget_end(clock(), options)
     deadline = clock() + int(options.warmup_seconds * 1e9)
     done = 0
     while done < options.warmup_iters or clock() < deadline:
+        if done >= MIN_WARMUP_CALLS and clock() >= budget_end:
+            break
         call()
         done += 1
 
@@ -44,12 +65,19 @@ def timed_loop(call: Callable[[], Any], options: TimingOptions) -> np.ndarray:
     clock = time.perf_counter_ns
     latencies = []
     append = latencies.append
+    budget_end = _budget_end(clock(), options)
     end = clock() + int(options.min_seconds * 1e9)
     while len(latencies) < options.min_iters or (clock() < end and len(latencies) < options.max_iters):
+        if len(latencies) >= MIN_TIMED_CALLS and clock() >= budget_end:
+            break
         start = clock()
         call()
         append(clock() - start)
     return np.asarray(latencies, dtype=np.int64)
+
+
+def _budget_end(now_ns: int, options: TimingOptions) -> float:
+    return float("inf") if options.max_seconds is None else now_ns + options.max_seconds * 1e9
 
 
 def summarize(latencies_ns: np.ndarray, batch: int) -> dict[str, float]:

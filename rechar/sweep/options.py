@@ -93,7 +93,8 @@ class RunOptions(WorkloadOptions):
     def from_dict(cls, data: dict[str, Any]) -> "RunOptions":
         """Options as recorded in a run manifest."""
         values = cls._known(data)
-        values["timing"] = TimingOptions(**values.get("timing", {}))
+        # Runs from before the time budget had none: a resumed one keeps timing as it began.
+        values["timing"] = TimingOptions(**{"max_seconds": None, **values.get("timing", {})})
         values["pool_rule"] = PoolRule(**values.get("pool_rule", {}))
         values.setdefault("inputs", "replay")  # runs from before input pools replayed one batch
         return cls(**values)
@@ -106,6 +107,7 @@ class RunOptions(WorkloadOptions):
             raise UserError(f"unknown inputs mode {self.inputs!r} (choose from {', '.join(INPUT_MODES)})")
         if self.cache_bytes is not None and self.cache_bytes < 1:
             raise UserError(f"cache size must be positive, got {self.cache_bytes}")
+        self.timing.validate()
         if self.rounds < 1:
             raise UserError(f"rounds must be at least 1, got {self.rounds}")
         if self.remeasure_noisy < 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import math
 import os
 import resource
 import sys
@@ -38,7 +39,7 @@ from rechar.measure.quality import (EVAL_SAMPLES, EVAL_SEED_OFFSET, QualityThres
                                    quality_failure)
 from rechar.stacks.variants import split_backend
 from rechar.sweep.options import WorkerFields
-from rechar.results.store import COUNTERS_LOG, PROFILES_LOG, UARCH_LOG, append_point
+from rechar.results.store import COUNTERS_LOG, PROFILES_LOG, UARCH_LOG, append_point, read_point_log
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -147,14 +148,22 @@ def run(spec: WorkerSpec) -> None:
 
         simulation = Simulation(spec.uarch_dump_dir)
     ok = False
+    timed = {}  # batch -> seconds per call, from timing (in this worker or, for an added pass, the run's log)
+    if spec.mode == "profile":
+        timed = {r["batch"]: r["p50_us"] / 1e6 for r in read_point_log(spec.run_dir)
+                 if r.get("status") == "ok" and (r["model"], r["backend"], r["round"]) == (spec.model, spec.backend, spec.round)}
     for batch in spec.batches:
         pool = pools.make(shell, batch)
         if spec.mode == "run":
             judged = quality_gate(backend, *evaluation[batch], shell.output_kind) if batch in evaluation else {}
-            ok = time_point(spec, backend, base, batch, pool, expected.get(batch, []), timing, load_seconds,
-                            settings, {**held, **judged}, shell.output_kind)
+            record = time_point(spec, backend, base, batch, pool, expected.get(batch, []), timing, load_seconds,
+                                settings, {**held, **judged}, shell.output_kind)
+            ok = record["status"] == "ok"
+            if ok:
+                timed[batch] = record["p50_us"] / 1e6
         if spec.profile_iters and (spec.mode == "profile" or (spec.mode == "run" and ok)):
-            profile_point(spec, backend, base, batch, pool)
+            iterations = profile_iterations(spec.profile_iters, timed.get(batch), timing.max_seconds)
+            profile_point(spec, backend, base, batch, pool, iterations)
         if spec.counter_seconds and (spec.mode == "counters" or (spec.mode == "run" and ok)):
             count_point(spec, backend, base, batch, pool)
         if simulation is not None:
@@ -177,8 +186,8 @@ def quality_gate(backend, batches: list[dict[str, np.ndarray]], want: np.ndarray
 
 
 def time_point(spec, backend, base, batch, pool: InputPool, expected, timing, load_seconds, settings,
-               held: dict[str, Any], kind: str) -> bool:
-    """Gate, then time one point; append its record. True if it was timed."""
+               held: dict[str, Any], kind: str) -> dict[str, Any]:
+    """Gate, then time one point; append its record and return it."""
     record = {**base, "device": backend.device, "batch": batch, **pool.record(),
               "load_seconds": load_seconds, "settings": settings, **held, "started": time.time()}
     try:
@@ -210,7 +219,7 @@ def time_point(spec, backend, base, batch, pool: InputPool, expected, timing, lo
     record.update(finished=time.time(), peak_rss_bytes=peak_rss_bytes(),
                   peak_device_bytes=backend.peak_device_bytes(), **backend.compile_info(batch))
     append_point(spec.run_dir, record)
-    return record["status"] == "ok"
+    return record
 
 
 def _abs_error(got: np.ndarray, want: np.ndarray) -> float:
@@ -220,15 +229,26 @@ def _abs_error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.max(np.abs(got.astype(np.float64) - want))) if got.size else 0.0
 
 
-def profile_point(spec, backend, base, batch, pool: InputPool) -> None:
+MIN_PROFILE_CALLS = 3
+
+
+def profile_iterations(requested: int, call_seconds: float | None, budget_seconds: float | None) -> int:
+    """Profiled calls for a point: those requested, but no more than fit the timing's time budget
+    at the point's timed latency (a profiler only slows calls), and at least MIN_PROFILE_CALLS."""
+    if budget_seconds is None or not call_seconds:
+        return requested
+    return min(requested, max(MIN_PROFILE_CALLS, math.ceil(budget_seconds / call_seconds)))
+
+
+def profile_point(spec, backend, base, batch, pool: InputPool, iterations: int) -> None:
     """The profiling pass of one point: raw per-op totals to profiles.jsonl, trace kept."""
     trace_dir = Path(spec.run_dir) / "traces" / (f"{spec.model}__{spec.backend}__b{batch}"
                                                  + (f"__r{spec.round}" if spec.round else ""))
     trace_dir.mkdir(parents=True, exist_ok=True)
-    record = {**base, "device": backend.device, "batch": batch, "iterations": spec.profile_iters,
+    record = {**base, "device": backend.device, "batch": batch, "iterations": iterations,
               "input_hash": pool.hash}
     try:
-        result = backend.profile(pool.batches, spec.profile_iters, trace_dir)
+        result = backend.profile(pool.batches, iterations, trace_dir)
         record.update(status="ok", trace=str(result.trace_path.relative_to(spec.run_dir)),
                       iterations=result.iterations, ops=result.ops.to_dict("records"), **result.info)
     except Exception as e:
