@@ -197,7 +197,8 @@ class ProgressBar:
               help="Measure every point this many times, each in a fresh worker, rounds interleaved; the "
                    "point's p50 and its 95% interval come from the rounds.")
 @click.option("--remeasure-noisy", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Measure a round again, up to this many times, when the machine was busy while it was timed.")
+              help="Measure a round again, up to this many times, when the machine was busy while it was timed "
+                   "(with --resume: also in a finished run).")
 @click.option("--noisy-others", type=click.FloatRange(min=0, max=1, min_open=True), default=0.10, show_default=True,
               help="A point is noisy when other processes used more than this share of the machine's CPUs.")
 @click.option("--noisy-steal", type=click.FloatRange(min=0, max=1, min_open=True), default=0.05, show_default=True,
@@ -248,7 +249,8 @@ def run_cmd(model_names, all_models, backend_names, batch_sizes, scale, config_p
     """Time models x backends x batch sizes; every point checked against eager PyTorch first."""
     echo = (lambda msg: None) if quiet else click.echo
     if resume_dir:
-        run_dir = resume_sweep(resume_dir, log=echo, progress=ProgressBar(not quiet), ray_address=ray_address)
+        run_dir = resume_sweep(resume_dir, log=echo, progress=ProgressBar(not quiet), ray_address=ray_address,
+                               remeasure_noisy=remeasure_noisy or None)
         if read_manifest(run_dir)["options"].get("profile_iters"):
             build_ops_table(run_dir)
         _finish_run(run_dir, write_html)

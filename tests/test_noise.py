@@ -71,6 +71,18 @@ def test_noisy_points_are_measured_again_and_the_quiet_attempt_is_used(tmp_path,
     assert not points["noisy"].any() and len(points) == 3
 
 
+def test_a_finished_run_resumed_with_remeasure_noisy_measures_its_noisy_rounds_again(tmp_path, burning, run_cli):
+    run_dir = run_sweep(_options(tmp_path, backends=["burning"], batch_sizes=[1, 2, 4]), tmp_path / "run")
+    assert load_points(run_dir).set_index("batch")["noisy"].to_dict() == {1: False, 2: True, 4: True}
+    code, out, err = run_cli("run", "--resume", str(run_dir), "--remeasure-noisy", "2", "--quiet")
+    assert code == 0, err
+    rounds = load_rounds(run_dir)
+    assert rounds.groupby("batch")["attempt"].apply(sorted).to_dict() == {1: [0], 2: [0, 1], 4: [0, 1]}
+    assert not load_points(run_dir)["noisy"].any()  # the quiet attempts are used; the noisy ones kept
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["options"]["remeasure_noisy"] == 2 and manifest["status"] == "complete"
+
+
 def test_rounds_interleave_and_give_intervals(tmp_path):
     options = _options(tmp_path, backends=["torch", "ort-cpu"], rounds=3,
                        timing=TimingOptions(warmup_iters=2, warmup_seconds=0, min_iters=20, min_seconds=0))

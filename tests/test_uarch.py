@@ -19,7 +19,7 @@ from rechar.uarch import machines
 from rechar.uarch.attribute import attribute
 from rechar.uarch.cycles import cycle_split
 from rechar.uarch.profile import parse_lines
-from rechar.uarch.symbols import RUNTIME, UNATTRIBUTED, Resolver, aten_op
+from rechar.uarch.symbols import RUNTIME, UNATTRIBUTED, Resolver, aten_op, op_category, tf_kernel_op
 from rechar.uarch.vtables import virtual_function_classes
 
 needs_valgrind = pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
@@ -123,6 +123,53 @@ def test_dispatcher_names_lose_their_overload():
     assert aten_op("index_select") == "aten::index_select"
     assert aten_op("empty_memory_format") == "aten::empty"
     assert aten_op("frobnicate_out") == "aten::frobnicate_out"  # unknown: kept whole (category other)
+
+
+#: Kernel entries as libtensorflow_cc.so.2 (TensorFlow 2.21) names them (``nm -DC``), with the op
+#: type TensorFlow's profiler gives the same node (tf_trace) and its category.
+TF_KERNELS = [
+    ("tensorflow::BinaryOp<Eigen::ThreadPoolDevice, tensorflow::functor::add<float> >", "AddV2", "elementwise"),
+    ("tensorflow::BinaryOp<Eigen::ThreadPoolDevice, tensorflow::functor::floor_fmod<float> >", "FloorMod", "elementwise"),
+    ("tensorflow::UnaryOp<Eigen::ThreadPoolDevice, tensorflow::functor::sigmoid<float> >", "Sigmoid", "activation"),
+    ("tensorflow::ReductionOp<Eigen::ThreadPoolDevice, float, int, Eigen::internal::SumReducer<float> >", "Sum",
+     "elementwise"),
+    ("tensorflow::MklFusedMatMulOp<Eigen::ThreadPoolDevice, float, float, float, float, float, true>",
+     "_MklNativeFusedMatMul", "fc"),
+    ("tensorflow::MklMatMulOp<Eigen::ThreadPoolDevice, float, false>", "_MklMatMul", "fc"),
+    ("tensorflow::BatchMatMulMkl<Eigen::ThreadPoolDevice, float, float, float, true>", "_MklBatchMatMulV2", "fc"),
+    ("tensorflow::ResourceGatherOp<Eigen::ThreadPoolDevice, float, int>", "ResourceGather", "embedding"),
+    ("tensorflow::GatherOp<Eigen::ThreadPoolDevice, float, long>", "GatherV2", "embedding"),
+    ("tensorflow::ConcatBaseOp<Eigen::ThreadPoolDevice, float, (tensorflow::AxisArgumentName)1>", "ConcatV2",
+     "interaction"),
+    ("tensorflow::PackOp<Eigen::ThreadPoolDevice, float>", "Pack", "interaction"),
+    ("tensorflow::MklSoftmaxOp<Eigen::ThreadPoolDevice, float>", "_MklSoftmax", "softmax"),
+    ("tensorflow::MklLayerNormOp<Eigen::ThreadPoolDevice, float>", "_MklLayerNorm", "normalisation"),
+    ("tensorflow::StridedSliceOp<Eigen::ThreadPoolDevice, float>", "StridedSlice", "data-movement"),
+    ("tensorflow::SplitOpCPU<float>", "Split", "data-movement"),
+    ("tensorflow::ArgOp", "_Arg", "data-movement"),
+    ("tensorflow::ReadVariableOp", "ReadVariableOp", "data-movement"),
+]
+
+
+@pytest.mark.parametrize("cls, op, category", TF_KERNELS)
+def test_tensorflow_kernels_are_named_by_their_class(cls, op, category):
+    assert tf_kernel_op(f"{cls}::Compute(tensorflow::OpKernelContext*)") == op
+    assert op_category(op) == category
+    label = Resolver().label("/x/libtensorflow_cc.so.2", f"{cls}::Compute(tensorflow::OpKernelContext*)")
+    assert label.op == op and label.runtime == "TensorFlow outside its kernels"
+
+
+def test_tensorflow_names_that_are_not_kernel_entries():
+    # a lambda inside a kernel is enclosed by its entry, not one itself
+    assert tf_kernel_op("tensorflow::StridedSliceOp<Eigen::ThreadPoolDevice, float>::Compute("
+                        "tensorflow::OpKernelContext*)::{lambda()#2}::operator()() const") is None
+    assert tf_kernel_op("tensorflow::(anonymous namespace)::ExecutorState<tensorflow::PropagatorState>::Process("
+                        "tensorflow::PropagatorState::TaggedNode, long)") is None
+    # a kernel no rule names is still an operator, of category other
+    unknown = "tensorflow::FrobnicateOp<Eigen::ThreadPoolDevice, float>::Compute(tensorflow::OpKernelContext*)"
+    assert tf_kernel_op(unknown) == "tf::FrobnicateOp"
+    assert Resolver().label("/x/libtensorflow_cc.so.2", unknown).op == "tf::FrobnicateOp"
+    assert op_category("tf::FrobnicateOp") == "other"
 
 
 CPP_KERNELS = """

@@ -157,6 +157,8 @@ OP_CATEGORY: dict[str, str] = {
     "Input": _MOV, "Output": _MOV,
     # Ops of the later models (layer norm, SiLU, attention kernels, time bucketing), every framework
     "aten::layer_norm": _NRM, "aten::native_layer_norm": _NRM, "aten::var_mean": _NRM, "LayerNormalization": _NRM,
+    "_MklLayerNorm": _NRM, "_MklConcatV2": _INT, "Floor": _ELT, "Reciprocal": _ELT, "LogicalAnd": _ELT,
+    "LogicalOr": _ELT, "Sign": _ELT,
     "SimplifiedLayerNormalization": _NRM, "SkipLayerNormalization": _NRM, "MVN": _NRM,
     "aten::silu": _ACT, "aten::silu_": _ACT, "QuickGelu": _ACT, "_MklSwish": _ACT, "Swish": _ACT,
     "aten::_scaled_dot_product_flash_attention_for_cpu": "attention",

@@ -65,10 +65,13 @@ def resume_sweep(
     counter_seconds: float | None = None,
     ray_address: str | None = None,
     uarch_machine: str | None = None,
+    remeasure_noisy: int | None = None,
 ) -> Path:
     """Continue an interrupted run with the options it was started with, skipping finished points.
     With ``profile_iters`` (``counter_seconds``), also profile (count the CPU events of) every
-    timed point that has no profile (counts) yet: this is how an existing run gets those passes."""
+    timed point that has no profile (counts) yet: this is how an existing run gets those passes.
+    With ``remeasure_noisy``, measure again, up to that many times, every round timed while the
+    machine was busy (a finished run included); the noisy attempts stay in the run."""
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     if manifest.get("kind") == "serve":
@@ -88,6 +91,13 @@ def resume_sweep(
             raise UserError(f"profile iterations must be at least 1, got {profile_iters}")
         options.profile_iters = profile_iters
         manifest["options"]["profile_iters"] = profile_iters
+    if remeasure_noisy is not None:
+        if remeasure_noisy < 1:
+            raise UserError(f"re-measurements must be at least 1, got {remeasure_noisy}")
+        if options.ray_address:
+            raise UserError("--remeasure-noisy is not supported on a Ray cluster yet (re-run noisy points locally)")
+        options.remeasure_noisy = manifest["options"]["remeasure_noisy"] = max(options.remeasure_noisy,
+                                                                               remeasure_noisy)
     if counter_seconds is not None:
         if counter_seconds <= 0:
             raise UserError(f"counter seconds must be positive, got {counter_seconds}")

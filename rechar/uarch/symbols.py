@@ -8,9 +8,13 @@ Three kinds of name reach here:
   Python or from another op passes through it); Inductor's generated ``cpp_fused_*`` kernels
   (decoded by rechar.analysis.taxonomy). ONNX Runtime, whose library is stripped: the virtual
   functions of its kernel classes, named from the library's vtables (rechar.uarch.vtables), e.g.
-  ``onnxruntime::Gemm<float>`` -> ``Gemm``. The resulting op name is looked up in the taxonomy's
-  table (rechar.analysis.taxonomy.OP_CATEGORY); a class that is not an operator (the executor's
-  ``ExecutionFrame``) is not an entry.
+  ``onnxruntime::Gemm<float>`` -> ``Gemm``. TensorFlow (symbols in ``libtensorflow_cc``): the
+  kernel's virtual ``Compute(OpKernelContext*)``, through which its executor runs every node; the
+  kernel's class, template arguments included, names the op type (``TF_KERNEL_RULES``:
+  ``BinaryOp<ThreadPoolDevice, functor::add<float>>`` -> ``AddV2``). The resulting op name is
+  looked up in the taxonomy's table (rechar.analysis.taxonomy.OP_CATEGORY); a class that is not
+  an operator (the executor's ``ExecutionFrame``) is not an entry, except that every TensorFlow
+  kernel is one (a class the rules do not name is ``tf::<class>``, category ``other``).
 - **Runtime code** (``RUNTIME_OBJECTS``): code that is not an operator's but is known — the Python
   interpreter, libc, the C++ runtime, the dynamic loader, thread pools, allocators, and the
   frameworks' own libraries outside their kernels (dispatch, the executor, session bookkeeping).
@@ -56,8 +60,14 @@ OPERATOR_RULES: list[tuple[str, str]] = [
     (r"^(cpp_fused_\w+)", "{1}"),  # Inductor's generated C++ kernels, decoded by the taxonomy
 ]
 
-#: Kernel class (demangled, from a stripped library's vtables) -> ONNX op type. First match wins.
+#: Kernel class (demangled, from a stripped library's vtables) -> op type: ONNX Runtime's kernels
+#: (ONNX op types), OpenVINO's CPU plugin nodes (its runtime graph's node types, as its profiler
+#: names them). First match wins.
 KERNEL_CLASS_RULES: list[tuple[str, str]] = [
+    (r"^ov::intel_cpu::node::Concat\b", "Concatenation"),
+    (r"^ov::intel_cpu::node::SoftMax\b", "Softmax"),
+    (r"^ov::intel_cpu::node::RNN\b", "RNNSeq"),
+    (r"^ov::intel_cpu::node::(\w+)", "ov::{1}"),  # the bare node type where the taxonomy has it
     (r"^onnxruntime::ElementWiseKernel<onnxruntime::functors::(\w+)", "{1}"),
     (r"^onnxruntime::functors::(\w+)", "{1}"),  # the element-wise functors the kernel runs
     (r"^onnxruntime::DeepCpuGruOp\b", "GRU"),
@@ -65,7 +75,56 @@ KERNEL_CLASS_RULES: list[tuple[str, str]] = [
     (r"^onnxruntime::(?:contrib::)?(?:\(anonymous namespace\)::)?(\w+?)(?:_\d+)?\b", "{1}"),
 ]
 
+#: A TensorFlow kernel's entry: ``tensorflow::<class>::Compute[Async](tensorflow::OpKernelContext*...)``.
+TF_KERNEL_ENTRY = r"^tensorflow::(.+?)::Compute(?:Async)?\(tensorflow::OpKernelContext\*(?:, [^()]*)?\)$"
+
+#: TensorFlow's functors (element-wise kernels are one class template over a functor) -> op type.
+TF_FUNCTORS: dict[str, str] = {
+    "add": "AddV2", "sub": "Sub", "mul": "Mul", "div": "RealDiv", "floor_fmod": "FloorMod",
+    "safe_floor_mod": "FloorMod", "floor_div": "FloorDiv", "safe_floor_div": "FloorDiv", "maximum": "Maximum",
+    "minimum": "Minimum", "equal_to": "Equal", "not_equal_to": "NotEqual", "greater": "Greater",
+    "greater_equal": "GreaterEqual", "less": "Less", "less_equal": "LessEqual", "squared_difference": "SquaredDifference",
+    "pow": "Pow", "logical_and": "LogicalAnd", "logical_or": "LogicalOr", "logical_not": "LogicalNot",
+    "sigmoid": "Sigmoid", "tanh": "Tanh", "exp": "Exp", "log": "Log", "neg": "Neg", "rsqrt": "Rsqrt",
+    "sqrt": "Sqrt", "square": "Square", "abs": "Abs", "inverse": "Reciprocal", "floor": "Floor", "sign": "Sign",
+}
+
+#: TensorFlow kernel class (after ``tensorflow::``) -> op type. First match wins; ``{1}``: the first
+#: group, ``functor:{1}`` through TF_FUNCTORS. The oneDNN kernels are named as the profiler names
+#: the op types the graph rewrite gives them (``_MklNativeFusedMatMul``).
+TF_KERNEL_RULES: list[tuple[str, str]] = [
+    (r"^(?:Binary|Unary)Op<[^,]+, tensorflow::functor::(\w+)<", "functor:{1}"),
+    (r"^ReductionOp<.*Eigen::internal::(Sum|Mean|Max|Min|Prod)Reducer<", "{1}"),
+    (r"^(?:Unary|Binary)ElementWiseOp<[^,]+, tensorflow::(\w+?)Op<", "{1}"),  # Relu and its kin
+    (r"^MklFusedMatMulOp<.*, true>$", "_MklNativeFusedMatMul"),
+    (r"^MklFusedMatMulOp<", "_MklFusedMatMul"),
+    (r"^MklMatMulOp<", "_MklMatMul"),
+    (r"^BatchMatMulMkl<", "_MklBatchMatMulV2"),
+    (r"^MklFusedBatchMatMulV2Op<", "_MklNativeFusedBatchMatMulV2"),
+    (r"^MklTransposeCpuOp\b", "_MklTranspose"),
+    (r"^MklConcatOp<", "_MklConcatV2"),
+    (r"^MklRelu\w*<.*eltwise_relu", "_MklRelu"),
+    (r"^MklSwish\w*<|^Mkl\w*<.*eltwise_swish", "_MklSwish"),
+    (r"^Mkl(\w+?)Op(?:Base)?\b", "_Mkl{1}"),  # _MklSoftmax, _MklLayerNorm, ...
+    (r"^ConcatBaseOp<.*\(tensorflow::AxisArgumentName\)1>$", "ConcatV2"),
+    (r"^ConcatBaseOp<", "Concat"),
+    (r"^ResourceGatherOp<", "ResourceGather"),
+    (r"^GatherOp<", "GatherV2"),
+    (r"^SplitOpCPU<", "Split"),
+    (r"^SplitVOpCPU<", "SplitV"),
+    (r"^TransposeCpuOp\b", "Transpose"),
+    (r"^CastOpBase\b|^CpuCastOp\b", "Cast"),
+    (r"^ArgOp$", "_Arg"),
+    (r"^RetvalOp$", "_Retval"),
+    (r"^ReadVariableOp$", "ReadVariableOp"),
+    (r"^BCastArgsOp\b", "BroadcastArgs"),
+    (r"^(?:\(anonymous namespace\)::)?(\w+?)Op(?:CPU)?(?:<|$)", "{1}"),  # PackOp -> Pack, StridedSliceOp<..> -> ...
+]
+
 _RUNTIME_OBJECTS = [(re.compile(p), what) for p, what in RUNTIME_OBJECTS.items()]
+_TF_KERNEL_ENTRY = re.compile(TF_KERNEL_ENTRY)
+_TF_KERNEL_RULES = [(re.compile(p), op) for p, op in TF_KERNEL_RULES]
+_TF_KERNEL_CLASS = re.compile(r"Op(?:CPU|Base|Mkl)?(?:<.*>)?$|^tensorflow::BatchMatMulMkl<")
 _OPERATOR_RULES = [(re.compile(p), op) for p, op in OPERATOR_RULES]
 _KERNEL_CLASS_RULES = [(re.compile(p), op) for p, op in KERNEL_CLASS_RULES]
 
@@ -76,6 +135,24 @@ def _apply(rules, text: str) -> str | None:
         if m:
             return template.format(None, *m.groups())
     return None
+
+
+def tf_kernel_op(fn: str) -> str | None:
+    """The op type of a TensorFlow kernel entry (``tf::<class>`` if no rule names it), or None if
+    ``fn`` is not one."""
+    m = _TF_KERNEL_ENTRY.search(fn)
+    return tf_class_op(m.group(1)) if m else None
+
+
+def tf_class_op(cls: str) -> str:
+    """The op type of a TensorFlow kernel class (without ``tensorflow::``); ``tf::<class>`` if no
+    rule names it."""
+    op = _apply(_TF_KERNEL_RULES, cls)
+    if op and op.startswith("functor:"):
+        op = TF_FUNCTORS.get(op[len("functor:"):])
+    if op and taxonomy.op_category(op) is not None:
+        return op
+    return "tf::" + re.sub(r"<.*", "", cls)
 
 
 def aten_op(name: str) -> str:
@@ -99,7 +176,7 @@ def op_category(op: str) -> str:
 
 def is_operator(op: str | None) -> bool:
     return op is not None and (taxonomy.op_category(op) is not None or bool(taxonomy.inductor_kernel_ops(op))
-                               or op.startswith("aten::"))
+                               or op.startswith(("aten::", "tf::", "ov::")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,11 +207,18 @@ class Resolver:
             cls = self._class_of(obj, fn)
             if cls is not None:
                 self.kernel_classes[(obj, fn)] = cls
-                op = _apply(self._classes, cls)
+                if cls.startswith("tensorflow::"):  # a kernel whose Compute has no symbol (defined inline)
+                    op = tf_class_op(cls[len("tensorflow::"):]) if _TF_KERNEL_CLASS.search(cls) else None
+                else:
+                    op = _apply(self._classes, cls)
+                    if op and op.startswith("ov::") and taxonomy.op_category(op[len("ov::"):]) is not None:
+                        op = op[len("ov::"):]
         else:
             op = _apply(self._operators, fn)
             if op and op.startswith("aten::"):
                 op = aten_op(op[len("aten::"):])
+            elif op is None:
+                op = tf_kernel_op(fn)
         if not is_operator(op):
             op = None
         return Label(op, self.runtime_of(obj) if obj else None)
