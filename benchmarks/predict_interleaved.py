@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--kind", choices=["scale", "threads"], required=True)
     parser.add_argument("--target-scale", default="small")
     parser.add_argument("--target-threads", type=int, default=2)
-    parser.add_argument("--models", default=",".join(models.names()))
+    parser.add_argument("--models", default=None, help="comma-separated (default: the source run's models)")
     parser.add_argument("--backends", default="torch,ort-cpu,tf")
     parser.add_argument("--batch-sizes", default="1,64,1024")
     parser.add_argument("--rounds", type=int, default=3)
@@ -64,7 +64,7 @@ def main() -> None:
     tgt_threads = args.target_threads if args.kind == "threads" else src_threads
     backends = [b for b in args.backends.split(",") if args.kind == "scale" or b in ("torch", "ort-cpu")]
     batches = [int(b) for b in args.batch_sizes.split(",")]
-    names = args.models.split(",")
+    names = args.models.split(",") if args.models else list(options["models"])
     card = Card.load(args.card)
     predicted = predict(run, card, Target(scale=tgt_scale, threads=tgt_threads, models=names, backends=backends,
                                           batches=batches))

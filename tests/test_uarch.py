@@ -364,6 +364,25 @@ def test_uarch_pass_attributes_pytorch_through_its_dispatcher(tiny_run):
     assert table[table["category"] == "fc"]["Ir"].sum() / total["Ir"] > 0.5
 
 
+@pytest.mark.slow
+@needs_valgrind
+@pytest.mark.parametrize("backend, fc_ops", [("tf", {"_MklNativeFusedMatMul", "_MklFusedMatMul", "_MklMatMul"}),
+                                              ("openvino", {"FullyConnected"})])
+def test_uarch_pass_attributes_tensorflow_and_openvino(tiny_run, backend, fc_ops):
+    """TensorFlow through its kernels' Compute entries, OpenVINO through its nodes' vtables: NCF's
+    MLP is most of a batch-64 call, in the FC kernels the profilers name."""
+    pytest.importorskip({"tf": "tensorflow", "openvino": "openvino"}[backend])
+    code, out, err, run_dir = tiny_run("-m", "ncf", "-b", backend, "--batch-sizes", "64", "--uarch",
+                                       "--uarch-machine", "cascadelake")
+    assert code == 0, err
+    table = pd.read_parquet(run_dir / "uarch.parquet")
+    total = table[table["category"] == "total"].iloc[0]
+    assert total["status"] == "ok" and total["coverage"] >= 0.9
+    assert table[table["category"] == "fc"]["Ir"].sum() / total["Ir"] > 0.5
+    record = json.loads((run_dir / "uarch.jsonl").read_text().splitlines()[0])
+    assert fc_ops & set(record["ops"]), sorted(record["ops"])
+
+
 def test_summary_in_a_native_child_matches_the_in_process_one(tmp_path):
     from rechar.uarch.callgrind import summarize, summarize_natively
 
