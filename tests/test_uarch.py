@@ -139,8 +139,11 @@ TF_KERNELS = [
     ("tensorflow::BatchMatMulMkl<Eigen::ThreadPoolDevice, float, float, float, true>", "_MklBatchMatMulV2", "fc"),
     ("tensorflow::ResourceGatherOp<Eigen::ThreadPoolDevice, float, int>", "ResourceGather", "embedding"),
     ("tensorflow::GatherOp<Eigen::ThreadPoolDevice, float, long>", "GatherV2", "embedding"),
-    ("tensorflow::ConcatBaseOp<Eigen::ThreadPoolDevice, float, (tensorflow::AxisArgumentName)1>", "ConcatV2",
+    ("tensorflow::ConcatBaseOp<Eigen::ThreadPoolDevice, float, (tensorflow::AxisArgumentName)0>", "ConcatV2",
      "interaction"),
+    ("tensorflow::FusedMatMulOp<Eigen::ThreadPoolDevice, float>", "_FusedMatMul", "fc"),
+    ("tensorflow::BinaryOp<Eigen::ThreadPoolDevice, tensorflow::functor::safe_floor_mod<long> >", "FloorMod",
+     "elementwise"),
     ("tensorflow::PackOp<Eigen::ThreadPoolDevice, float>", "Pack", "interaction"),
     ("tensorflow::MklSoftmaxOp<Eigen::ThreadPoolDevice, float>", "_MklSoftmax", "softmax"),
     ("tensorflow::MklLayerNormOp<Eigen::ThreadPoolDevice, float>", "_MklLayerNorm", "normalisation"),
@@ -366,11 +369,13 @@ def test_uarch_pass_attributes_pytorch_through_its_dispatcher(tiny_run):
 
 @pytest.mark.slow
 @needs_valgrind
-@pytest.mark.parametrize("backend, fc_ops", [("tf", {"_MklNativeFusedMatMul", "_MklFusedMatMul", "_MklMatMul"}),
+@pytest.mark.parametrize("backend, fc_ops", [("tf", {"_FusedMatMul", "_MklNativeFusedMatMul", "_MklMatMul"}),
                                               ("openvino", {"FullyConnected"})])
 def test_uarch_pass_attributes_tensorflow_and_openvino(tiny_run, backend, fc_ops):
     """TensorFlow through its kernels' Compute entries, OpenVINO through its nodes' vtables: NCF's
-    MLP is most of a batch-64 call, in the FC kernels the profilers name."""
+    MLP is most of a batch-64 call's operator work, in the FC kernels the profilers name. (Most of
+    TensorFlow's instructions at this size are its runtime: the executor and its thread pool's
+    spinning workers.)"""
     pytest.importorskip({"tf": "tensorflow", "openvino": "openvino"}[backend])
     code, out, err, run_dir = tiny_run("-m", "ncf", "-b", backend, "--batch-sizes", "64", "--uarch",
                                        "--uarch-machine", "cascadelake")
@@ -378,7 +383,9 @@ def test_uarch_pass_attributes_tensorflow_and_openvino(tiny_run, backend, fc_ops
     table = pd.read_parquet(run_dir / "uarch.parquet")
     total = table[table["category"] == "total"].iloc[0]
     assert total["status"] == "ok" and total["coverage"] >= 0.9
-    assert table[table["category"] == "fc"]["Ir"].sum() / total["Ir"] > 0.5
+    ir = table.set_index("category")["Ir"]
+    operators = total["Ir"] - ir.get(RUNTIME, 0) - ir.get(UNATTRIBUTED, 0)
+    assert ir["fc"] / operators > 0.5
     record = json.loads((run_dir / "uarch.jsonl").read_text().splitlines()[0])
     assert fc_ops & set(record["ops"]), sorted(record["ops"])
 

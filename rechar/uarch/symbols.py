@@ -106,8 +106,9 @@ TF_KERNEL_RULES: list[tuple[str, str]] = [
     (r"^MklRelu\w*<.*eltwise_relu", "_MklRelu"),
     (r"^MklSwish\w*<|^Mkl\w*<.*eltwise_swish", "_MklSwish"),
     (r"^Mkl(\w+?)Op(?:Base)?\b", "_Mkl{1}"),  # _MklSoftmax, _MklLayerNorm, ...
-    (r"^ConcatBaseOp<.*\(tensorflow::AxisArgumentName\)1>$", "ConcatV2"),
-    (r"^ConcatBaseOp<", "Concat"),
+    (r"^ConcatBaseOp<.*\(tensorflow::AxisArgumentName\)0>$", "ConcatV2"),  # NAME_IS_AXIS
+    (r"^ConcatBaseOp<", "Concat"),  # NAME_IS_CONCAT_DIM
+    (r"^FusedMatMulOp<", "_FusedMatMul"),  # without oneDNN's rewrite (as under Valgrind)
     (r"^ResourceGatherOp<", "ResourceGather"),
     (r"^GatherOp<", "GatherV2"),
     (r"^SplitOpCPU<", "Split"),
