@@ -89,6 +89,16 @@ class PerturbedCompileBackend(TorchCompileBackend):
         self.model.predict_layer.bias.add_(0.5)
 
 
+class ShiftedBackend(OrtCpuBackend):
+    """ONNX Runtime whose outputs come back moved by 2e-3 (20x the parity gate's logit tolerance,
+    as a moved output bias would): a stack that computes another model."""
+
+    name = "shifted"
+
+    def outputs(self, result):
+        return super().outputs(result) + 2e-3
+
+
 class BurningBackend(OrtCpuBackend):
     """ONNX Runtime whose timed calls at the batch sizes in $RECHAR_TEST_BURN_BATCHES run beside a
     competing load: one busy loop per CPU in processes of their own, from the placement of the

@@ -270,6 +270,26 @@ def test_serve_end_to_end_on_tiny_models(tmp_path, run_cli, tiny_exports):
     assert "Serving under load" in html and "p99 against offered load" in html
 
 
+def test_serving_gate_reads_score_outputs_as_scores(tmp_path, tiny_exports, monkeypatch):
+    """SASRec outputs candidate scores, not probabilities: on a stack that holds its own weights
+    (the worker drops PyTorch's model) the gate must still compare them as scores. It once read
+    them as probabilities, whose logits of negative scores are NaN, and refused every stack but
+    eager PyTorch; a stack computing another model must still be refused."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("RECHAR_EXTRA_BACKENDS", "shifted=fault_backends:ShiftedBackend")
+    monkeypatch.syspath_prepend(str(TESTS_DIR))
+    monkeypatch.setitem(BACKENDS, "shifted", "fault_backends:ShiftedBackend")
+    run_dir = run_serve(ServeOptions(models=["sasrec"], backends=["ort-cpu", "shifted"], batches=[None], scale="tiny",
+                                     threads=2, query_sizes="fixed:1", min_duration_s=0.2, min_queries=64,
+                                     exports_dir=_exports(tiny_exports)), tmp_path / "run")
+    trials = load_trials(run_dir).groupby("backend")
+    ort = trials.get_group("ort-cpu")
+    assert (ort["status"] == "ok").all(), ort[["status", "error"]]
+    shifted = trials.get_group("shifted")
+    assert (shifted["status"] == "invalid").all() and len(shifted) == 1
+    assert shifted["error"].iloc[0].startswith("outputs differ from eager PyTorch by 0.002 in logits")
+
+
 def test_offload_sends_large_queries_to_the_other_backend(tmp_path, tiny_exports):
     run_dir = run_serve(ServeOptions(models=["wnd"], backends=["torch"], batches=[None], scale="tiny", threads=2,
                                      query_sizes="normal:8,4", min_duration_s=0.5, offload_backend="ort-cpu",

@@ -70,7 +70,7 @@ class _Loaded:
     """The backend instances of one executor count: one per executor (each with its share of
     the threads), or one shared where the framework's thread pool is per process."""
 
-    def __init__(self, spec: ServeSpec, model, export: ExportResult, workers: int):
+    def __init__(self, spec: ServeSpec, model, export: ExportResult, workers: int, output_kind: str):
         cls = backend_class(spec.backend)
         threads = spec.threads if cls.threads_per_process else max(1, spec.threads // workers)
         count = 1 if cls.threads_per_process else workers
@@ -78,7 +78,7 @@ class _Loaded:
         for backend in self.instances:
             backend.load(model, export)
         self.threads = threads
-        self.output_kind = type(model).output_kind if model is not None else "sigmoid"
+        self.output_kind = output_kind  # from the model's shell: ``model`` is None where the stack holds its own weights
         self.offload = None
         if spec.offload_backend:
             self.offload = backend_class(spec.offload_backend)(BackendOptions(threads=threads))
@@ -152,7 +152,7 @@ def run(spec: ServeSpec) -> None:
         if not todo:
             continue
         try:
-            loaded = _Loaded(spec, model, export, workers)
+            loaded = _Loaded(spec, model, export, workers, shell.output_kind)
         except Exception as e:  # the framework cannot load the model: every policy fails, clearly
             for policy in todo:
                 _append(spec, policy, 0, {"status": "failed", "error": f"load failed: {one_line(e)}"})
