@@ -482,18 +482,29 @@ def _int_list(text: str, what: str) -> list[int]:
                    "memory if less).")
 @click.option("--stacks", "stacks_text", default="torch,ort,tf", show_default=True,
               help="Stacks whose fixed cost per call is probed (torch, ort, tf); missing ones are skipped.")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="Probe every node of this Ray cluster (auto: the cluster this machine belongs to), each on the "
+                   "node, all at once: one card per node, OUT's name with the node's appended; needs rechar[ray].")
+@click.option("--nodes", "node_selector", default=None, metavar="SELECTOR",
+              help="With --ray: only nodes with this custom resource, or with the label key=value.")
 @quiet_option
-def probe_cmd(out_path, threads_text, max_working_set, stacks_text, quiet) -> None:
+def probe_cmd(out_path, threads_text, max_working_set, stacks_text, ray_address, node_selector, quiet) -> None:
     """Measure this machine for predictions (about a minute): gathers, bandwidth, GEMMs, call costs."""
-    from rechar.predict.probe import ProbeOptions, parse_size, probe
+    from rechar.predict.probe import ProbeOptions, parse_size, probe, probe_cluster
 
-    options = ProbeOptions(stacks=tuple(_split_names((stacks_text,))))
+    overrides = {"stacks": tuple(_split_names((stacks_text,)))}
     if max_working_set:
-        options.max_working_set = parse_size(max_working_set)
+        overrides["max_working_set"] = parse_size(max_working_set)
     if threads_text:
-        options.threads = _int_list(threads_text, "--threads")
+        overrides["threads"] = _int_list(threads_text, "--threads")
     echo = (lambda msg: None) if quiet else click.echo
-    card = probe(options, out_path, log=echo)
+    if node_selector and not ray_address:
+        raise UserError("--nodes selects nodes of a Ray cluster: give --ray ADDRESS too")
+    if ray_address:
+        for label, path in probe_cluster(ray_address, node_selector, overrides, out_path, log=echo).items():
+            click.echo(f"machine card of node {label}: {path}")
+        return
+    card = probe(ProbeOptions(**overrides), out_path, log=echo)
     for stack, reason in card["skipped_stacks"].items():
         click.echo(f"skipped stack {stack}: {reason}")
     click.echo(f"machine card: {out_path} ({card['probe_seconds']} s)")

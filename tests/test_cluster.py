@@ -161,3 +161,27 @@ def test_ray_missing_is_a_one_line_error(run_cli, monkeypatch, tmp_path):
     assert not (tmp_path / "r").exists()
     code, _, err = run_cli("run", "-m", "ncf", "--scale", "tiny", "--each-node", "--out", str(tmp_path / "r"))
     assert code == 2 and "give --ray ADDRESS too" in err
+
+
+def test_probe_on_a_cluster_writes_one_card_per_node(tmp_path, cluster, run_cli):
+    """``rechar probe --ray`` probes each node on the node (the head has no CPU: not probed), one
+    card per node named after it; ``--nodes`` selects as ``rechar run`` does."""
+    import json
+
+    from rechar.predict.probe import probe_cluster
+
+    small = {"threads": [1], "max_working_set": 64 << 10, "widths": (32,), "gemm_rows": (1,),
+             "gemm_shapes": [(16, 8)], "stacks": ("torch",), "seconds_per_figure": 0.001, "stream_bytes": 1 << 20}
+    paths = probe_cluster(cluster[0].address, None, small, tmp_path / "card.json")
+    assert len(paths) == 2 and all(p.parent == tmp_path and p.name.startswith("card-") for p in paths.values())
+    ids = set()
+    for label, path in paths.items():
+        card = json.loads(path.read_text())
+        assert card["node"]["label"] == label and card["options"]["threads"] == [1] and card["gemm"]
+        ids.add(card["node"]["id"])
+    assert ids == set(cluster[1].values())  # each card from its own node
+    (tmp_path / "b").mkdir()
+    chosen = probe_cluster(cluster[0].address, "tier=b", small, tmp_path / "b" / "card.json")
+    assert [json.loads(p.read_text())["node"]["id"] for p in chosen.values()] == [cluster[1]["slow"]]
+    code, _, err = run_cli("probe", "--nodes", "tier=b")
+    assert code == 2 and err.strip() == "error: --nodes selects nodes of a Ray cluster: give --ray ADDRESS too"

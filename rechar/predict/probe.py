@@ -315,3 +315,43 @@ def probe(options: ProbeOptions, out: str | Path | None = None, log: Callable[[s
         except OSError as e:
             raise UserError(f"cannot write the card to {path}: {e.strerror}") from None
     return card
+
+
+def probe_cluster(address: str, selector: str | None, overrides: dict[str, Any], out: str | Path,
+                  log: Callable[[str], None] = lambda m: None) -> dict[str, Path]:
+    """Probe every node of a Ray cluster (those matching ``selector``, as ``rechar run --nodes``),
+    each on the node itself holding all its CPUs, all nodes at once; write one card per node,
+    ``<out stem>-<node>.json`` beside ``out``. ``overrides``: ProbeOptions fields set by the user
+    (the rest default on each node: its own cores and memory). Returns node label -> card path."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from rechar.sweep.cluster import cluster_nodes, connect, node_folder
+    from rechar.sweep.options import require_ray
+
+    ray = require_ray()
+    out = Path(out)
+    ProbeOptions(**overrides).validate()  # a bad option is a one-line error before any node starts
+    connect(address)
+    nodes = cluster_nodes(selector)
+    paths = {n.label: out.with_name(f"{out.stem}-{node_folder(n.label)}{out.suffix or '.json'}") for n in nodes}
+    for path in paths.values():
+        check_writable(path)
+    remote = ray.remote(_probe_on_node)
+    pending = {remote.options(num_cpus=n.cpus, scheduling_strategy=NodeAffinitySchedulingStrategy(n.id, soft=False))
+               .remote(overrides): n for n in nodes}
+    log(f"probing {len(nodes)} node(s): {', '.join(paths)}")
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        node = pending.pop(done[0])
+        try:
+            card = ray.get(done[0])
+        except Exception as e:  # noqa: BLE001 - a node that fails is named, the others still written
+            raise UserError(f"probing node {node.label} failed: {str(e).strip().splitlines()[-1]}") from None
+        card["node"] = {"label": node.label, "id": node.id}
+        write_json_atomic(paths[node.label], card)
+        log(f"node {node.label}: {paths[node.label]} ({card['probe_seconds']} s)")
+    return paths
+
+
+def _probe_on_node(overrides: dict[str, Any]) -> dict:
+    return probe(ProbeOptions(**overrides))

@@ -238,7 +238,7 @@ class ClusterSweep:
     def _plan(self) -> list[Unit]:
         """Units for what is not measured yet (a point lost with its node counts as not measured)."""
         units = []
-        targets = ([(self.run_dir / NODES_DIR / _folder(n.label), n) for n in self.nodes] if self.options.each_node
+        targets = ([(self.run_dir / NODES_DIR / node_folder(n.label), n) for n in self.nodes] if self.options.each_node
                    else [(self.run_dir, None)])
         for run_dir, node in targets:
             if node is not None:
@@ -338,7 +338,8 @@ class ClusterSweep:
         write_tables(unit.run_dir)
 
 
-def _folder(label: str) -> str:
+def node_folder(label: str) -> str:
+    """A node's label as a file or folder name."""
     return label.replace("/", "-")
 
 
