@@ -151,7 +151,7 @@ def run(spec: WorkerSpec) -> None:
     timed = {}  # batch -> seconds per call, from timing (in this worker or, for an added pass, the run's log)
     if spec.mode == "profile":
         timed = {r["batch"]: r["p50_us"] / 1e6 for r in read_point_log(spec.run_dir)
-                 if r.get("status") == "ok" and (r["model"], r["backend"], r["round"]) == (spec.model, spec.backend, spec.round)}
+                 if r.get("status") == "ok" and (r["model"], r["backend"], r.get("round", 0)) == (spec.model, spec.backend, spec.round)}
     for batch in spec.batches:
         pool = pools.make(shell, batch)
         if spec.mode == "run":
