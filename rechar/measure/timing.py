@@ -50,14 +50,15 @@ def time_call(call: Callable[[], Any], options: TimingOptions) -> np.ndarray:
 
 def warm_up(call: Callable[[], Any], options: TimingOptions) -> None:
     clock = time.perf_counter_ns
-    budget_end = _budget_end(clock(), options)
-    deadline = clock() + int(options.warmup_seconds * 1e9)
+    now = clock()
+    deadline, budget_end = now + int(options.warmup_seconds * 1e9), _budget_end(now, options)
     done = 0
-    while done < options.warmup_iters or clock() < deadline:
-        if done >= MIN_WARMUP_CALLS and clock() >= budget_end:
+    while done < options.warmup_iters or now < deadline:
+        if done >= MIN_WARMUP_CALLS and now >= budget_end:
             break
         call()
         done += 1
+        now = clock()
 
 
 def timed_loop(call: Callable[[], Any], options: TimingOptions) -> np.ndarray:
@@ -65,14 +66,18 @@ def timed_loop(call: Callable[[], Any], options: TimingOptions) -> np.ndarray:
     clock = time.perf_counter_ns
     latencies = []
     append = latencies.append
-    budget_end = _budget_end(clock(), options)
-    end = clock() + int(options.min_seconds * 1e9)
-    while len(latencies) < options.min_iters or (clock() < end and len(latencies) < options.max_iters):
-        if len(latencies) >= MIN_TIMED_CALLS and clock() >= budget_end:
+    now = clock()
+    end, budget_end = now + int(options.min_seconds * 1e9), _budget_end(now, options)
+    n = 0
+    # One clock read ends a call's latency and decides whether to go on.
+    while n < options.min_iters or (now < end and n < options.max_iters):
+        if n >= MIN_TIMED_CALLS and now >= budget_end:
             break
         start = clock()
         call()
-        append(clock() - start)
+        now = clock()
+        append(now - start)
+        n += 1
     return np.asarray(latencies, dtype=np.int64)
 
 
