@@ -151,6 +151,8 @@ def test_a_lost_node_loses_only_its_point_and_resume_measures_it(tmp_path, clust
     assert len(load_points(run_dir)) == 6
     with pytest.raises(UserError, match="ran on a Ray cluster: adding a pass to it is not supported yet"):
         resume_sweep(run_dir, profile_iters=3)
+    with pytest.raises(UserError, match="--remeasure-noisy is not supported on a Ray cluster yet"):
+        resume_sweep(run_dir, remeasure_noisy=1)
 
 
 def test_ray_missing_is_a_one_line_error(run_cli, monkeypatch, tmp_path):

@@ -19,7 +19,8 @@ from rechar.uarch import machines
 from rechar.uarch.attribute import attribute
 from rechar.uarch.cycles import cycle_split
 from rechar.uarch.profile import parse_lines
-from rechar.uarch.symbols import RUNTIME, UNATTRIBUTED, Resolver, aten_op, op_category, tf_kernel_op
+from rechar.uarch.symbols import (RUNTIME, UNATTRIBUTED, Resolver, aten_op, is_operator, kernel_class_op,
+                                  op_category, tf_kernel_op)
 from rechar.uarch.vtables import virtual_function_classes
 
 needs_valgrind = pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
@@ -173,6 +174,23 @@ def test_tensorflow_names_that_are_not_kernel_entries():
     assert tf_kernel_op(unknown) == "tf::FrobnicateOp"
     assert Resolver().label("/x/libtensorflow_cc.so.2", unknown).op == "tf::FrobnicateOp"
     assert op_category("tf::FrobnicateOp") == "other"
+
+
+@pytest.mark.parametrize("cls, op, category", [
+    ("ov::intel_cpu::node::FullyConnected", "FullyConnected", "fc"),
+    ("ov::intel_cpu::node::Gather", "Gather", "embedding"),
+    ("ov::intel_cpu::node::Concat", "Concatenation", "interaction"),
+    ("ov::intel_cpu::node::Subgraph", "ov::Subgraph", "other"),  # fused: what it fused is not visible here
+    ("onnxruntime::Gemm<float>", "Gemm", "fc"),
+    ("onnxruntime::ElementWiseKernel<onnxruntime::functors::Relu<float> >", "Relu", "activation"),
+])
+def test_stripped_libraries_kernel_classes_are_named_by_rule(cls, op, category):
+    assert kernel_class_op(cls) == op and op_category(op) == category and is_operator(op)
+
+
+def test_a_class_that_is_not_a_kernel_is_not_an_operator():
+    assert not is_operator(kernel_class_op("onnxruntime::ExecutionFrame"))
+    assert kernel_class_op("tensorflow::OpKernel") is None  # TensorFlow's kernels have symbols: no class rule
 
 
 CPP_KERNELS = """

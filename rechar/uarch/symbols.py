@@ -125,7 +125,6 @@ TF_KERNEL_RULES: list[tuple[str, str]] = [
 _RUNTIME_OBJECTS = [(re.compile(p), what) for p, what in RUNTIME_OBJECTS.items()]
 _TF_KERNEL_ENTRY = re.compile(TF_KERNEL_ENTRY)
 _TF_KERNEL_RULES = [(re.compile(p), op) for p, op in TF_KERNEL_RULES]
-_TF_KERNEL_CLASS = re.compile(r"Op(?:CPU|Base|Mkl)?(?:<.*>)?$|^tensorflow::BatchMatMulMkl<")
 _OPERATOR_RULES = [(re.compile(p), op) for p, op in OPERATOR_RULES]
 _KERNEL_CLASS_RULES = [(re.compile(p), op) for p, op in KERNEL_CLASS_RULES]
 
@@ -136,6 +135,15 @@ def _apply(rules, text: str) -> str | None:
         if m:
             return template.format(None, *m.groups())
     return None
+
+
+def kernel_class_op(cls: str, rules=None) -> str | None:
+    """The op type of a kernel class named from a stripped library's vtables (KERNEL_CLASS_RULES
+    by default); an OpenVINO node type the taxonomy knows loses its ``ov::`` prefix."""
+    op = _apply(_KERNEL_CLASS_RULES if rules is None else rules, cls)
+    if op and op.startswith("ov::") and taxonomy.op_category(op[len("ov::"):]) is not None:
+        op = op[len("ov::"):]
+    return op
 
 
 def tf_kernel_op(fn: str) -> str | None:
@@ -208,12 +216,7 @@ class Resolver:
             cls = self._class_of(obj, fn)
             if cls is not None:
                 self.kernel_classes[(obj, fn)] = cls
-                if cls.startswith("tensorflow::"):  # a kernel whose Compute has no symbol (defined inline)
-                    op = tf_class_op(cls[len("tensorflow::"):]) if _TF_KERNEL_CLASS.search(cls) else None
-                else:
-                    op = _apply(self._classes, cls)
-                    if op and op.startswith("ov::") and taxonomy.op_category(op[len("ov::"):]) is not None:
-                        op = op[len("ov::"):]
+                op = kernel_class_op(cls, self._classes)
         else:
             op = _apply(self._operators, fn)
             if op and op.startswith("aten::"):
