@@ -447,3 +447,59 @@ def test_a_call_running_when_counts_were_zeroed_carries_nothing():
     assert profile.arcs[(main, ("/usr/lib/libpython3.11.so.1.0", "at::_ops::addmm::call(at::Tensor const&)"))][0] == -5
     ir = {op: float(cost[0]) for op, cost in attribute(profile, Resolver()).by_op.items()}
     assert ir == pytest.approx({"aten::addmm": 260, RUNTIME: 55, UNATTRIBUTED: 7})
+
+
+def _simulated_point(model, backend, batch, calls, total):
+    from rechar.uarch.cycles import point_rows, uarch_table
+
+    record = {"run_id": "r", "model": model, "backend": backend, "batch": batch, "status": "ok", "calls": calls,
+              "machine": {"machine": "host", "width": 4, "l2_latency": 12, "memory_latency": 200,
+                          "branch_penalty": 16},
+              "categories": {"fc": total}, "total": total, "coverage": 1.0}
+    return point_rows(record, "h")
+
+
+def test_counted_figures_sit_beside_the_simulated_ones_of_the_same_point():
+    """Where a counting pass on a machine with a PMU and the simulation pass measured the same
+    point, the figures are set side by side (per sample and per kilo-instruction, computed here by
+    hand); a point only one pass has, a GPU point, and a machine without hardware counts give none."""
+    from rechar.analysis.counters import counter_table
+    from rechar.analysis.uarch import counted_beside_simulated
+    from rechar.report.uarch import _counted_beside_simulated
+    from rechar.uarch.cycles import uarch_table
+
+    counted = counter_table([
+        # 100 calls of batch 64: 6,400 samples; 1.28e9 instructions = 200,000 per sample
+        {"host": "h", "run_id": "r", "model": "ncf", "backend": "ort-cpu", "device": "cpu", "batch": 64,
+         "status": "ok", "iterations": 100, "seconds": 1.0, "cycles": 1.0e9, "instructions": 1.28e9,
+         "branch_misses": 2.56e6, "llc_load_misses": 1.28e6, "l1d_load_misses": 1.28e7},
+        # counted only: no simulated twin
+        {"host": "h", "run_id": "r", "model": "ncf", "backend": "torch", "device": "cpu", "batch": 64,
+         "status": "ok", "iterations": 10, "seconds": 1.0, "instructions": 1e9},
+    ])
+    # 4 calls of batch 64 = 256 samples; 5.0e7 instructions = 195,312.5 per sample (ratio 0.9765625)
+    total = {"Ir": 5.0e7, "Bcm": 80_000, "Bim": 20_000, "DLmr": 40_000, "DLmw": 10_000, "ILmr": 0,
+             "D1mr": 400_000, "D1mw": 100_000}
+    simulated = uarch_table(_simulated_point("ncf", "ort-cpu", 64, 4, total)
+                            + _simulated_point("ncf", "ort-cpu", 1, 4, total))  # batch 1: simulated only
+    both = counted_beside_simulated(counted, simulated)
+    assert len(both) == 1
+    row = both.iloc[0]
+    assert (row["model"], row["backend"], row["batch"]) == ("ncf", "ort-cpu", 64)
+    assert row["instructions_per_sample_counted"] == pytest.approx(200_000)
+    assert row["instructions_per_sample_simulated"] == pytest.approx(195_312.5)
+    assert row["instructions_ratio"] == pytest.approx(0.9765625)
+    assert row["branch_mpki_counted"] == pytest.approx(2.0) and row["branch_mpki_simulated"] == pytest.approx(2.0)
+    assert row["llc_mpki_counted"] == pytest.approx(1.0) and row["llc_mpki_simulated"] == pytest.approx(1.0)
+    assert row["l1d_mpki_counted"] == pytest.approx(10.0) and row["l1d_mpki_simulated"] == pytest.approx(10.0)
+    html = _counted_beside_simulated(counted, simulated)
+    assert "within 2.3% (median 2.3%) over 1 points" in html and "0.977" in html
+
+    # this machine: perf counts software events only, so no counted instructions to set beside
+    software_only = counter_table([{**counted.iloc[0][["host", "run_id", "model", "backend", "device", "batch",
+                                                        "status", "iterations", "seconds"]].to_dict(),
+                                    "page_faults": 10.0}])
+    assert counted_beside_simulated(software_only, simulated).empty
+    assert "no simulated figure is checked against a counted one" in _counted_beside_simulated(software_only,
+                                                                                                simulated)
+    assert counted_beside_simulated(counted.assign(device="cuda"), simulated).empty

@@ -24,7 +24,7 @@ from rechar.analysis.features import feature_correlation, model_features, model_
 from rechar.analysis.precision import precision_shift, precision_table
 from rechar.analysis.ops import OPS_COLUMNS, coverage, load_ops, profile_time_basis, unmapped_ops
 from rechar.analysis.serving import best_policy, load_curve, serving_capacity
-from rechar.analysis.uarch import load_runs as load_uarch_runs, totals as uarch_totals
+from rechar.analysis.uarch import counted_beside_simulated, load_runs as load_uarch_runs, totals as uarch_totals
 from rechar.errors import UserError
 from rechar.measure.counters import HARDWARE
 from rechar.analysis.corrections import corrections
@@ -115,6 +115,7 @@ def analyze(run_dirs: list[str | Path], p99_bound_ms: float = 10.0, reference: s
         "noisy": noisy_points(points),
         "counters": counters,
         "counter_support": counter_support(runs.manifests),
+        "counted_beside_simulated": counted_beside_simulated(counters, runs.simulated),
         "serving": capacity,
         "serving_best": best_policy(capacity),
         "serving_curve": load_curve(runs.trials) if not runs.trials.empty else pd.DataFrame(),
@@ -199,6 +200,9 @@ def format_tables(tables: dict[str, pd.DataFrame]) -> str:
     failed = counters[counters["status"] != "ok"] if not counters.empty else counters
     if not failed.empty:
         add("counting passes that failed", failed[["host", "model", "backend", "batch", "error"]], "")
+    if not tables["counted_beside_simulated"].empty:
+        add("the same points counted (perf) and simulated (callgrind): instructions per sample, simulated/counted",
+            tables["counted_beside_simulated"], "")
     for row in tables["counter_support"].itertuples():
         if row.hardware_events < len(HARDWARE):
             sections.append(f"note ({row.host}): {row.note}")

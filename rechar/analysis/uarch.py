@@ -131,3 +131,40 @@ def batch_shift(df: pd.DataFrame) -> pd.DataFrame:
         row["instructions_per_sample_large"] = large["instructions_per_sample"]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+#: (counted metric of rechar.analysis.counters, simulated metric of the uarch table, name):
+#: the figures both passes give for the same point.
+COUNTED_BESIDE_SIMULATED = [
+    ("instructions_per_sample", "instructions_per_sample", "instructions_per_sample"),
+    ("branch_mpki", "branch_mpki", "branch_mpki"),
+    ("llc_mpki", "ll_mpki", "llc_mpki"),
+    ("l1d_mpki", "d1_mpki", "l1d_mpki"),
+]
+
+
+def counted_beside_simulated(counters: pd.DataFrame, simulated: pd.DataFrame) -> pd.DataFrame:
+    """Per point that both a counting pass (hardware events) and the simulation pass measured:
+    each figure counted and simulated, and simulated / counted. Only points whose counted
+    instructions exist (a machine with a PMU); empty elsewhere.
+
+    The two passes do not run the same instructions exactly: the counted pass covers every
+    thread of the worker at the kernels' native ISA (AVX-512 where the CPU has it), the simulated
+    one a single intra-op thread at AVX2 at most. A run counted with ``--threads 1`` is the fair
+    comparison; the ratio says how far apart they are, it is not a correction."""
+    cols = [*POINT, *(f"{name}_{side}" for _, _, name in COUNTED_BESIDE_SIMULATED for side in ("counted", "simulated")),
+            "instructions_ratio"]
+    if counters.empty or simulated.empty or "instructions_per_sample" not in counters:
+        return pd.DataFrame(columns=cols)
+    counted = counters[(counters["status"] == "ok") & (counters["device"] == "cpu")
+                       & counters["instructions_per_sample"].notna()]
+    sim = totals(simulated)
+    if counted.empty or sim.empty:
+        return pd.DataFrame(columns=cols)
+    left = counted[POINT + [c for c, _, _ in COUNTED_BESIDE_SIMULATED]].rename(
+        columns={c: f"{name}_counted" for c, _, name in COUNTED_BESIDE_SIMULATED})
+    right = sim[POINT + [s for _, s, _ in COUNTED_BESIDE_SIMULATED]].rename(
+        columns={s: f"{name}_simulated" for _, s, name in COUNTED_BESIDE_SIMULATED})
+    both = left.merge(right, on=POINT, how="inner")
+    both["instructions_ratio"] = both["instructions_per_sample_simulated"] / both["instructions_per_sample_counted"]
+    return both[cols].sort_values(POINT).reset_index(drop=True)

@@ -50,7 +50,7 @@ SECTIONS = [
     Section("best", "Best deployment under the latency bound", deployment.best),
     Section("serving", "Serving under load", serving.section, needs="serving"),
     Section("counters", "CPU event counts", counters.section),
-    Section("uarch", "Microarchitecture (simulated)", lambda ctx: uarch.section(ctx.run_dirs)),
+    Section("uarch", "Microarchitecture (simulated)", lambda ctx: uarch.section(ctx.run_dirs, ctx.tables["counters"])),
     Section("correlation", "Model features vs measured behaviour", features.section),
     Section("operators", "Top operators per model", profiles.operators),
     Section("coverage", "Profile coverage", profiles.coverage),

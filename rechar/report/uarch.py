@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 from rechar.analysis import uarch as analysis
 from rechar.report.page import note, num, pct, table
 
 
-def section(run_dirs: list[Path]) -> str:
-    """HTML of the section for these runs (a note when none has a simulation pass)."""
+def section(run_dirs: list[Path], counters: pd.DataFrame | None = None) -> str:
+    """HTML of the section for these runs (a note when none has a simulation pass); ``counters``,
+    the runs' counting passes (rechar.analysis.counters), set hardware-counted figures beside the
+    simulated ones where the same point has both."""
     df = analysis.load_runs(run_dirs)
     if df.empty:
         return note("No simulation pass in these runs (run with --uarch, or rechar uarch RUN_DIR; needs valgrind).")
@@ -62,9 +66,35 @@ def section(run_dirs: list[Path]) -> str:
             ("back-end memory large", "backend_memory_large", pct),
             ("instr/sample small", "instructions_per_sample_small", num(",.0f")),
             ("instr/sample large", "instructions_per_sample_large", num(",.0f"))]))
+    out.append(_counted_beside_simulated(counters, df))
     bad = df[df["status"] != "ok"]
     if not bad.empty:
         out.append("<h3>Points whose simulation failed</h3>" + table(
             bad, [("model", "model", None), ("backend", "backend", None), ("batch", "batch", None),
                   ("reason", "error", None)], mono=("error",)))
     return "".join(out)
+
+
+def _counted_beside_simulated(counters: pd.DataFrame | None, df: pd.DataFrame) -> str:
+    both = analysis.counted_beside_simulated(counters if counters is not None else pd.DataFrame(), df)
+    if both.empty:
+        return ("<h3>Counted beside simulated</h3>" + note(
+            "No simulated point of these runs has hardware-counted instructions (a counting pass on a "
+            "machine with a PMU: rechar counters RUN_DIR), so no simulated figure is checked against a "
+            "counted one here."))
+    spread = (both["instructions_ratio"] - 1).abs()
+    return ("<h3>Counted beside simulated</h3><p>The same points counted by perf (every thread of the "
+            "worker, the kernels' native ISA) and simulated (one thread, AVX2 at most): instructions agree "
+            f"within {spread.max():.1%} (median {spread.median():.1%}) over {len(both)} points. Count "
+            "with --threads 1 for the like-for-like comparison; LL and L1D misses differ also because the "
+            "simulated caches have no prefetchers.</p>" + table(both, [
+                ("model", "model", None), ("backend", "backend", None), ("batch", "batch", None),
+                ("instr/sample counted", "instructions_per_sample_counted", num(",.0f")),
+                ("instr/sample simulated", "instructions_per_sample_simulated", num(",.0f")),
+                ("simulated/counted", "instructions_ratio", num(".3f")),
+                ("branch MPKI counted", "branch_mpki_counted", num(".2f")),
+                ("branch MPKI simulated", "branch_mpki_simulated", num(".2f")),
+                ("LLC MPKI counted", "llc_mpki_counted", num(".2f")),
+                ("LL MPKI simulated", "llc_mpki_simulated", num(".2f")),
+                ("L1D MPKI counted", "l1d_mpki_counted", num(".1f")),
+                ("D1 MPKI simulated", "l1d_mpki_simulated", num(".1f"))]))
