@@ -223,6 +223,17 @@ def test_layers_of_the_later_models_refine_to_their_categories():
         assert categorize(op, "", {})[0] == "normalisation"
     for op in ("aten::silu", "QuickGelu", "_MklSwish"):
         assert categorize(op, "", {})[0] == "activation"
+    # Inductor turns SASRec's written-out attention into one SDPA call that no module encloses: it
+    # counts in SASRec's only attention-kind layer; DIN's is the study's attention; a model with
+    # no attention layer, or the op inside a known layer, keeps what it had
+    sdpa = "aten::_scaled_dot_product_flash_attention_for_cpu"
+    assert sas(sdpa, "") == ("attention", "self-attention")
+    assert cats("din")(sdpa, "") == ("attention", "attention")
+    assert dcn(sdpa, "") == ("attention", "attention")
+    assert sas(sdpa, "blocks.0.ffn.inner") == ("attention", "feed-forward")
+    assert sas("aten::addmm", "") == ("fc", "fc")  # only ops of an attention kind move
+    two_kinds = {"a": "CausalSelfAttention", "b": "PointwiseAttention"}
+    assert categorize(sdpa, "", two_kinds) == ("attention", "attention")  # ambiguous: its own
 
 
 def test_simulated_figures_enter_the_feature_correlation_as_means_over_points():

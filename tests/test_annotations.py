@@ -130,3 +130,22 @@ def test_the_cli_reports_a_bad_annotation_in_one_line(h200_run, run_cli, tmp_pat
     (h200_run / ANNOTATIONS).write_text('[{"match": {"log": "points"}, "set": {"model": "x"}, "why": "x"}]')
     code, _, err = run_cli("report", str(h200_run), "-o", str(tmp_path / "r.html"))
     assert code == 2 and "set may not change model" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_taxonomy_change_recategorizes_a_runs_cached_operator_table(h200_run, monkeypatch):
+    """ops.parquet caches the categories of the taxonomy that wrote it: when the taxonomy changes
+    (a rule fixed after the run), reading the run categorizes its profiles again, in memory,
+    and leaves the cached file as it was."""
+    from rechar.analysis import taxonomy
+
+    ops = load_ops(h200_run)  # written now, under today's taxonomy
+    assert (ops["op_category"] == "fc").any()
+    cached = _digest(h200_run / "ops.parquet")
+    assert load_ops(h200_run).equals(ops)  # same taxonomy: the cache as written
+    # a planted change of the table: FC ops become "other"
+    monkeypatch.setattr(taxonomy, "OP_CATEGORY", {k: ("other" if v == "fc" else v)
+                                                  for k, v in taxonomy.OP_CATEGORY.items()})
+    again = load_ops(h200_run)
+    assert not (again["op_category"] == "fc").any() and (again["op_category"] == "other").sum() > (
+        ops["op_category"] == "other").sum()
+    assert _digest(h200_run / "ops.parquet") == cached  # the committed cache is not rewritten

@@ -22,12 +22,15 @@ from pathlib import Path
 import pandas as pd
 
 import rechar.models as models
+from rechar.analysis import taxonomy
 from rechar.analysis.taxonomy import attribute, categorize
 from rechar.stacks.base import PROFILE_COLUMNS
 from rechar.results.annotations import ANNOTATIONS, apply_to_records
 from rechar.results.store import PROFILES_LOG, read_log, read_manifest, write_parquet
 
 OPS = "ops.parquet"
+#: ops.parquet's label of the taxonomy that categorized it (rechar.analysis.taxonomy.digest)
+TAXONOMY_ATTR = "rechar.taxonomy"
 OPS_COLUMNS = [
     "run_id", "model", "backend", "device", "batch", "round", "native_op", "op_category", "category", "layer",
     "node", "fused", "calls_per_iter", "self_us_per_iter", "share",
@@ -84,8 +87,9 @@ def profile_time_basis(run_dir: Path) -> pd.DataFrame:
     return df.groupby(["backend", "time_basis"], as_index=False).size().rename(columns={"size": "points"})
 
 
-def build_ops_table(run_dir: Path) -> pd.DataFrame:
-    """Normalise every raw profile of a run and write ops.parquet (atomically)."""
+def build_ops_table(run_dir: Path, write: bool = True) -> pd.DataFrame:
+    """Normalise every raw profile of a run and write ops.parquet (atomically), labelled with
+    the taxonomy's digest."""
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     frames = []
@@ -96,19 +100,26 @@ def build_ops_table(run_dir: Path) -> pd.DataFrame:
         raw = pd.DataFrame(rec["ops"]).reindex(columns=PROFILE_COLUMNS)  # older profiles have no members
         frames.append(normalize(raw, rec["iterations"], rec, classes))
     ops = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=OPS_COLUMNS)
-    write_parquet(ops, run_dir / OPS)
+    ops.attrs[TAXONOMY_ATTR] = taxonomy.digest()
+    if write:
+        write_parquet(ops, run_dir / OPS)
     return ops
 
 
 def load_ops(run_dir: Path) -> pd.DataFrame:
-    """ops.parquet of a run, rebuilt from profiles.jsonl when missing or older than it."""
+    """ops.parquet of a run, rebuilt from profiles.jsonl when missing or older than it, and
+    categorized again (in memory: the file is left as it is) when the taxonomy changed since it
+    was written."""
     run_dir = Path(run_dir)
     path = run_dir / OPS
     sources = [p for p in (run_dir / PROFILES_LOG, run_dir / ANNOTATIONS) if p.exists()]
     if not path.exists() or any(p.stat().st_mtime > path.stat().st_mtime for p in sources):
         return build_ops_table(run_dir)
     read_manifest(run_dir)
-    return pd.read_parquet(path)
+    ops = pd.read_parquet(path)
+    if ops.attrs.get(TAXONOMY_ATTR) != taxonomy.digest() and (run_dir / PROFILES_LOG).exists():
+        return build_ops_table(run_dir, write=False)
+    return ops
 
 
 def unmapped_ops(ops: pd.DataFrame) -> pd.DataFrame:

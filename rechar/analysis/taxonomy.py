@@ -183,6 +183,25 @@ LAYER_CATEGORY: dict[str, str] = {
 }
 
 
+#: An op whose own category is a kind of layer, profiled with no layer (a compiler put it there:
+#: Inductor rewrites SASRec's written-out softmax attention into one scaled_dot_product_attention
+#: call that no module encloses) counts in the model's one layer category of that kind, if the
+#: model has exactly one; with none or several it keeps its own.
+LAYER_KINDS: dict[str, tuple[str, ...]] = {
+    "attention": ("attention", "self-attention", "pointwise-attention"),
+}
+
+
+def digest() -> str:
+    """A short hash of every table and rule here: a table of operators categorized under
+    another digest is stale (rechar.analysis.ops rebuilds it)."""
+    import hashlib
+    import json
+
+    tables = [CATEGORIES, FUSION_RANK, OP_CATEGORY, LAYER_CATEGORY, LAYER_KINDS, INDUCTOR_KERNEL_PREFIXES]
+    return hashlib.sha256(json.dumps(tables, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def op_category(native_op: str) -> str | None:
     """The op's own category, or None if the op is not in the table (reported, never dropped)."""
     return OP_CATEGORY.get(native_op)
@@ -262,4 +281,8 @@ def categorize(native_op: str, layer: str, layer_classes: dict[str, str], member
     kernel."""
     own, layer = attribute(native_op, layer, members)
     own = own or "other"
-    return own, layer_category(layer, layer_classes) or own
+    refined = layer_category(layer, layer_classes)
+    if refined is None and not layer and own in LAYER_KINDS:
+        kinds = {LAYER_CATEGORY[c] for c in layer_classes.values() if c in LAYER_CATEGORY} & set(LAYER_KINDS[own])
+        refined = kinds.pop() if len(kinds) == 1 else None
+    return own, refined or own
