@@ -232,3 +232,35 @@ def test_gemm_rewrite_keeps_the_numbers():
     assert gemm_to_matmul(model) == 3
     assert {n.op_type for n in model.graph.node} == {"MatMul", "Add"}
     np.testing.assert_allclose(run(model), want, rtol=1e-6)
+
+
+def test_int8_nodes_keep_the_layers_of_the_nodes_they_replace(tiny_exports, tmp_path):
+    """Dynamic quantization rewrites the exported graph into nodes of its own naming
+    (``<node>_quant``, ``<tensor>_DequantizeLinear``) that carry no module annotation: profiled
+    on ONNX Runtime's int8 graph, each still counts in the layer of the node it replaced, so
+    DCNv2's quantized cross layers are its cross network, not bare fc."""
+    from rechar.analysis.ops import layer_classes, normalize
+    from rechar.stacks.ort_trace import node_module
+
+    modules = {"/cross/up.2/Gemm": "cross.up.2", "/emb/tables.0/Gather": "emb.tables.0", "/new": ""}
+    assert node_module("/cross/up.2/Gemm/MatMul_quant", modules) == "cross.up.2"
+    assert node_module("/emb/tables.0/Gather_output_0_DequantizeLinear", modules) == "emb.tables.0"
+    assert node_module("/cross/up.2/Gemmx", modules) == ""  # a prefix only up to a / or _
+    assert node_module("/new", modules) == ""
+
+    backend = _load("dlrm-dcnv2", "ort-cpu@int8", tiny_exports)
+    try:
+        model = models.get("dlrm-dcnv2", scale="tiny")
+        call = backend.prepare([model.make_inputs(4, seed=1)])
+        call()
+        result = backend.profile([model.make_inputs(4, seed=1)], 2, tmp_path)
+    finally:
+        backend.close()
+    raw = result.ops
+    quantized = raw[raw["native_op"].isin(["DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DequantizeLinear"])]
+    assert len(quantized) > 0 and (quantized["layer"] != "").all(), quantized[quantized["layer"] == ""]
+    ops = normalize(raw.reindex(columns=raw.columns), result.iterations,
+                    {"run_id": "r", "model": "dlrm-dcnv2", "backend": "ort-cpu@int8", "device": "cpu", "batch": 4},
+                    layer_classes("dlrm-dcnv2", model.config.to_dict()))
+    cross = ops[ops["layer"].str.startswith("cross")]
+    assert (cross["category"] == "cross-network").all() and (cross["native_op"] == "DynamicQuantizeMatMul").any()

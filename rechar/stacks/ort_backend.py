@@ -82,6 +82,7 @@ class OrtCpuBackend(Backend):
         return [self.provider]
 
     def load(self, model: RecModel, export: ExportResult) -> None:
+        self.exported_path = export.onnx_path
         self.onnx_path = int8_model(export) if self.options.precision == "int8" else export.onnx_path
         self.session = ort.InferenceSession(str(self.onnx_path), self.session_options(), providers=self.providers())
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -133,6 +134,10 @@ class OrtCpuBackend(Backend):
             path = Path(session.end_profiling()).replace(Path(trace_dir) / "ort_trace.json")
             del session
         modules = node_modules(onnx.load(str(self.onnx_path), load_external_data=False))
+        exported_path = getattr(self, "exported_path", self.onnx_path)
+        if self.onnx_path != exported_path:  # a rewritten graph (int8): its new nodes' origins are the export's
+            exported = node_modules(onnx.load(str(exported_path), load_external_data=False))
+            modules = {**exported, **{node: path for node, path in modules.items() if path}}
         return self._parse_profile(path, modules, iterations, start_ns, trace_dir)
 
     def _profiled_runs(self, call: Callable[[], Any], iterations: int, trace_dir: Path) -> None:

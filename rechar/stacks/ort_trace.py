@@ -36,6 +36,19 @@ def ort_node(ort_name: str, onnx_nodes: dict[str, str]) -> str:
     return ort_name
 
 
+def node_module(node: str, node_modules: dict[str, str]) -> str:
+    """The module path of an ONNX node. A node that a rewrite of the exported graph created has
+    no annotation of its own (dynamic quantization's ``<node>_quant`` and
+    ``<tensor>_DequantizeLinear``, the Gemm rewrite's ``<node>/MatMul``): it takes that of the
+    longest annotated node its name starts with, up to a ``/`` or ``_``."""
+    if node_modules.get(node):
+        return node_modules[node]
+    for cut in range(len(node) - 1, 0, -1):
+        if node[cut] in "/_" and node_modules.get(node[:cut]):
+            return node_modules[node[:cut]]
+    return ""
+
+
 def ort_ops(trace: str | Path, node_modules: dict[str, str], runs: int | None = None) -> pd.DataFrame:
     """Ops of an ONNX Runtime profile.
 
@@ -49,7 +62,8 @@ def ort_ops(trace: str | Path, node_modules: dict[str, str], runs: int | None = 
     adds the device time.
     """
     threads = _ort_node_spans(read_json(trace), node_modules, runs, trace)
-    rows = [(s.name, s.node, node_modules.get(s.node, ""), s.self_us) for spans in threads.values() for s in spans]
+    module = functools.cache(lambda node: node_module(node, node_modules))
+    rows = [(s.name, s.node, module(s.node), s.self_us) for spans in threads.values() for s in spans]
     return op_table(rows, trace)
 
 
@@ -182,7 +196,8 @@ def ort_device_ops(ort_trace: str | Path, device_trace: str | Path, node_modules
                 else:
                     misfits.append(f"{span.name} <- {kernels[correlation]}")
     unattributed -= attributed
-    rows = [(s.name, s.node, node_modules.get(s.node, ""), s.self_us) for s in spans]
+    module = functools.cache(lambda node: node_module(node, node_modules))
+    rows = [(s.name, s.node, module(s.node), s.self_us) for s in spans]
     if unattributed > 0:
         rows.append((UNATTRIBUTED, "", "", unattributed))
     checked = fits + len(misfits)
