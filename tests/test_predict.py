@@ -315,6 +315,17 @@ def test_census_reads_tables_and_products_from_the_config():
     rmc1 = [census("dlrm-rmc1", models.resolve_config("dlrm-rmc1", s), batch=2).work("emb.tables.0").elements
             for s in ("tiny", "small")]
     assert rmc1[0] == rmc1[1]
+    # SASRec draws item ids in [0, rows - 1) and adds 1 (0 pads the history): one item table read
+    # by history and candidates, 3,952 rows drawn, padding a stream of one row; every step and
+    # every candidate is one lookup (this census crashed on the shifted ids before)
+    config = models.resolve_config("sasrec", "small")
+    sas = census("sasrec", config, batch=1)
+    by_rows = {}
+    for stream in sas.streams:
+        assert stream.table == "item_emb"
+        by_rows[stream.rows] = by_rows.get(stream.rows, 0) + stream.lookups
+    assert set(by_rows) <= {config.item_rows - 1, 1} and config.item_rows - 1 in by_rows
+    assert sum(by_rows.values()) == config.seq_len + config.candidates
 
 
 def test_a_stalled_op_takes_the_time_of_its_identical_siblings():

@@ -161,9 +161,15 @@ def _meta_inputs(model, batch: int) -> list[torch.Tensor]:
     return [torch.empty(a.shape, dtype=torch.from_numpy(a[:0]).dtype, device="meta") for a in arrays.values()]
 
 
+#: The marker of draw k is (k + 1) * MARK: models shift ids (SASRec and HSTU draw in
+#: [0, rows - 1) and add 1, keeping 0 for padding), and a shift far below MARK leaves the draw
+#: readable; ids below MARK were not drawn (padding: one row, read again and again).
+MARK = 1 << 32
+
+
 class _MarkedGenerator(InputGenerator):
-    """Draws every id input as a constant marker (the index of the draw), recording each draw's
-    id range, so that ``RecModel.lookups`` tells which table reads which draw."""
+    """Draws every id input as a constant marker (MARK times the draw's number), recording each
+    draw's id range, so that ``RecModel.lookups`` tells which table reads which draw."""
 
     def __init__(self, batch: int):
         super().__init__(seed=0, batch=batch)
@@ -171,21 +177,23 @@ class _MarkedGenerator(InputGenerator):
 
     def ids(self, rows: int, *shape: int) -> np.ndarray:
         self.ranges.append(rows)
-        return np.full((self.batch, *shape), len(self.ranges) - 1, dtype=np.int64)
+        return np.full((self.batch, *shape), len(self.ranges) * MARK, dtype=np.int64)
 
 
 def table_streams(model) -> list[TableStream]:
-    """One stream per (table, id range): rows the ids range over, bytes per row, lookups per sample."""
+    """One stream per (table, id range): rows the ids range over, bytes per row, lookups per
+    sample; padding ids (not drawn) are a stream of one row."""
     gen = _MarkedGenerator(batch=1)
     inputs = model.generate(gen)
     tables = {path: m for path, m in model.named_modules() if isinstance(m, EmbeddingTable)}
     streams = []
     for path, ids in model.lookups(inputs).items():
-        marks, counts = np.unique(np.asarray(ids).ravel(), return_counts=True)
+        draws, counts = np.unique(np.asarray(ids).ravel() // MARK - 1, return_counts=True)
         table = tables[path]
         rows, dim = table.weight.shape
-        for mark, count in zip(marks, counts):
-            streams.append(TableStream(table=path, rows=min(gen.ranges[int(mark)], int(rows)),
+        for draw, count in zip(draws, counts):
+            drawn = gen.ranges[int(draw)] if draw >= 0 else 1
+            streams.append(TableStream(table=path, rows=min(drawn, int(rows)),
                                        row_bytes=int(dim) * table.weight.element_size(), lookups=int(count)))
     return streams
 
