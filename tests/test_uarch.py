@@ -503,3 +503,33 @@ def test_counted_figures_sit_beside_the_simulated_ones_of_the_same_point():
     assert "no simulated figure is checked against a counted one" in _counted_beside_simulated(software_only,
                                                                                                 simulated)
     assert counted_beside_simulated(counted.assign(device="cuda"), simulated).empty
+
+
+#: Every CPU stack, and the module it needs (skipped, saying so, where it is not installed).
+CPU_STACKS = {"torch": "torch", "torch-compile": "torch", "ort-cpu": "onnxruntime", "openvino": "openvino",
+              "tf": "tensorflow", "tf-xla": "tensorflow"}
+
+
+@pytest.mark.slow
+@needs_valgrind
+@pytest.mark.parametrize("backend", list(CPU_STACKS))
+def test_every_tiny_model_is_attributed_on_each_cpu_stack(tiny_run, backend):
+    """The attribution floor (>= 90% of a call's instructions in an operator category or in the
+    runtime) on every model at tiny scale and batch 1, where the runtime's share is largest and
+    the kernels smallest, for one CPU stack per test (4-15 minutes each: a valgrind worker per
+    model). And the operators are not left to the runtime: some of every point's instructions are
+    in operators the taxonomy names (not ``other``)."""
+    import rechar.models as models
+
+    pytest.importorskip(CPU_STACKS[backend])
+    code, out, err, run_dir = tiny_run("--all", "-b", backend, "--batch-sizes", "1", "--uarch", "-q")
+    assert code == 0, err
+    table = pd.read_parquet(run_dir / "uarch.parquet")
+    totals = table[table["category"] == "total"].set_index("model")
+    assert set(totals.index) == set(models.names()), sorted(totals.index)
+    assert (totals["status"] == "ok").all(), table.loc[table["status"] != "ok", ["model", "error"]]
+    low = totals[totals["coverage"] < 0.9]
+    assert low.empty, low["coverage"]
+    ir = table[~table["category"].isin(["total", RUNTIME, UNATTRIBUTED, "other"])].groupby("model")["Ir"].sum()
+    named = (ir.reindex(totals.index).fillna(0) / totals["Ir"])
+    assert (named > 0.05).all(), named.sort_values()
