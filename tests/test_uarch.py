@@ -533,3 +533,27 @@ def test_every_tiny_model_is_attributed_on_each_cpu_stack(tiny_run, backend):
     ir = table[~table["category"].isin(["total", RUNTIME, UNATTRIBUTED, "other"])].groupby("model")["Ir"].sum()
     named = (ir.reindex(totals.index).fillna(0) / totals["Ir"])
     assert (named > 0.05).all(), named.sort_values()
+
+
+def test_inductor_kernels_are_named_through_their_source(tmp_path):
+    """Inductor compiles each kernel into its own shared object whose only symbols are ``kernel``
+    and its Python binding; the ``cpp_fused_*`` name is in the compiled graph's wrapper, bound to
+    the same source: the resolver follows the source to the name, and the taxonomy decodes it."""
+    source = '#include <torch/csrc/inductor/cpp_prefix.h>\nextern "C"  void  kernel(float* in_out_ptr0)\n{\n    relu;\n}'
+    other = source.replace("relu;", "other;")
+    (tmp_path / "ab").mkdir()
+    (tmp_path / "cd").mkdir()
+    obj = tmp_path / "ab" / "cabc.main.so"
+    obj.write_bytes(b"")
+    (tmp_path / "ab" / "cabc.main.cpp").write_text("\n" + source + "\n\n// Python bindings to call kernel():\n...")
+    (tmp_path / "ab" / "cxyz.main.so").write_bytes(b"")
+    (tmp_path / "ab" / "cxyz.main.cpp").write_text(other.replace("other;", "unbound;") + "\n// Python bindings\n")
+    (tmp_path / "cd" / "cwrapper.py").write_text(
+        "cpp_fused_cat_0 = async_compile.cpp_pybinding(['float*'], r'''\n" + other + "\n''')\n\n"
+        "cpp_fused_relu_1 = async_compile.cpp_pybinding(['float*', 'const float*'], r'''\n" + source + "\n''')\n")
+    resolver = Resolver()
+    for entry in ("kernel", "kernel_py(_object*, _object*)"):
+        assert resolver.label(str(obj), entry).op == "cpp_fused_relu_1"
+    assert op_category("cpp_fused_relu_1") == "activation"
+    assert resolver.label(str(tmp_path / "ab" / "cxyz.main.so"), "kernel").op is None  # no wrapper binds it
+    assert resolver.label(str(obj), "helper").op is None  # only the kernel's entries

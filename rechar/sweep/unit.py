@@ -32,7 +32,7 @@ def run_worker(run_dir: Path, run_id: str, name: str, backend: str, batches: lis
     prefix: list[str] = []
     threads = options.threads
     if mode == "uarch":  # one simulated core: one intra-op thread, under callgrind (rechar.uarch)
-        from rechar.uarch.callgrind import valgrind_command
+        from rechar.uarch.callgrind import UARCH_ENV, valgrind_command
         from rechar.uarch.machines import machine
 
         threads = spec["threads"] = 1
@@ -40,6 +40,9 @@ def run_worker(run_dir: Path, run_id: str, name: str, backend: str, batches: lis
         dump_dir.mkdir(exist_ok=True)
         spec["uarch_dump_dir"] = str(dump_dir.resolve())
         prefix = valgrind_command(machine(options.uarch_machine), dump_dir)
+    env = worker_env(threads, options.malloc)
+    if mode == "uarch":
+        env.update(UARCH_ENV)
     if attempt:  # a re-measurement times again, nothing more
         spec.update(profile_iters=0, counter_seconds=0.0)
     stem = (f"{name}__{backend}" + (f"__r{round_}" if options.rounds > 1 else "") + (f"__a{attempt}" if attempt else "")
@@ -50,7 +53,7 @@ def run_worker(run_dir: Path, run_id: str, name: str, backend: str, batches: lis
     try:
         # A point (or one of its passes) finished: the clock restarts.
         exit_ = run_worker_process("rechar.sweep.worker", spec, run_dir / "specs" / f"{stem}.json",
-                                   run_dir / "logs" / f"{stem}.log", worker_env(threads, options.malloc),
+                                   run_dir / "logs" / f"{stem}.log", env,
                                    options.timeout, lambda: file_sizes(logs),
                                    lambda: _refresh(tail, done, total, label, progress), prefix=prefix)
     except KeyboardInterrupt:

@@ -68,6 +68,12 @@ def valgrind_version(path: str | None = None) -> str:
         raise UserError(f"valgrind --version failed: {e}") from None
 
 
+#: The worker's environment under Valgrind, which emulates AVX2 at most: Inductor compiles its
+#: kernels with g++ outside Valgrind and ``-march=native`` by default, which on an AVX-512 host
+#: emits instructions Valgrind cannot run (SIGILL). x86-64-v3 is AVX2 + FMA + BMI, what it runs.
+UARCH_ENV = {"TORCHINDUCTOR_CPP_MARCH": "x86-64-v3"}
+
+
 def valgrind_command(machine: Machine, dump_dir: str | Path) -> list[str]:
     """The prefix that runs a Python command under callgrind with ``machine``'s geometry, the
     counts of each point dumped into ``dump_dir``."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from pathlib import Path
 
 from rechar.analysis import taxonomy
 from rechar.uarch import vtables
@@ -74,6 +75,15 @@ KERNEL_CLASS_RULES: list[tuple[str, str]] = [
     (r"^onnxruntime::DeepCpuLstmOp\b", "LSTM"),
     (r"^onnxruntime::(?:contrib::)?(?:\(anonymous namespace\)::)?(\w+?)(?:_\d+)?\b", "{1}"),
 ]
+
+#: Inductor's compiled C++ kernels: one shared object per kernel, ``<cache>/<xx>/<hash>.main.so``
+#: beside its source ``<hash>.main.cpp``, entered through ``kernel`` (or its Python binding). The
+#: kernel's name (``cpp_fused_<ops>_<n>``) is only in the compiled graph's wrapper module,
+#: ``<cache>/<yy>/<hash>.py``, which binds that same source to the name: the source is the link.
+INDUCTOR_OBJECT = r"\.main\.so$"
+INDUCTOR_ENTRIES = ("kernel", "kernel_py(_object*, _object*)")
+INDUCTOR_BINDING = r"^(cpp_fused_\w+) = async_compile\.cpp_pybinding\(\[[^\]]*\], r'''(.*?)'''\)"
+INDUCTOR_SOURCE_END = "// Python bindings"
 
 #: A TensorFlow kernel's entry: ``tensorflow::<class>::Compute[Async](tensorflow::OpKernelContext*...)``.
 TF_KERNEL_ENTRY = r"^tensorflow::(.+?)::Compute(?:Async)?\(tensorflow::OpKernelContext\*(?:, [^()]*)?\)$"
@@ -124,6 +134,8 @@ TF_KERNEL_RULES: list[tuple[str, str]] = [
 
 _RUNTIME_OBJECTS = [(re.compile(p), what) for p, what in RUNTIME_OBJECTS.items()]
 _TF_KERNEL_ENTRY = re.compile(TF_KERNEL_ENTRY)
+_INDUCTOR_OBJECT = re.compile(INDUCTOR_OBJECT)
+_INDUCTOR_BINDING = re.compile(INDUCTOR_BINDING, re.M | re.S)
 _TF_KERNEL_RULES = [(re.compile(p), op) for p, op in TF_KERNEL_RULES]
 _OPERATOR_RULES = [(re.compile(p), op) for p, op in OPERATOR_RULES]
 _KERNEL_CLASS_RULES = [(re.compile(p), op) for p, op in KERNEL_CLASS_RULES]
@@ -135,6 +147,24 @@ def _apply(rules, text: str) -> str | None:
         if m:
             return template.format(None, *m.groups())
     return None
+
+
+def inductor_bindings(cache: str | os.PathLike) -> dict[str, str]:
+    """Kernel source (stripped) -> kernel name, from every compiled-graph wrapper in an Inductor
+    cache folder."""
+    out: dict[str, str] = {}
+    for wrapper in sorted(Path(cache).glob("*/*.py")):
+        for m in _INDUCTOR_BINDING.finditer(wrapper.read_text(errors="replace")):
+            out.setdefault(m.group(2).strip(), m.group(1))
+    return out
+
+
+def inductor_kernel_name(obj: str, bindings: dict[str, str]) -> str | None:
+    """The ``cpp_fused_*`` name of an Inductor kernel's shared object, through its source."""
+    source = Path(_INDUCTOR_OBJECT.sub(".main.cpp", obj))
+    if not source.is_file():
+        return None
+    return bindings.get(source.read_text(errors="replace").split(INDUCTOR_SOURCE_END)[0].strip())
 
 
 def kernel_class_op(cls: str, rules=None) -> str | None:
@@ -204,6 +234,7 @@ class Resolver:
         self._objects = (_RUNTIME_OBJECTS if runtime_objects is None
                          else [(re.compile(p), w) for p, w in runtime_objects.items()])
         self._vtables: dict[str, dict[int, str]] = {}
+        self._inductor: dict[str, dict[str, str]] = {}  # Inductor cache folder -> its bindings
         self.kernel_classes: dict[tuple[str, str], str] = {}  # functions named through vtables
 
     def runtime_of(self, obj: str) -> str | None:
@@ -217,6 +248,11 @@ class Resolver:
             if cls is not None:
                 self.kernel_classes[(obj, fn)] = cls
                 op = kernel_class_op(cls, self._classes)
+        elif fn in INDUCTOR_ENTRIES and obj and _INDUCTOR_OBJECT.search(obj):
+            cache = str(Path(obj).parent.parent)
+            if cache not in self._inductor:
+                self._inductor[cache] = inductor_bindings(cache)
+            op = inductor_kernel_name(obj, self._inductor[cache])
         else:
             op = _apply(self._operators, fn)
             if op and op.startswith("aten::"):
