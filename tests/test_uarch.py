@@ -560,3 +560,19 @@ def test_inductor_kernels_are_named_through_their_source(tmp_path):
     assert op_category("cpp_fused_relu_1") == "activation"
     assert resolver.label(str(tmp_path / "ab" / "cxyz.main.so"), "kernel").op is None  # no wrapper binds it
     assert resolver.label(str(obj), "helper").op is None  # only the kernel's entries
+
+
+def test_xla_thunks_are_the_entries_of_its_compiled_code():
+    """XLA's CPU runtime runs a compiled cluster as thunks whose code is JIT-compiled (no
+    symbols): the thunk's Execute is the operator's entry, so the address-only code below it is
+    the cluster's work, not unattributed. (Before this rule DLRM-RMC2 on tf-xla was 62.9%
+    attributed at tiny scale; 98.1% with it.)"""
+    lib = "/x/tensorflow/libtensorflow_cc.so.2"
+    resolver = Resolver()
+    params = "(xla::cpu::Thunk::ExecuteParams const&)"
+    assert resolver.label(lib, f"xla::cpu::SmallKernelThunk<2l, 1l>::Execute{params}").op == "xla::kernel"
+    assert resolver.label(lib, f"xla::cpu::KernelThunk::Execute{params}").op == "xla::kernel"
+    assert resolver.label(lib, f"xla::cpu::DotThunk::Execute{params}").op == "xla::dot"
+    assert op_category("xla::dot") == "fc" and op_category("xla::kernel") == "other"
+    # the executor that schedules thunks is XLA's runtime, not an operator
+    assert resolver.label(lib, f"xla::cpu::ThunkExecutor::TracedExecute(xla::cpu::Thunk&, {params[1:]}").op is None

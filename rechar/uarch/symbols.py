@@ -59,6 +59,12 @@ RUNTIME_OBJECTS: dict[str, str] = {
 OPERATOR_RULES: list[tuple[str, str]] = [
     (r"^at::_ops::(\w+)::(?:call|redispatch)\(", "aten::{1}"),  # the ATen dispatcher's entry of an op
     (r"^(cpp_fused_\w+)", "{1}"),  # Inductor's generated C++ kernels, decoded by the taxonomy
+    # XLA's CPU runtime runs a compiled cluster as thunks; the code a thunk runs is JIT-compiled
+    # (no symbols), so the thunk's Execute is the op's entry. A kernel thunk is one compiled HLO
+    # fusion or op whose kind the symbols do not tell: xla::kernel, category other.
+    (r"^xla::cpu::DotThunk::Execute\(", "xla::dot"),
+    (r"^xla::cpu::CopyThunk::Execute\(", "xla::copy"),
+    (r"^xla::cpu::(?:Small)?KernelThunk(?:<[^>]*>)?::Execute\(", "xla::kernel"),
 ]
 
 #: Kernel class (demangled, from a stripped library's vtables) -> op type: ONNX Runtime's kernels
@@ -215,7 +221,7 @@ def op_category(op: str) -> str:
 
 def is_operator(op: str | None) -> bool:
     return op is not None and (taxonomy.op_category(op) is not None or bool(taxonomy.inductor_kernel_ops(op))
-                               or op.startswith(("aten::", "tf::", "ov::")))
+                               or op.startswith(("aten::", "tf::", "ov::", "xla::")))
 
 
 @dataclasses.dataclass(frozen=True)
