@@ -134,9 +134,8 @@ class OrtCpuBackend(Backend):
             path = Path(session.end_profiling()).replace(Path(trace_dir) / "ort_trace.json")
             del session
         modules = node_modules(onnx.load(str(self.onnx_path), load_external_data=False))
-        exported_path = getattr(self, "exported_path", self.onnx_path)
-        if self.onnx_path != exported_path:  # a rewritten graph (int8): its new nodes' origins are the export's
-            exported = node_modules(onnx.load(str(exported_path), load_external_data=False))
+        if self.onnx_path != self.exported_path:  # a rewritten graph (int8): its new nodes' origins are the export's
+            exported = node_modules(onnx.load(str(self.exported_path), load_external_data=False))
             modules = {**exported, **{node: path for node, path in modules.items() if path}}
         return self._parse_profile(path, modules, iterations, start_ns, trace_dir)
 
@@ -410,7 +409,7 @@ class OrtCudaGraphBackend(OrtCudaBackend):
     def load(self, model: RecModel, export: ExportResult) -> None:
         import torch
 
-        self.onnx_path = export.onnx_path
+        self.onnx_path = self.exported_path = export.onnx_path
         # The session's compute stream, shared with the copies into the bound inputs (a graph
         # cannot be captured on the legacy default stream).
         self.stream = torch.cuda.Stream()

@@ -7,6 +7,7 @@ import bisect
 import functools
 from collections import defaultdict
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,10 @@ def node_module(node: str, node_modules: dict[str, str]) -> str:
     return ""
 
 
+def _module_lookup(node_modules: dict[str, str]) -> Callable[[str], str]:
+    return functools.cache(lambda node: node_module(node, node_modules))
+
+
 def ort_ops(trace: str | Path, node_modules: dict[str, str], runs: int | None = None) -> pd.DataFrame:
     """Ops of an ONNX Runtime profile.
 
@@ -62,7 +67,7 @@ def ort_ops(trace: str | Path, node_modules: dict[str, str], runs: int | None = 
     adds the device time.
     """
     threads = _ort_node_spans(read_json(trace), node_modules, runs, trace)
-    module = functools.cache(lambda node: node_module(node, node_modules))
+    module = _module_lookup(node_modules)
     rows = [(s.name, s.node, module(s.node), s.self_us) for spans in threads.values() for s in spans]
     return op_table(rows, trace)
 
@@ -196,7 +201,7 @@ def ort_device_ops(ort_trace: str | Path, device_trace: str | Path, node_modules
                 else:
                     misfits.append(f"{span.name} <- {kernels[correlation]}")
     unattributed -= attributed
-    module = functools.cache(lambda node: node_module(node, node_modules))
+    module = _module_lookup(node_modules)
     rows = [(s.name, s.node, module(s.node), s.self_us) for s in spans]
     if unattributed > 0:
         rows.append((UNATTRIBUTED, "", "", unattributed))

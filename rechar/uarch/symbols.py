@@ -6,8 +6,9 @@ Three kinds of name reach here:
 - **Operator entries** (``OPERATOR_RULES``): the function where one operator's work starts.
   PyTorch: the dispatcher's ``at::_ops::<op>::call``/``redispatch`` (every ATen op called from
   Python or from another op passes through it); Inductor's generated ``cpp_fused_*`` kernels,
-  named through their source (``inductor_kernel_name``) and decoded by rechar.analysis.taxonomy. ONNX Runtime, whose library is stripped: the virtual
-  functions of its kernel classes, named from the library's vtables (rechar.uarch.vtables), e.g.
+  named through their source (``inductor_kernel_name``) and decoded by rechar.analysis.taxonomy;
+  XLA's thunks. ONNX Runtime, whose library is stripped: the virtual functions of its kernel
+  classes, named from the library's vtables (rechar.uarch.vtables), e.g.
   ``onnxruntime::Gemm<float>`` -> ``Gemm``. TensorFlow (symbols in ``libtensorflow_cc``): the
   kernel's virtual ``Compute(OpKernelContext*)``, through which its executor runs every node; the
   kernel's class, template arguments included, names the op type (``TF_KERNEL_RULES``:
