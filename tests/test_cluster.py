@@ -192,3 +192,37 @@ def test_probe_on_a_cluster_writes_one_card_per_node(tmp_path, cluster, run_cli)
         n["NodeID"] for n in alive if n["Resources"].get(selector)}
     code, _, err = run_cli("probe", "--nodes", "tier=b")
     assert code == 2 and err.strip() == "error: --nodes selects nodes of a Ray cluster: give --ray ADDRESS too"
+
+
+def test_a_node_whose_probe_fails_is_named_and_the_others_are_written(tmp_path, cluster, monkeypatch):
+    """A fault planted on one node: the error names that node and its cause, the other node's card
+    is still written (not lost to the first failure)."""
+    import importlib
+
+    from rechar.sweep.cluster import connect
+
+    probe_module = importlib.import_module("rechar.predict.probe")  # the package exports a function of that name
+
+    connect(cluster[0].address)
+    alive = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
+    victim = alive[0]["NodeID"]
+
+    def probe_or_fail(overrides):  # shipped to the nodes by value
+        import ray as node_ray
+
+        from rechar.predict.probe import ProbeOptions, probe
+
+        if node_ray.get_runtime_context().get_node_id() == victim:
+            raise RuntimeError("planted fault")
+        return probe(ProbeOptions(**overrides))
+
+    monkeypatch.setattr(probe_module, "_probe_on_node", probe_or_fail)
+    small = {"threads": [1], "max_working_set": 64 << 10, "widths": (32,), "gemm_rows": (1,),
+             "gemm_shapes": [(16, 8)], "stacks": ("torch",), "seconds_per_figure": 0.001, "stream_bytes": 1 << 20}
+    with pytest.raises(UserError) as raised:
+        probe_module.probe_cluster(cluster[0].address, None, small, tmp_path / "card.json")
+    message = str(raised.value)
+    assert message.startswith("probing 1 of 2 node(s) failed (") and "RuntimeError: planted fault" in message
+    cards = sorted(tmp_path.glob("card-*.json"))
+    assert len(cards) == 1 and str(cards[0]) in message
+    assert victim not in cards[0].read_text() and "gemm" in cards[0].read_text()

@@ -340,16 +340,24 @@ def probe_cluster(address: str, selector: str | None, overrides: dict[str, Any],
     pending = {remote.options(num_cpus=n.cpus, scheduling_strategy=NodeAffinitySchedulingStrategy(n.id, soft=False))
                .remote(overrides): n for n in nodes}
     log(f"probing {len(nodes)} node(s): {', '.join(paths)}")
+    failed = {}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         node = pending.pop(done[0])
         try:
             card = ray.get(done[0])
         except Exception as e:  # noqa: BLE001 - a node that fails is named, the others still written
-            raise UserError(f"probing node {node.label} failed: {str(e).strip().splitlines()[-1]}") from None
+            failed[node.label] = str(e).strip().splitlines()[-1]
+            log(f"node {node.label}: failed: {failed[node.label]}")
+            continue
         card["node"] = {"label": node.label, "id": node.id}
         write_json_atomic(paths[node.label], card)
         log(f"node {node.label}: {paths[node.label]} ({card['probe_seconds']} s)")
+    if failed:
+        written = [str(paths[label]) for label in paths if label not in failed]
+        raise UserError(f"probing {len(failed)} of {len(nodes)} node(s) failed ("
+                        + "; ".join(f"{label}: {why}" for label, why in failed.items())
+                        + f"); written: {', '.join(written) or 'none'}")
     return paths
 
 
