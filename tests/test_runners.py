@@ -237,6 +237,27 @@ def test_peak_rss_is_the_workers_own(tmp_path):
     assert 50e6 < point["peak_rss_bytes"] < 1.2e9  # ONNX Runtime, numpy and a tiny model, far below 1.5 GB
 
 
+def test_an_added_pass_builds_pytorchs_weights_only_where_the_stack_runs_them(tmp_path, monkeypatch):
+    """A pass added to a run (here a profile, as for counters and the simulation) needs PyTorch's
+    weights on torch only, and there rebuilds them with the export's recorded calibration: the
+    model is never run outside the stack (minutes under Valgrind). The worker runs in-process."""
+    from rechar.results.store import PROFILES_LOG, read_log
+    from rechar.sweep import worker
+
+    run_dir = _sweep(tmp_path, backends=["ort-cpu", "torch"], batch_sizes=[4])
+    built = []
+    real_get = models.get
+    monkeypatch.setattr(models.RecModel, "predict", lambda *a, **k: pytest.fail("the model ran outside the stack"))
+    monkeypatch.setattr(models, "get", lambda *a, **k: built.append(k.get("calibration")) or real_get(*a, **k))
+    for backend in ("ort-cpu", "torch"):
+        spec = worker.WorkerSpec.read(str(run_dir / "specs" / f"ncf__{backend}.json"))
+        spec.mode, spec.profile_iters, spec.parent_pid = "profile", 2, 0
+        worker.run(spec)
+    assert len(built) == 1 and built[0]["scale"] > 0  # torch's, from the export's record; none for ort-cpu
+    profiled = {(r["backend"], r["status"]) for r in read_log(run_dir, PROFILES_LOG)}
+    assert profiled == {("ort-cpu", "ok"), ("torch", "ok")}
+
+
 def test_inputs_are_the_same_across_runs(tmp_path):
     a = load_points(_sweep(tmp_path / "a"))
     b = load_points(_sweep(tmp_path / "b"))

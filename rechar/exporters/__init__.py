@@ -8,9 +8,10 @@ from rechar.exporters.onnx_export import (
     ExportResult,
     export,
     load_manifest,
+    recorded_calibration,
 )
 
 __all__ = [
     "DEFAULT_EXPORTER", "EXPORTERS", "MODULE_KEY", "ExportCheckError", "ExportOptions", "ExportResult",
-    "export", "load_manifest", "node_modules",
+    "export", "load_manifest", "node_modules", "recorded_calibration",
 ]

@@ -151,7 +151,7 @@ def _export_into(folder: Path, name: str, scale: str, config, options: ExportOpt
     raw = folder / "raw"
     raw.mkdir()
     _torch_export(model, raw / ONNX_FILE, options)
-    fixed_dims, output_kind = model.fixed_dims(), model.output_kind
+    fixed_dims, output_kind, calibration = model.fixed_dims(), model.output_kind, model.calibration
     module_names = {n for n, _ in model.named_modules() if n}
     del model
     gc.collect()
@@ -187,6 +187,7 @@ def _export_into(folder: Path, name: str, scale: str, config, options: ExportOpt
         "inputs": inputs,
         "outputs": outputs,
         "fixed_dims": fixed_dims,
+        "calibration": calibration,  # workers rebuild the same weights without running the model
         "external_data": external,
         "nodes": node_count,
         "op_types": ops,
@@ -274,6 +275,15 @@ def _source_digest() -> str:
 def load_manifest(folder: str | Path) -> dict[str, Any]:
     """Read and sanity-check an export folder's manifest."""
     return read_manifest_file(folder, MANIFEST, "an export", "files")
+
+
+def recorded_calibration(manifest: dict[str, Any], seed: int, config) -> dict[str, Any] | None:
+    """The output calibration an export applied (``rechar.models.get(calibration=...)`` rebuilds
+    the same weights without running the model), when it was made from this config and seed.
+    Its cache key covers rechar's model code, checked by whoever chose the export."""
+    if manifest.get("seed") == seed and manifest.get("config") == config.to_dict():
+        return manifest.get("calibration")
+    return None
 
 
 def _valid_cache(folder: Path, key: str) -> dict[str, Any] | None:

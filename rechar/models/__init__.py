@@ -90,8 +90,12 @@ def get(
     overrides: dict[str, Any] | None = None,
     seed: int = 0,
     config: ModelConfig | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> RecModel:
-    """Build a model in eval mode with weights drawn deterministically from ``seed``.
+    """Build a model in eval mode with weights drawn deterministically from ``seed``, its output
+    layer calibrated (rechar.models.calibration; what was applied is ``model.calibration``).
+    ``calibration``: that record from an earlier build of the same model, config and seed (an
+    export's manifest keeps it), applied without running the model.
 
     Refuses (UserError) before allocating anything when the weights alone exceed the memory
     available now (MLPerf's DLRM-DCNv2 tables are 104.5 GB)."""
@@ -103,7 +107,7 @@ def get(
         torch.manual_seed(seed)
         model = cls(name, config)
     model.eval()
-    calibrate(model, seed)  # outputs that spread like a trained model's (rechar.models.calibration)
+    model.calibration = calibrate(model, seed, calibration)  # outputs that spread like a trained model's
     return model
 
 

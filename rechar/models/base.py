@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -83,6 +83,8 @@ class RecModel(nn.Module):
         super().__init__()
         self.name = name
         self.config = config
+        #: the output calibration applied by ``rechar.models.get`` (None: not calibrated)
+        self.calibration: dict[str, Any] | None = None
 
     def generate(self, gen: InputGenerator) -> dict[str, np.ndarray]:
         """Inputs for one batch, keyed by input name, in ``input_names`` order."""

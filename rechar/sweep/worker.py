@@ -25,7 +25,7 @@ import numpy as np
 import rechar.models as models
 from rechar.errors import one_line
 from rechar.measure.gate import compare
-from rechar.exporters import ExportResult, load_manifest
+from rechar.exporters import ExportResult, load_manifest, recorded_calibration
 from rechar.exporters.graph import check_external_data, check_inputs_match
 from rechar.memory import prefault_mappings
 from rechar.stacks import BackendOptions, backend_class
@@ -76,18 +76,23 @@ def run(spec: WorkerSpec) -> None:
     if not allocator.loaded(spec.malloc):
         raise RuntimeError(f"allocator {spec.malloc} was asked for but is not loaded in the worker (LD_PRELOAD)")
     config = models.resolve_config(spec.model, spec.scale, spec.overrides)
-    model = models.get(spec.model, config=config, seed=spec.seed)
     manifest = load_manifest(spec.export_dir)
     export = ExportResult(spec.model, Path(spec.export_dir), manifest, cached=True)
-    if manifest["fixed_dims"] != model.fixed_dims():
-        raise ValueError(f"export fixes {manifest['fixed_dims']} but the model has {model.fixed_dims()}; re-export")
-
     cls = backend_class(spec.backend)
     precision = split_backend(spec.backend)[1]
+    # PyTorch's weights are built where a stack runs them or the gate needs reference outputs; a
+    # pass added to a run (profile, counters, simulation) of another stack needs only the shapes.
+    # The export's recorded calibration spares the model's calibration passes (minutes under
+    # Valgrind: rechar.models.calibration).
+    needs_weights = cls.uses_torch_model or spec.mode == "run"
+    model = (models.get(spec.model, config=config, seed=spec.seed,
+                        calibration=recorded_calibration(manifest, spec.seed, config)) if needs_weights else None)
     # Input pools are made per point from a weightless copy of the model (its config and table
     # shapes); the gate's eager-PyTorch reference outputs for the first and last batch of every
     # pool are computed now, while the weights are loaded.
     shell = models.shell(spec.model, config)
+    if manifest["fixed_dims"] != shell.fixed_dims():
+        raise ValueError(f"export fixes {manifest['fixed_dims']} but the model has {shell.fixed_dims()}; re-export")
     pools = PoolSpec(spec.seed, spec.ids, spec.zipf_alpha, spec.inputs,
                      spec.cache_bytes or cls.cache_bytes() or FALLBACK_CACHE_BYTES, PoolRule(**spec.pool_rule))
     check_external_data(export.onnx_path)
