@@ -516,14 +516,14 @@ CPU_STACKS = {"torch": "torch", "torch-compile": "torch", "ort-cpu": "onnxruntim
 def test_every_tiny_model_is_attributed_on_each_cpu_stack(tiny_run, backend):
     """The attribution floor (>= 90% of a call's instructions in an operator category or in the
     runtime) on every model at tiny scale and batch 1, where the runtime's share is largest and
-    the kernels smallest, for one CPU stack per test (4-15 minutes each: a valgrind worker per
-    model). And the operators are not left to the runtime: some of every point's instructions are
-    in operators the taxonomy names (not ``other``)."""
+    the kernels smallest, for one CPU stack per test (10-22 minutes each on a 2-core VM running
+    two of them: a valgrind worker per model). And the operators are not left to the runtime:
+    some of every point's instructions are in operators the taxonomy names (not ``other``)."""
     import rechar.models as models
 
     pytest.importorskip(CPU_STACKS[backend])
-    # --timeout: a worker under valgrind loads, gates and warms up at a fraction of native speed
-    # (DLRM-RMC3 on TensorFlow and OpenVINO passed 600 s on a loaded 2-core machine)
+    # --timeout: a worker under valgrind loads and warms up at a fraction of native speed; before
+    # workers took the export's calibration, DLRM-RMC3's calibration alone passed 600 s there
     code, out, err, run_dir = tiny_run("--all", "-b", backend, "--batch-sizes", "1", "--uarch", "-q",
                                        "--timeout", "2400")
     assert code == 0, err
@@ -533,7 +533,10 @@ def test_every_tiny_model_is_attributed_on_each_cpu_stack(tiny_run, backend):
     assert (totals["status"] == "ok").all(), table.loc[table["status"] != "ok", ["model", "error"]]
     low = totals[totals["coverage"] < 0.9]
     assert low.empty, low["coverage"]
-    ir = table[~table["category"].isin(["total", RUNTIME, UNATTRIBUTED, "other"])].groupby("model")["Ir"].sum()
+    # XLA's compiled kernels carry no symbol that tells their kind (xla::kernel, category other):
+    # on tf-xla they count as the operators' work
+    outside = ["total", RUNTIME, UNATTRIBUTED] + ([] if backend == "tf-xla" else ["other"])
+    ir = table[~table["category"].isin(outside)].groupby("model")["Ir"].sum()
     named = (ir.reindex(totals.index).fillna(0) / totals["Ir"])
     assert (named > 0.05).all(), named.sort_values()
 
@@ -574,5 +577,9 @@ def test_xla_thunks_are_the_entries_of_its_compiled_code():
     assert resolver.label(lib, f"xla::cpu::KernelThunk::Execute{params}").op == "xla::kernel"
     assert resolver.label(lib, f"xla::cpu::DotThunk::Execute{params}").op == "xla::dot"
     assert op_category("xla::dot") == "fc" and op_category("xla::kernel") == "other"
+    # a dot handed to YNNPACK, and TensorFlow's launch of the cluster
+    assert resolver.label(lib, f"xla::cpu::YnnFusionThunk::Execute{params}").op == "xla::dot"
+    launch = "tensorflow::XlaLocalLaunchBase::ComputeAsync(tensorflow::OpKernelContext*, std::function<void ()>)"
+    assert resolver.label(lib, launch).op == "XlaLaunch" and op_category("XlaLaunch") == "runtime"
     # the executor that schedules thunks is XLA's runtime, not an operator
     assert resolver.label(lib, f"xla::cpu::ThunkExecutor::TracedExecute(xla::cpu::Thunk&, {params[1:]}").op is None

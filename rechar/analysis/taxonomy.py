@@ -130,6 +130,7 @@ OP_CATEGORY: dict[str, str] = {
     "Pregraph bytecode": _RUN, "AOTDispatcher Runtime Wrapper Prologue": _RUN,
     # TensorFlow's runtime: the call of the lowered function (its self time)
     "tf.function call": _RUN,
+    "XlaLaunch": _RUN,  # TensorFlow's launch of an XLA cluster, outside the cluster's thunks (simulation pass)
     "unattributed device time": _RUN,  # ONNX Runtime on CUDA: kernels launched outside any node
     # Reduced precision (rechar.measure.quality): PyTorch's quantized kernels, ONNX Runtime's
     # dynamic quantization (DynamicQuantizeMatMul quantizes its activations inside the FC kernel)

@@ -64,8 +64,14 @@ OPERATOR_RULES: list[tuple[str, str]] = [
     # (no symbols), so the thunk's Execute is the op's entry. A kernel thunk is one compiled HLO
     # fusion or op whose kind the symbols do not tell: xla::kernel, category other.
     (r"^xla::cpu::DotThunk::Execute\(", "xla::dot"),
+    # A YNNPACK fusion is a dot XLA hands to YNNPACK, its operands' packing included (inside one,
+    # only YNNPACK's dot and pack implementations run: every tiny model's dump, 2026-12-01)
+    (r"^xla::cpu::YnnFusionThunk::Execute\(", "xla::dot"),
     (r"^xla::cpu::CopyThunk::Execute\(", "xla::copy"),
     (r"^xla::cpu::(?:Small)?KernelThunk(?:<[^>]*>)?::Execute\(", "xla::kernel"),
+    # TensorFlow's op that launches the compiled cluster (an AsyncOpKernel, which would otherwise
+    # be named by its base class): executable lookup, argument marshalling, the thunk executor
+    (r"^tensorflow::XlaLocalLaunchBase::ComputeAsync\(", "XlaLaunch"),
 ]
 
 #: Kernel class (demangled, from a stripped library's vtables) -> op type: ONNX Runtime's kernels
