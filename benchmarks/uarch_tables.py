@@ -1,10 +1,13 @@
 """The Markdown tables of docs/microarchitecture.md from a run's simulation pass.
 
     python benchmarks/uarch_tables.py RUN_DIR
+    python benchmarks/uarch_tables.py --readme RUN_DIR [RUN_DIR ...]
 
 Per point (totals, MPKI, the cycle estimate's split, coverage, pass seconds); where each
 point's instructions and last-level misses go (categories with >= 5% of the instructions); the
-simulated cost of one embedding lookup per stack (rechar.analysis.uarch).
+simulated cost of one embedding lookup per stack (rechar.analysis.uarch). ``--readme``: the
+README's compact table (torch and ort-cpu at batch 1 and 256); a point that failed in one run
+is taken from the next run that simulated it.
 """
 
 import sys
@@ -47,5 +50,23 @@ def main(run: Path) -> None:
         print(f"| {r.model} | {r.backend} | {r.batch} | {r.lookups_per_sample:.0f} | {r.instructions_per_lookup:,.1f} | {r.d1_misses_per_lookup:.2f} | {r.ll_misses_per_lookup:.2f} |")
 
 
+def readme(runs: list[Path]) -> None:
+    t = pd.concat([a.totals(a.load_runs([run])) for run in runs])  # in the order given
+    t = t[t["status"] == "ok"].drop_duplicates(["model", "backend", "batch"]).set_index(["model", "backend", "batch"])
+
+    def pair(model, batch, column, fmt):
+        return " / ".join(f(t[column].get((model, b, batch)), fmt) for b in ("torch", "ort-cpu"))
+
+    print("| model | instr/sample b1 | front-end share b1 | LL MPKI b256 | back-end memory share b256 | instr/sample b256 |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for model in sorted({m for m, _, _ in t.index}):
+        print(f"| {model} | {pair(model, 1, 'instructions_per_sample', ',.0f')} | "
+              f"{pair(model, 1, 'frontend_share', '.0%')} | {pair(model, 256, 'll_mpki', '.1f')} | "
+              f"{pair(model, 256, 'backend_memory_share', '.0%')} | {pair(model, 256, 'instructions_per_sample', ',.0f')} |")
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    if sys.argv[1] == "--readme":
+        readme([Path(p) for p in sys.argv[2:]])
+    else:
+        main(Path(sys.argv[1]))
