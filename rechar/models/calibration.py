@@ -49,7 +49,7 @@ class LogitLayer:
 
 def calibrate(model: nn.Module, seed: int, known: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Scale and centre a RecModel's output logits in place (see the module's doc). Returns what
-    was applied — ``{"first": shifts, "scale": s, "second": shifts}`` (a shift per logit column) —
+    was applied — ``{"first": shifts, "scale": s, "second": shifts}`` (a shift per bias entry) —
     or None for a model without a ``logit_layer``. ``known``: such a record, from an earlier
     calibration of the same model, config and seed, applied without running the model."""
     layer = model.logit_layer()
