@@ -208,6 +208,9 @@ def test_an_exports_recorded_calibration_rebuilds_the_same_weights_without_runni
     wrong = models.get("dlrm-rmc1", scale="tiny", calibration=other).state_dict()
     right = models.get("dlrm-rmc1", scale="tiny").state_dict()
     assert not all(torch.equal(right[k], wrong[k]) for k in right)
+    short = {**other, "first": other["first"] + [0.0]}  # a record for another output layer
+    with pytest.raises(ValueError, match="dlrm-rmc1: calibration has 2 shifts for 1 logits"):
+        models.get("dlrm-rmc1", scale="tiny", calibration=short)
 
 
 def test_compare_by_hand():
