@@ -18,7 +18,6 @@ import dataclasses
 import math
 
 import numpy as np
-from scipy import stats
 
 LEVEL = 0.95
 
@@ -40,6 +39,8 @@ class Estimate:
 def t_quantile(df: float) -> float:
     """The two-sided ``LEVEL`` quantile of Student's t with ``df`` degrees of freedom (the
     normal's for infinite df)."""
+    from scipy import stats  # here, not at the top: a worker process never needs scipy.stats (1 s to import)
+
     return float(stats.norm.ppf(0.5 + LEVEL / 2) if math.isinf(df) else stats.t.ppf(0.5 + LEVEL / 2, df))
 
 

@@ -74,3 +74,14 @@ def test_the_check_finds_a_planted_circle_or_private_use(tmp_path, fault):
     assert [sorted(c) for c in nx.simple_cycles(graph)] == ([["rechar.a", "rechar.b"]] if fault == "circle" else [])
     assert private == {"circle": [], "private import": ["rechar.b: from rechar.a import _hidden"],
                        "private attribute": ["rechar.b: a._hidden"]}[fault]
+
+
+def test_a_worker_process_does_not_import_scipy():
+    """Every measurement point starts a worker process, and a simulated one imports under Valgrind
+    (scipy.stats: ~1 s natively, ~9 s there): the worker imports only what it runs."""
+    import subprocess
+    import sys
+
+    code = "import sys, rechar.sweep.worker, rechar.serving.worker; print(sorted(m for m in sys.modules if m.startswith('scipy')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == "[]"
