@@ -332,14 +332,19 @@ def test_gather_misses_match_the_analytic_count_and_the_geometry_applies(tmp_pat
     assert warm.total()["DLmr"] < 0.1 * expected
 
 
-@needs_valgrind
-def test_uarch_pass_attributes_resumes_and_repeats(tiny_run, run_cli):
-    """The pass end to end on ONNX Runtime (the cheaper stack to simulate; PyTorch's is the slow
-    test below): every point simulated and attributed, the report section drawn, an interrupted
-    pass resumed point by point, and a point simulated twice agreeing."""
+def _ncf_on_ort(tiny_run):
+    """NCF on ONNX Runtime (the cheaper stack to simulate) at batch 1 and 64, simulated."""
     code, out, err, run_dir = tiny_run("-m", "ncf", "-b", "ort-cpu", "--batch-sizes", "1,64", "--uarch",
                                        "--uarch-machine", "cascadelake")
     assert code == 0, err
+    return run_dir
+
+
+@needs_valgrind
+def test_uarch_pass_attributes_and_reports(tiny_run):
+    """The pass end to end (PyTorch's is the slow test below): every point simulated and
+    attributed on the machine asked for, and the report section drawn."""
+    run_dir = _ncf_on_ort(tiny_run)
     table = pd.read_parquet(run_dir / "uarch.parquet")
     totals = table[table["category"] == "total"].set_index("batch")
     assert set(totals.index) == {1, 64} and (totals["status"] == "ok").all()
@@ -358,7 +363,16 @@ def test_uarch_pass_attributes_resumes_and_repeats(tiny_run, run_cli):
     assert "simulated machine: cascadelake" in html and "Cost of one embedding lookup" in html
     assert "No simulation pass" in section([run_dir.parent])  # a folder without the pass says so
 
-    # an interrupted pass resumes: drop batch 64's record, the pass simulates that point only
+
+# Resuming an added pass is the sweep's, shared by every pass and tested in the default suite on
+# the profiling and counting passes (tests/test_faults.py); this one costs two more simulated
+# workers (~40 s each, mostly imports under Valgrind).
+@pytest.mark.slow
+@needs_valgrind
+def test_an_interrupted_uarch_pass_resumes_point_by_point_and_repeats(tiny_run, run_cli):
+    run_dir = _ncf_on_ort(tiny_run)
+    records = [json.loads(line) for line in (run_dir / "uarch.jsonl").read_text().splitlines()]
+    # drop batch 64's record: the pass simulates that point only
     lines = (run_dir / "uarch.jsonl").read_text().splitlines()
     first = next(line for line in lines if json.loads(line)["batch"] == 1)
     before = next(r for r in records if r["batch"] == 64)
