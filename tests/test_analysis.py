@@ -12,7 +12,7 @@ from rechar.analysis.breakdown import (bottleneck_shift, breakdown_wide, categor
 from rechar.analysis.deployment import best_deployment, crossover, gpu_speedup
 from rechar.analysis.features import feature_correlation, model_features
 from rechar.analysis.ops import coverage, normalize
-from rechar.analysis.taxonomy import CATEGORIES, categorize, layer_category
+from rechar.taxonomy import CATEGORIES, categorize, layer_category
 
 
 def _ops(rows):
@@ -188,7 +188,7 @@ def test_taxonomy_tables():
     assert categorize("Transpose", "interest_extractor", {"interest_extractor": "GRU"}) == ("data-movement", "recurrent")
     assert layer_category("", {}) is None
     assert set(categorize("anything", "", {})) == {"other"}
-    from rechar.analysis.taxonomy import LAYER_CATEGORY, OP_CATEGORY
+    from rechar.taxonomy import LAYER_CATEGORY, OP_CATEGORY
 
     assert set(OP_CATEGORY.values()) | set(LAYER_CATEGORY.values()) <= set(CATEGORIES)
 

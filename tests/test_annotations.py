@@ -136,7 +136,7 @@ def test_a_taxonomy_change_recategorizes_a_runs_cached_operator_table(h200_run, 
     """ops.parquet caches the categories of the taxonomy that wrote it: when the taxonomy changes
     (a rule fixed after the run), reading the run categorizes its profiles again, in memory,
     and leaves the cached file as it was."""
-    from rechar.analysis import taxonomy
+    from rechar import taxonomy
 
     ops = load_ops(h200_run)  # written now, under today's taxonomy
     assert (ops["op_category"] == "fc").any()

@@ -8,7 +8,7 @@ import pytest
 
 import rechar.models as models
 from rechar.analysis.ops import build_ops_table, coverage, layer_classes, load_ops, normalize, unmapped_ops
-from rechar.analysis.taxonomy import OP_CATEGORY
+from rechar.taxonomy import OP_CATEGORY
 from rechar.stacks import BackendOptions, backend_class
 from rechar.results.store import load_points
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from rechar.analysis import analyze
-from rechar.analysis.taxonomy import CATEGORIES
+from rechar.taxonomy import CATEGORIES
 from rechar.report import charts, write_report
 from rechar.report.charts import CATEGORY_COLORS
 from rechar.measure.timing import TimingOptions

@@ -490,7 +490,7 @@ def test_tf_function_call_time_is_the_time_no_op_ran_anywhere():
 
 
 def test_inductor_kernel_names_and_the_fusion_rule():
-    from rechar.analysis.taxonomy import categorize, fused_attribution, inductor_kernel_ops
+    from rechar.taxonomy import categorize, fused_attribution, inductor_kernel_ops
 
     assert inductor_kernel_ops("cpp_fused__embedding_bag__unsafe_view_arange_clone_select_0") == [
         "aten::_embedding_bag", "aten::_unsafe_view", "aten::arange", "aten::clone", "aten::select"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from rechar.analysis.taxonomy import CATEGORIES
+from rechar.taxonomy import CATEGORIES
 
 POINT = ["host", "model", "backend", "device", "batch"]
 

@@ -17,7 +17,7 @@ from bokeh.models import (BasicTicker, ColorBar, ColumnDataSource, FactorRange, 
 from bokeh.palettes import Category20, Colorblind8, RdBu11
 from bokeh.plotting import figure
 
-from rechar.analysis.taxonomy import CATEGORIES, LATER_CATEGORIES
+from rechar.taxonomy import CATEGORIES, LATER_CATEGORIES
 
 #: The page's width budget: at most this many pixels per chart row, so that a chart fits an A4
 #: or Letter page printed in landscape (the print stylesheet asks for it) without being cut.

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from rechar.analysis.taxonomy import CATEGORIES
+from rechar.taxonomy import CATEGORIES
 from rechar.report import charts
 from rechar.report.charts import CATEGORY_COLORS
 from rechar.report.context import REFERENCE, ReportContext

@@ -6,14 +6,14 @@ Three kinds of name reach here:
 - **Operator entries** (``OPERATOR_RULES``): the function where one operator's work starts.
   PyTorch: the dispatcher's ``at::_ops::<op>::call``/``redispatch`` (every ATen op called from
   Python or from another op passes through it); Inductor's generated ``cpp_fused_*`` kernels,
-  named through their source (``inductor_kernel_name``) and decoded by rechar.analysis.taxonomy;
+  named through their source (``inductor_kernel_name``) and decoded by rechar.taxonomy;
   XLA's thunks. ONNX Runtime, whose library is stripped: the virtual functions of its kernel
   classes, named from the library's vtables (rechar.uarch.vtables), e.g.
   ``onnxruntime::Gemm<float>`` -> ``Gemm``. TensorFlow (symbols in ``libtensorflow_cc``): the
   kernel's virtual ``Compute(OpKernelContext*)``, through which its executor runs every node; the
   kernel's class, template arguments included, names the op type (``TF_KERNEL_RULES``:
   ``BinaryOp<ThreadPoolDevice, functor::add<float>>`` -> ``AddV2``). The resulting op name is
-  looked up in the taxonomy's table (rechar.analysis.taxonomy.OP_CATEGORY); a class that is not
+  looked up in the taxonomy's table (rechar.taxonomy.OP_CATEGORY); a class that is not
   an operator (the executor's ``ExecutionFrame``) is not an entry, except that every TensorFlow
   kernel is one (a class the rules do not name is ``tf::<class>``, category ``other``).
 - **Runtime code** (``RUNTIME_OBJECTS``): code that is not an operator's but is known — the Python
@@ -33,7 +33,7 @@ import os
 import re
 from pathlib import Path
 
-from rechar.analysis import taxonomy
+from rechar import taxonomy
 from rechar.uarch import vtables
 
 RUNTIME = "runtime"
