@@ -76,6 +76,54 @@ def test_the_check_finds_a_planted_circle_or_private_use(tmp_path, fault):
                        "private attribute": ["rechar.b: a._hidden"]}[fault]
 
 
+#: The data flow of docs/architecture.md, ground floor first: a module imports only from its own
+#: floor or those below (the ground's modules import none of rechar's packages).
+FLOORS = [
+    {"errors", "jsonfile", "stats", "taxonomy", "hostinfo", "memory", "lifetime"},
+    {"models"},
+    {"exporters", "measure"},
+    {"stacks"},
+    {"results"},
+    {"uarch"},
+    {"sweep"},
+    {"serving"},
+    {"analysis"},
+    {"predict"},
+    {"report"},
+    {"cli"},
+]
+
+
+def upward_imports(graph: nx.DiGraph, floors: list[set[str]]) -> list[str]:
+    """Every import from a module of a lower floor to one of a higher (by top-level part under
+    rechar); a part on no floor is an error of its own."""
+    floor = {part: i for i, parts in enumerate(floors) for part in parts}
+
+    def part(module: str) -> str:
+        return module.split(".")[1] if "." in module else module
+
+    parts = {part(m) for m in graph if "." in m}
+    assert parts <= set(floor), f"on no floor of FLOORS: {sorted(parts - set(floor))}"
+    return sorted(f"{a} -> {b}" for a, b in graph.edges() if "." in a and "." in b and floor[part(a)] < floor[part(b)])
+
+
+def test_imports_run_down_the_data_flow():
+    graph, _ = import_graph(ROOT)
+    assert upward_imports(graph, FLOORS) == []
+
+
+def test_the_check_finds_a_planted_upward_import(tmp_path):
+    pkg = tmp_path / "rechar"
+    (pkg / "models").mkdir(parents=True)
+    (pkg / "report").mkdir()
+    for init in (pkg / "__init__.py", pkg / "models" / "__init__.py", pkg / "report" / "__init__.py"):
+        init.write_text("")
+    (pkg / "report" / "page.py").write_text("from rechar.models import base\n")  # down: allowed
+    (pkg / "models" / "base.py").write_text("def f():\n    from rechar.report import page\n")  # up
+    graph, _ = import_graph(tmp_path)
+    assert upward_imports(graph, FLOORS) == ["rechar.models.base -> rechar.report.page"]
+
+
 def test_a_worker_process_does_not_import_scipy():
     """Every measurement point starts a worker process, and a simulated one imports under Valgrind
     (scipy.stats: ~1 s natively, ~9 s there): the worker imports only what it runs."""
