@@ -28,7 +28,7 @@ import torch
 from onnx import numpy_helper
 
 import rechar.models as models
-from rechar.exporters import ExportResult, load_manifest, recorded_calibration
+from rechar.exporters import ExportResult, exported_model, load_manifest, recorded_calibration
 from rechar.measure.gate import GATE_ATOL, GATE_RTOL, compare
 from rechar.models.layers import EmbeddingTable
 from rechar.models.outputs import logits
@@ -195,8 +195,7 @@ def test_an_exports_recorded_calibration_rebuilds_the_same_weights_without_runni
         with monkeypatch.context() as patch:
             patch.setattr(models.RecModel, "predict", lambda *a, **k: pytest.fail("the model ran"))
             config = models.resolve_config(name, "tiny")
-            record = recorded_calibration(manifest, 0, config)
-            rebuilt = models.get(name, config=config, calibration=record)
+            rebuilt = exported_model(name, config, 0, manifest)  # what the workers build
         want, got = measured.state_dict(), rebuilt.state_dict()
         assert all(torch.equal(want[k], got[k]) for k in want), name
     manifest = load_manifest(tiny_exports["dlrm-rmc1"].path)

@@ -7,11 +7,12 @@ from rechar.exporters.onnx_export import (
     ExportOptions,
     ExportResult,
     export,
+    exported_model,
     load_manifest,
     recorded_calibration,
 )
 
 __all__ = [
     "DEFAULT_EXPORTER", "EXPORTERS", "MODULE_KEY", "ExportCheckError", "ExportOptions", "ExportResult",
-    "export", "load_manifest", "node_modules", "recorded_calibration",
+    "export", "exported_model", "load_manifest", "node_modules", "recorded_calibration",
 ]

@@ -286,6 +286,12 @@ def recorded_calibration(manifest: dict[str, Any], seed: int, config) -> dict[st
     return None
 
 
+def exported_model(name: str, config, seed: int, manifest: dict[str, Any]) -> models.RecModel:
+    """The PyTorch model whose weights the export holds: built from the seed, with the export's
+    recorded calibration when it was made from this config and seed (else calibrated afresh)."""
+    return models.get(name, config=config, seed=seed, calibration=recorded_calibration(manifest, seed, config))
+
+
 def _valid_cache(folder: Path, key: str) -> dict[str, Any] | None:
     """The manifest if ``folder`` holds a complete export made with ``key``; sizes are checked,
     not hashes (hashing 4 GB on every run would cost more than it saves)."""

@@ -28,7 +28,7 @@ import torch
 import rechar.models as models
 from rechar.errors import one_line
 from rechar.measure.gate import compare
-from rechar.exporters import ExportResult, load_manifest, recorded_calibration
+from rechar.exporters import ExportResult, exported_model, load_manifest
 from rechar.stacks import BackendOptions, backend_class
 from rechar.measure import contention
 from rechar.measure.contention import NoiseThresholds
@@ -126,8 +126,7 @@ def run(spec: ServeSpec) -> None:
     _quiet_main_thread()
     config = models.resolve_config(spec.model, spec.scale, spec.overrides)
     manifest = load_manifest(spec.export_dir)
-    model = models.get(spec.model, config=config, seed=spec.seed,
-                       calibration=recorded_calibration(manifest, spec.seed, config))
+    model = exported_model(spec.model, config, spec.seed, manifest)
     export = ExportResult(spec.model, Path(spec.export_dir), manifest, cached=True)
     cls = backend_class(spec.backend)
     shell = models.shell(spec.model, config)

@@ -25,7 +25,7 @@ import numpy as np
 import rechar.models as models
 from rechar.errors import one_line
 from rechar.measure.gate import compare
-from rechar.exporters import ExportResult, load_manifest, recorded_calibration
+from rechar.exporters import ExportResult, exported_model, load_manifest
 from rechar.exporters.graph import check_external_data, check_inputs_match
 from rechar.memory import prefault_mappings
 from rechar.stacks import BackendOptions, backend_class
@@ -85,8 +85,7 @@ def run(spec: WorkerSpec) -> None:
     # The export's recorded calibration spares the model's calibration passes (minutes under
     # Valgrind: rechar.models.calibration).
     needs_weights = cls.uses_torch_model or spec.mode == "run"
-    model = (models.get(spec.model, config=config, seed=spec.seed,
-                        calibration=recorded_calibration(manifest, spec.seed, config)) if needs_weights else None)
+    model = exported_model(spec.model, config, spec.seed, manifest) if needs_weights else None
     # Input pools are made per point from a weightless copy of the model (its config and table
     # shapes); the gate's eager-PyTorch reference outputs for the first and last batch of every
     # pool are computed now, while the weights are loaded.
