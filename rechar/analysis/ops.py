@@ -29,9 +29,8 @@ from rechar.results.annotations import ANNOTATIONS, apply_to_records
 from rechar.results.store import PROFILES_LOG, read_log, read_manifest, write_parquet
 
 OPS = "ops.parquet"
-#: ops.parquet's label of the taxonomy that categorized it (rechar.taxonomy.digest); the label
-#: keeps the module's former path, which the tables already written carry
-TAXONOMY_ATTR = "rechar.analysis.taxonomy"
+#: ops.parquet's label of the taxonomy that categorized it (rechar.taxonomy.digest)
+TAXONOMY_ATTR = "rechar.taxonomy"
 OPS_COLUMNS = [
     "run_id", "model", "backend", "device", "batch", "round", "native_op", "op_category", "category", "layer",
     "node", "fused", "calls_per_iter", "self_us_per_iter", "share",
