@@ -214,6 +214,12 @@ def _theory_capacity(service_s: float, servers: int, bound_s: float) -> float:
     return lo
 
 
+# A timing accuracy asserted on whatever machine runs the suite: on this 2-vCPU VM on 2026-12-01 it
+# landed below 0.75 of theory in 3 of ~8 full-suite runs (0.60; then 0.146 and 0.742 in one run,
+# stalls failing even 23 queries/s), none traced to the code. Kept under -m slow; the search's
+# logic (bracketing, the retry of a doubtful failure, the floor) is tested by default above, and
+# the serving path end to end below.
+@pytest.mark.slow
 def test_search_finds_the_rate_queueing_theory_gives_for_a_fixed_service_time(tmp_path, test_backends, tiny_exports,
                                                                              monkeypatch):
     service_ms, workers, bound_ms = 4.0, 2, 12.0
