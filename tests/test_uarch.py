@@ -366,14 +366,14 @@ def test_uarch_pass_attributes_and_reports(tiny_run):
 
 # Resuming an added pass is the sweep's, shared by every pass and tested in the default suite on
 # the profiling and counting passes (tests/test_faults.py); this one costs two more simulated
-# workers (~40 s each, mostly imports under Valgrind).
+# workers (69 s for the test here, mostly imports under Valgrind).
 @pytest.mark.slow
 @needs_valgrind
 def test_an_interrupted_uarch_pass_resumes_point_by_point_and_repeats(tiny_run, run_cli):
     run_dir = _ncf_on_ort(tiny_run)
-    records = [json.loads(line) for line in (run_dir / "uarch.jsonl").read_text().splitlines()]
-    # drop batch 64's record: the pass simulates that point only
     lines = (run_dir / "uarch.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    # drop batch 64's record: the pass simulates that point only
     first = next(line for line in lines if json.loads(line)["batch"] == 1)
     before = next(r for r in records if r["batch"] == 64)
     (run_dir / "uarch.jsonl").write_text(first + "\n")
